@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against a real MariaDB, starting (and installing) a local one
+# first when nothing answers at the database URL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-mariadb.sh
+cargo build --all-targets
+cargo test --all-targets -- --test-threads "${TEST_THREADS:-8}"

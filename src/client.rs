@@ -1,0 +1,357 @@
+//! The Rust client of protocol v1 (async, tokio).
+//!
+//! A `Client` is a handle on one connection. Two background tasks own the socket: a writer
+//! that sends requests in the order they were submitted, and a reader that hands each
+//! response to the request it answers (the server answers in order). Submitting does not
+//! wait for earlier answers, so several requests can be in flight on one connection.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), txbroker::client::ClientError> {
+//! use txbroker::client::Client;
+//! let client = Client::connect("127.0.0.1:7306").await?;
+//! let outcome = client
+//!     .tx()
+//!     .lock("accounts:1")
+//!     .lock("accounts:2")
+//!     .exec("UPDATE accounts SET balance = balance - ? WHERE id = ?", vec![10.into(), 1.into()])
+//!     .exec("UPDATE accounts SET balance = balance + ? WHERE id = ?", vec![10.into(), 2.into()])
+//!     .run()
+//!     .await?;
+//! assert_eq!(outcome.results.len(), 2);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::{SinkExt, StreamExt};
+use thiserror::Error;
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::error::ErrorCode;
+use crate::frame::FrameCodec;
+use crate::locks::LockRequest;
+use crate::protocol::{
+    ErrorReply, Isolation, QueryResult, Reply, Request, RequestFrame, Response, Stats, Statement,
+    TxOptions, TxRequest, Value,
+};
+
+/// Largest response the client accepts; results can be far larger than requests.
+const MAX_RESPONSE_BYTES: usize = 1 << 30;
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The server answered with an error.
+    #[error("{0}")]
+    Server(ErrorReply),
+    #[error("connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The connection closed before the answer came.
+    #[error("connection closed")]
+    Disconnected,
+    /// The server sent something this client cannot read, or not what it asked for.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The protocol's error code, when the server answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server(error) => Some(error.code),
+            _ => None,
+        }
+    }
+
+    /// Whether sending the same request again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Server(error) => error.retryable,
+            _ => false,
+        }
+    }
+}
+
+type Answer = Result<Response, ClientError>;
+
+struct Submission {
+    frame: RequestFrame,
+    answer: oneshot::Sender<Answer>,
+}
+
+/// A connection to a broker. Dropping it closes the connection; the server then ends the
+/// session and rolls back anything left open.
+pub struct Client {
+    submissions: mpsc::UnboundedSender<Submission>,
+    next_id: AtomicU64,
+}
+
+/// What a successful `hello` says about the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub server: String,
+    pub protocol: u64,
+    pub session: u64,
+}
+
+/// What a committed `tx` returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TxOutcome {
+    pub results: Vec<QueryResult>,
+    pub attempts: u32,
+}
+
+impl Client {
+    pub async fn connect(address: impl ToSocketAddrs) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        Ok(Client::from_stream(stream))
+    }
+
+    /// Connects and authenticates with `token`.
+    pub async fn connect_with_token(
+        address: impl ToSocketAddrs,
+        token: &str,
+    ) -> Result<(Client, ServerInfo), ClientError> {
+        let client = Client::connect(address).await?;
+        let info = client.hello(Some(token)).await?;
+        Ok((client, info))
+    }
+
+    fn from_stream(stream: TcpStream) -> Client {
+        let (read_half, write_half) = stream.into_split();
+        let (submissions, mut submitted) = mpsc::unbounded_channel::<Submission>();
+        let (awaiting_sender, mut awaiting) = mpsc::unbounded_channel::<oneshot::Sender<Answer>>();
+        tokio::spawn(async move {
+            let mut writer = FramedWrite::new(write_half, FrameCodec::new(MAX_RESPONSE_BYTES));
+            while let Some(first) = submitted.recv().await {
+                // Write everything already submitted before flushing: one syscall for a burst.
+                let mut batch = vec![first];
+                while let Ok(next) = submitted.try_recv() {
+                    batch.push(next);
+                }
+                for Submission { frame, answer } in batch {
+                    if let Err(error) = writer.feed(&frame).await {
+                        let _ = answer.send(Err(ClientError::Protocol(error.to_string())));
+                        return;
+                    }
+                    if awaiting_sender.send(answer).is_err() {
+                        return;
+                    }
+                }
+                if SinkExt::<&RequestFrame>::flush(&mut writer).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let mut reader = FramedRead::new(read_half, FrameCodec::new(MAX_RESPONSE_BYTES));
+            while let Some(frame) = reader.next().await {
+                let answer = match frame {
+                    Ok(body) => Response::decode(&body).map_err(ClientError::Protocol),
+                    Err(error) => Err(ClientError::Protocol(error.to_string())),
+                };
+                // Answers come in request order; one that arrives before any request (a
+                // `busy` refusal) belongs to the first request sent.
+                let Some(waiting) = awaiting.recv().await else {
+                    return;
+                };
+                let failed = answer.is_err();
+                let _ = waiting.send(answer);
+                if failed {
+                    return;
+                }
+            }
+        });
+        Client {
+            submissions,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Sends `request` now and returns a future of its answer. Requests go out in the order
+    /// `send` is called, so several can be in flight at once.
+    pub fn send(&self, request: Request) -> impl Future<Output = Result<Reply, ClientError>> + Send + 'static {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (answer, answered) = oneshot::channel();
+        let submitted = self
+            .submissions
+            .send(Submission {
+                frame: RequestFrame { id, request },
+                answer,
+            })
+            .is_ok();
+        async move {
+            if !submitted {
+                return Err(ClientError::Disconnected);
+            }
+            let response = answered.await.map_err(|_| ClientError::Disconnected)??;
+            if response.id.is_some() && response.id != Some(id) {
+                return Err(ClientError::Protocol(format!(
+                    "answer for request {:?} arrived in place of {id}",
+                    response.id
+                )));
+            }
+            response.outcome.map_err(ClientError::Server)
+        }
+    }
+
+    pub async fn request(&self, request: Request) -> Result<Reply, ClientError> {
+        self.send(request).await
+    }
+
+    pub async fn hello(&self, token: Option<&str>) -> Result<ServerInfo, ClientError> {
+        let reply = self
+            .request(Request::Hello {
+                token: token.map(str::to_string),
+                client: Some(concat!("txbroker-rust/", env!("CARGO_PKG_VERSION")).to_string()),
+            })
+            .await?;
+        match reply {
+            Reply::Hello {
+                server,
+                protocol,
+                session,
+            } => Ok(ServerInfo {
+                server,
+                protocol,
+                session,
+            }),
+            other => Err(unexpected("hello", other)),
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        self.expect_done(Request::Ping, "ping").await
+    }
+
+    /// Starts building a one-request transaction.
+    pub fn tx(&self) -> TxBuilder<'_> {
+        TxBuilder {
+            client: self,
+            statements: Vec::new(),
+            locks: Vec::new(),
+            read_locks: Vec::new(),
+            isolation: None,
+            read_only: false,
+            retries: None,
+        }
+    }
+
+    /// Runs a whole transaction given as a request.
+    pub async fn run_tx(&self, tx: TxRequest) -> Result<TxOutcome, ClientError> {
+        match self.request(Request::Tx(tx)).await? {
+            Reply::Tx { results, attempts } => Ok(TxOutcome { results, attempts }),
+            other => Err(unexpected("tx", other)),
+        }
+    }
+
+    pub async fn begin(&self, options: TxOptions) -> Result<(), ClientError> {
+        self.expect_done(Request::Begin(options), "begin").await
+    }
+
+    pub async fn exec(&self, sql: &str, params: Vec<Value>) -> Result<QueryResult, ClientError> {
+        match self
+            .request(Request::Exec(Statement::new(sql, params)))
+            .await?
+        {
+            Reply::Exec { result } => Ok(result),
+            other => Err(unexpected("exec", other)),
+        }
+    }
+
+    pub async fn lock(&self, keys: LockRequest) -> Result<(), ClientError> {
+        self.expect_done(Request::Lock(keys), "lock").await
+    }
+
+    pub async fn commit(&self) -> Result<(), ClientError> {
+        self.expect_done(Request::Commit, "commit").await
+    }
+
+    pub async fn rollback(&self) -> Result<(), ClientError> {
+        self.expect_done(Request::Rollback, "rollback").await
+    }
+
+    pub async fn stats(&self) -> Result<Stats, ClientError> {
+        match self.request(Request::Stats).await? {
+            Reply::Stats(stats) => Ok(stats),
+            other => Err(unexpected("stats", other)),
+        }
+    }
+
+    async fn expect_done(&self, request: Request, op: &str) -> Result<(), ClientError> {
+        match self.request(request).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(op, other)),
+        }
+    }
+}
+
+fn unexpected(op: &str, reply: Reply) -> ClientError {
+    ClientError::Protocol(format!("unexpected answer to {op}: {reply:?}"))
+}
+
+/// Builds a `tx` request: keys, statements and options, then `run`.
+pub struct TxBuilder<'a> {
+    client: &'a Client,
+    statements: Vec<Statement>,
+    locks: Vec<String>,
+    read_locks: Vec<String>,
+    isolation: Option<Isolation>,
+    read_only: bool,
+    retries: Option<u32>,
+}
+
+impl TxBuilder<'_> {
+    /// Declares a key to hold exclusively.
+    pub fn lock(mut self, key: impl Into<String>) -> Self {
+        self.locks.push(key.into());
+        self
+    }
+
+    /// Declares a key to hold shared.
+    pub fn read_lock(mut self, key: impl Into<String>) -> Self {
+        self.read_locks.push(key.into());
+        self
+    }
+
+    pub fn exec(mut self, sql: impl Into<String>, params: Vec<Value>) -> Self {
+        self.statements.push(Statement::new(sql, params));
+        self
+    }
+
+    pub fn isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = Some(isolation);
+        self
+    }
+
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
+    }
+
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = Some(retries);
+        self
+    }
+
+    pub fn into_request(self) -> TxRequest {
+        TxRequest {
+            statements: self.statements,
+            options: TxOptions {
+                locks: LockRequest::new(self.locks, self.read_locks),
+                isolation: self.isolation,
+                read_only: self.read_only,
+            },
+            retries: self.retries,
+        }
+    }
+
+    pub async fn run(self) -> Result<TxOutcome, ClientError> {
+        let client = self.client;
+        client.run_tx(self.into_request()).await
+    }
+}

@@ -1,0 +1,224 @@
+//! Broker configuration: one plain struct, read from TOML once, validated once and then
+//! passed down explicitly (behind an `Arc`) to every actor. There are no globals.
+//!
+//! Every key is optional; `config/txbroker.toml` documents each one with its unit and default.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::protocol::Isolation;
+
+/// Why a configuration could not be used. Messages are one line, for the command line.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("bad config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("bad config: {0}")]
+    Invalid(String),
+}
+
+/// Everything the broker can be told. Field names are the TOML keys.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the TCP listener binds, `host:port`.
+    pub listen: String,
+    /// Where the sessions' database connections go.
+    pub database_url: String,
+    /// Sessions allowed at once; the next client is answered `busy`.
+    pub max_sessions: usize,
+    /// Largest frame body accepted from a client, in bytes.
+    pub max_frame_bytes: usize,
+    /// How long a request may wait for its keys, in milliseconds.
+    pub lock_wait_timeout_ms: u64,
+    /// How long an interactive transaction may sit with no request, in milliseconds.
+    pub idle_tx_timeout_ms: u64,
+    /// Retries of a whole `tx` after a deadlock or lock wait timeout, when the request names none.
+    pub default_retries: u32,
+    /// Isolation level of a transaction whose request names none.
+    pub default_isolation: Isolation,
+    /// Tokens a client may present in `hello`; empty means no authentication.
+    pub auth_tokens: Vec<String>,
+    /// How long a draining server lets open transactions finish, in milliseconds.
+    pub shutdown_grace_ms: u64,
+    /// Threads running session actors; 0 means one per CPU core.
+    pub session_threads: usize,
+    /// Requests read from one client before its answers are written; bounds a session's memory.
+    pub max_pipelined_requests: usize,
+    /// `innodb_lock_wait_timeout` set on every database connection, in seconds; 0 keeps the server's.
+    pub innodb_lock_wait_timeout_s: u64,
+    /// Log level: `error`, `warning`, `info`, `debug` or `trace`.
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7306".to_string(),
+            database_url: "mysql://root@127.0.0.1:3306/test".to_string(),
+            max_sessions: 256,
+            max_frame_bytes: 16 * 1024 * 1024,
+            lock_wait_timeout_ms: 5_000,
+            idle_tx_timeout_ms: 30_000,
+            default_retries: 3,
+            default_isolation: Isolation::RepeatableRead,
+            auth_tokens: Vec::new(),
+            shutdown_grace_ms: 10_000,
+            session_threads: 0,
+            max_pipelined_requests: 64,
+            innodb_lock_wait_timeout_s: 10,
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|error| match error {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: shown,
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: "<text>".to_string(),
+            message: error.message().replace('\n', " "),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ranges and parseable addresses.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: &str| Err(ConfigError::Invalid(message.to_string()));
+        if self.listen.parse::<std::net::SocketAddr>().is_err()
+            && !self.listen.contains(':')
+        {
+            return invalid("listen must be host:port");
+        }
+        if mysql_async::Opts::from_url(&self.database_url).is_err() {
+            return invalid("database_url is not a mysql:// URL");
+        }
+        if self.max_sessions == 0 {
+            return invalid("max_sessions must be at least 1");
+        }
+        if self.max_frame_bytes < 64 || self.max_frame_bytes > u32::MAX as usize {
+            return invalid("max_frame_bytes must be between 64 and 4294967295");
+        }
+        if self.lock_wait_timeout_ms == 0 {
+            return invalid("lock_wait_timeout_ms must be at least 1");
+        }
+        if self.idle_tx_timeout_ms == 0 {
+            return invalid("idle_tx_timeout_ms must be at least 1");
+        }
+        if self.max_pipelined_requests == 0 {
+            return invalid("max_pipelined_requests must be at least 1");
+        }
+        if self.auth_tokens.iter().any(|token| token.is_empty()) {
+            return invalid("auth_tokens must not hold an empty token");
+        }
+        if parse_log_level(&self.log_level).is_none() {
+            return invalid("log_level must be error, warning, info, debug or trace");
+        }
+        Ok(())
+    }
+
+    pub fn lock_wait_timeout(&self) -> Duration {
+        Duration::from_millis(self.lock_wait_timeout_ms)
+    }
+
+    pub fn idle_tx_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_tx_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// Threads for session actors, with 0 resolved to the number of cores.
+    pub fn session_thread_count(&self) -> usize {
+        match self.session_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// The log level, already checked by `validate`.
+    pub fn slog_level(&self) -> slog::Level {
+        parse_log_level(&self.log_level).unwrap_or(slog::Level::Info)
+    }
+}
+
+/// Accepts the usual spellings of a log level, case-insensitively.
+fn parse_log_level(text: &str) -> Option<slog::Level> {
+    match text.to_ascii_lowercase().as_str() {
+        "critical" => Some(slog::Level::Critical),
+        "error" => Some(slog::Level::Error),
+        "warn" | "warning" => Some(slog::Level::Warning),
+        "info" => Some(slog::Level::Info),
+        "debug" => Some(slog::Level::Debug),
+        "trace" => Some(slog::Level::Trace),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_contract_defaults() {
+        let config = Config::from_toml("").expect("empty config is valid");
+        assert_eq!(config.listen, "127.0.0.1:7306");
+        assert_eq!(config.database_url, "mysql://root@127.0.0.1:3306/test");
+        assert_eq!(config.max_sessions, 256);
+        assert_eq!(config.max_frame_bytes, 16_777_216);
+        assert_eq!(config.lock_wait_timeout_ms, 5000);
+        assert_eq!(config.idle_tx_timeout_ms, 30000);
+        assert_eq!(config.default_retries, 3);
+        assert_eq!(config.default_isolation, Isolation::RepeatableRead);
+        assert!(config.auth_tokens.is_empty());
+        assert_eq!(config.shutdown_grace_ms, 10000);
+    }
+
+    #[test]
+    fn the_shipped_config_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/txbroker.toml");
+        Config::from_file(&path).expect("config/txbroker.toml parses");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_one_line_errors() {
+        for text in [
+            "lisen = \"x\"",
+            "max_sessions = -1",
+            "max_sessions = 0",
+            "default_isolation = \"snapshot\"",
+            "database_url = \"postgres://x\"",
+            "log_level = \"loud\"",
+            "max_frame_bytes = [",
+        ] {
+            let error = Config::from_toml(text).expect_err(text).to_string();
+            assert!(!error.contains('\n'), "{text}: {error}");
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! The database side of a session: one owned MySQL connection and the few things the broker
+//! does with it (start, run, commit, roll back). This is the only module that imports
+//! `mysql_async`; it maps the driver's values and errors onto the protocol's.
+//!
+//! The connection is a plain `Conn`, never a `mysql_async::Transaction`, because a session
+//! keeps its transaction open across requests; the session tracks the transaction state
+//! itself and this module never reconnects on its own in the middle of one.
+
+use std::fmt::Write as _;
+
+use mysql_async::consts::{ColumnType, StatusFlags};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Column, Conn, Opts, OptsBuilder, Params, Row};
+use thiserror::Error;
+
+use crate::error::DbFailure;
+use crate::protocol::{Isolation, QueryResult, Statement, Value};
+
+/// MySQL error numbers the broker reacts to.
+pub mod codes {
+    pub const LOCK_WAIT_TIMEOUT: u16 = 1205;
+    pub const DEADLOCK: u16 = 1213;
+    pub const TOO_MANY_CONNECTIONS: u16 = 1040;
+    pub const SERVER_SHUTDOWN: u16 = 1053;
+    pub const CONNECTION_KILLED: u16 = 1927;
+    pub const UNSUPPORTED_IN_PREPARED: u16 = 1295;
+    pub const SERIALIZATION_FAILURE_STATE: &str = "40001";
+}
+
+/// The `binary` character set: columns in it hold bytes, not text.
+const BINARY_CHARSET: u16 = 63;
+
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum DbError {
+    /// The server answered with an error; the connection is fine.
+    #[error("{0}")]
+    Server(DbFailure),
+    /// No connection could be made.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The connection broke while in use; whatever was open on it is gone.
+    #[error("{0}")]
+    ConnectionLost(String),
+    /// The driver refused the statement before sending it (wrong parameter count and the like),
+    /// or an autocommit statement opened a transaction and was rolled back.
+    #[error("{0}")]
+    Rejected(String),
+    /// The statement succeeded but the server no longer has the transaction open: something
+    /// committed or rolled back implicitly.
+    #[error("the statement ended the transaction on the database")]
+    TransactionEnded,
+}
+
+/// Whether a statement is meant to run inside the open transaction or on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxMode {
+    InTransaction,
+    Autocommit,
+}
+
+/// Whether a server error asks for the whole transaction to run again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conflict {
+    Deadlock,
+    LockWaitTimeout,
+}
+
+impl DbError {
+    pub fn conflict(&self) -> Option<Conflict> {
+        match self {
+            DbError::Server(failure) => classify_conflict(failure),
+            _ => None,
+        }
+    }
+}
+
+pub fn classify_conflict(failure: &DbFailure) -> Option<Conflict> {
+    if failure.mysql_code == codes::DEADLOCK
+        || failure.sqlstate == codes::SERIALIZATION_FAILURE_STATE
+    {
+        Some(Conflict::Deadlock)
+    } else if failure.mysql_code == codes::LOCK_WAIT_TIMEOUT {
+        Some(Conflict::LockWaitTimeout)
+    } else {
+        None
+    }
+}
+
+/// How to reach the database; shared by every session, cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Database {
+    opts: Opts,
+    default_isolation: Isolation,
+}
+
+impl Database {
+    /// `innodb_lock_wait_timeout_s` of 0 keeps the server's setting.
+    pub fn new(
+        url: &str,
+        default_isolation: Isolation,
+        innodb_lock_wait_timeout_s: u64,
+    ) -> Result<Database, DbError> {
+        let opts = Opts::from_url(url)
+            .map_err(|error| DbError::Unavailable(format!("bad database_url: {error}")))?;
+        let mut init = vec![format!(
+            "SET SESSION TRANSACTION ISOLATION LEVEL {}",
+            default_isolation.as_sql()
+        )];
+        if innodb_lock_wait_timeout_s > 0 {
+            init.push(format!(
+                "SET SESSION innodb_lock_wait_timeout = {innodb_lock_wait_timeout_s}"
+            ));
+        }
+        let opts = OptsBuilder::from_opts(opts)
+            .init(init)
+            .tcp_nodelay(true)
+            .into();
+        Ok(Database {
+            opts,
+            default_isolation,
+        })
+    }
+
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.opts.ip_or_hostname(), self.opts.tcp_port())
+    }
+
+    /// A session's connection slot, not yet connected.
+    pub fn connection(&self) -> DbConnection {
+        DbConnection {
+            database: self.clone(),
+            link: Link::Closed,
+        }
+    }
+}
+
+/// The connection and what the session knows of its settings.
+enum Link {
+    Closed,
+    Open {
+        conn: Box<Conn>,
+        /// The session-level isolation of the connection, which the next transaction uses.
+        isolation: Isolation,
+    },
+}
+
+/// One session's exclusive database connection, connected on demand.
+pub struct DbConnection {
+    database: Database,
+    link: Link,
+}
+
+impl DbConnection {
+    pub fn is_connected(&self) -> bool {
+        matches!(self.link, Link::Open { .. })
+    }
+
+    /// Connects if there is no connection. Only ever called between transactions.
+    pub async fn ensure_connected(&mut self) -> Result<(), DbError> {
+        if self.is_connected() {
+            return Ok(());
+        }
+        let conn = Conn::new(self.database.opts.clone())
+            .await
+            .map_err(|error| unavailable(&self.database, error))?;
+        self.link = Link::Open {
+            conn: Box::new(conn),
+            isolation: self.database.default_isolation,
+        };
+        Ok(())
+    }
+
+    /// `START TRANSACTION`, after setting the isolation level when it differs.
+    pub async fn begin(&mut self, isolation: Option<Isolation>, read_only: bool) -> Result<(), DbError> {
+        let wanted = isolation.unwrap_or(self.database.default_isolation);
+        let current = match &self.link {
+            Link::Open { isolation, .. } => *isolation,
+            Link::Closed => return Err(not_connected()),
+        };
+        if current != wanted {
+            self.run(&format!(
+                "SET SESSION TRANSACTION ISOLATION LEVEL {}",
+                wanted.as_sql()
+            ))
+            .await?;
+            if let Link::Open { isolation, .. } = &mut self.link {
+                *isolation = wanted;
+            }
+        }
+        self.run(if read_only {
+            "START TRANSACTION READ ONLY"
+        } else {
+            "START TRANSACTION"
+        })
+        .await
+    }
+
+    pub async fn commit(&mut self) -> Result<(), DbError> {
+        self.run("COMMIT").await
+    }
+
+    /// `ROLLBACK`; a connection already gone counts as rolled back, since the server
+    /// rolls back what a lost connection had open.
+    pub async fn rollback(&mut self) -> Result<(), DbError> {
+        if !self.is_connected() {
+            return Ok(());
+        }
+        match self.run("ROLLBACK").await {
+            Err(DbError::ConnectionLost(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Whether the server says a transaction is open on this connection, per its last reply.
+    pub fn server_in_transaction(&self) -> bool {
+        match &self.link {
+            Link::Open { conn, .. } => conn
+                .last_ok_packet()
+                .is_some_and(|ok| ok.status_flags().contains(StatusFlags::SERVER_STATUS_IN_TRANS)),
+            Link::Closed => false,
+        }
+    }
+
+    /// Runs one statement as a prepared statement (cached per connection), reads its whole
+    /// result, and checks that the server's transaction state is still the one `mode` says.
+    pub async fn execute(&mut self, statement: &Statement, mode: TxMode) -> Result<QueryResult, DbError> {
+        let result = self.execute_statement(statement).await?;
+        match (mode, self.server_in_transaction()) {
+            (TxMode::InTransaction, true) | (TxMode::Autocommit, false) => Ok(result),
+            (TxMode::InTransaction, false) => Err(DbError::TransactionEnded),
+            (TxMode::Autocommit, true) => {
+                self.rollback().await?;
+                Err(DbError::Rejected(
+                    "the statement opened a transaction; it was rolled back: use the begin op"
+                        .to_string(),
+                ))
+            }
+        }
+    }
+
+    async fn execute_statement(&mut self, statement: &Statement) -> Result<QueryResult, DbError> {
+        let params = if statement.params.is_empty() {
+            Params::Empty
+        } else {
+            Params::Positional(statement.params.iter().map(to_mysql).collect())
+        };
+        let outcome = match self.conn()?.exec_iter(statement.sql.as_str(), params).await {
+            Ok(result) => read_result(result).await,
+            Err(error) => Err(error),
+        };
+        let outcome = match outcome {
+            Err(mysql_async::Error::Server(error))
+                if error.code == codes::UNSUPPORTED_IN_PREPARED && statement.params.is_empty() =>
+            {
+                match self.conn()?.query_iter(statement.sql.as_str()).await {
+                    Ok(result) => read_result(result).await,
+                    Err(error) => Err(error),
+                }
+            }
+            other => other,
+        };
+        outcome.map_err(|error| self.failed(error))
+    }
+
+    /// Closes the connection politely; the server rolls back anything still open.
+    pub async fn disconnect(&mut self) {
+        if let Link::Open { conn, .. } = std::mem::replace(&mut self.link, Link::Closed) {
+            let _ = conn.disconnect().await;
+        }
+    }
+
+    async fn run(&mut self, sql: &str) -> Result<(), DbError> {
+        let outcome = self.conn()?.query_drop(sql).await;
+        outcome.map_err(|error| self.failed(error))
+    }
+
+    fn conn(&mut self) -> Result<&mut Conn, DbError> {
+        match &mut self.link {
+            Link::Open { conn, .. } => Ok(conn),
+            Link::Closed => Err(not_connected()),
+        }
+    }
+
+    /// Maps a driver error and forgets the connection when the error broke it.
+    fn failed(&mut self, error: mysql_async::Error) -> DbError {
+        let mapped = map_error(error);
+        if matches!(mapped, DbError::ConnectionLost(_)) {
+            self.link = Link::Closed;
+        }
+        mapped
+    }
+}
+
+fn not_connected() -> DbError {
+    DbError::ConnectionLost("no database connection".to_string())
+}
+
+fn unavailable(database: &Database, error: mysql_async::Error) -> DbError {
+    let address = database.address();
+    DbError::Unavailable(match error {
+        mysql_async::Error::Server(error) if error.code == codes::TOO_MANY_CONNECTIONS => format!(
+            "{address} refused the connection: too many connections (mysql 1040, max_connections reached)"
+        ),
+        mysql_async::Error::Server(error) => {
+            format!("{address} refused the connection: {} (mysql {})", error.message, error.code)
+        }
+        other => format!("cannot connect to {address}: {other}"),
+    })
+}
+
+fn map_error(error: mysql_async::Error) -> DbError {
+    match error {
+        mysql_async::Error::Server(error)
+            if matches!(error.code, codes::SERVER_SHUTDOWN | codes::CONNECTION_KILLED) =>
+        {
+            DbError::ConnectionLost(format!("{} (mysql {})", error.message, error.code))
+        }
+        mysql_async::Error::Server(error) => DbError::Server(DbFailure {
+            mysql_code: error.code,
+            sqlstate: error.state,
+            message: error.message,
+            statement: None,
+        }),
+        mysql_async::Error::Driver(
+            error @ (mysql_async::DriverError::StmtParamsMismatch { .. }
+            | mysql_async::DriverError::StmtParamsNumberExceedsLimit { .. }
+            | mysql_async::DriverError::Params(_)
+            | mysql_async::DriverError::MixedParams),
+        ) => DbError::Rejected(error.to_string()),
+        other => DbError::ConnectionLost(format!("database connection lost: {other}")),
+    }
+}
+
+async fn read_result<P: mysql_async::prelude::Protocol>(
+    mut result: mysql_async::QueryResult<'_, 'static, P>,
+) -> Result<QueryResult, mysql_async::Error> {
+    let columns = result.columns();
+    let rows: Vec<Row> = result.collect().await?;
+    let mut query_result = QueryResult {
+        affected: result.affected_rows(),
+        last_insert_id: result.last_insert_id().filter(|id| *id != 0),
+        columns: Vec::new(),
+        rows: Vec::with_capacity(rows.len()),
+    };
+    if let Some(columns) = columns {
+        query_result.columns = columns.iter().map(|c| c.name_str().into_owned()).collect();
+        for row in rows {
+            let cells = row.unwrap_raw();
+            query_result.rows.push(
+                cells
+                    .into_iter()
+                    .zip(columns.iter())
+                    .map(|(cell, column)| from_mysql(cell.unwrap_or(mysql_async::Value::NULL), column))
+                    .collect(),
+            );
+        }
+    }
+    // A procedure call may leave more result sets; the protocol reports the first.
+    result.drop_result().await?;
+    Ok(query_result)
+}
+
+fn to_mysql(value: &Value) -> mysql_async::Value {
+    match value {
+        Value::Null => mysql_async::Value::NULL,
+        Value::Bool(b) => mysql_async::Value::Int(i64::from(*b)),
+        Value::Int(n) => mysql_async::Value::Int(*n),
+        Value::UInt(n) => mysql_async::Value::UInt(*n),
+        Value::Float(f) => mysql_async::Value::Float(*f),
+        Value::Double(f) => mysql_async::Value::Double(*f),
+        Value::Text(text) => mysql_async::Value::Bytes(text.as_bytes().to_vec()),
+        Value::Bytes(bytes) => mysql_async::Value::Bytes(bytes.clone()),
+    }
+}
+
+/// Maps a column value to the protocol's value, by the column's type and character set.
+fn from_mysql(value: mysql_async::Value, column: &Column) -> Value {
+    use mysql_async::Value as My;
+    match value {
+        My::NULL => Value::Null,
+        My::Int(n) => Value::Int(n),
+        My::UInt(n) => Value::UInt(n),
+        My::Float(f) => Value::Float(f),
+        My::Double(f) => Value::Double(f),
+        My::Date(year, month, day, hour, minute, second, micros) => {
+            let mut text = format!("{year:04}-{month:02}-{day:02}");
+            if column.column_type() != ColumnType::MYSQL_TYPE_DATE {
+                let _ = write!(text, " {hour:02}:{minute:02}:{second:02}");
+                push_micros(&mut text, micros);
+            }
+            Value::Text(text)
+        }
+        My::Time(negative, days, hours, minutes, seconds, micros) => {
+            let hours = u64::from(days) * 24 + u64::from(hours);
+            let sign = if negative { "-" } else { "" };
+            let mut text = format!("{sign}{hours:02}:{minutes:02}:{seconds:02}");
+            push_micros(&mut text, micros);
+            Value::Text(text)
+        }
+        My::Bytes(bytes) => bytes_value(bytes, column),
+    }
+}
+
+fn push_micros(text: &mut String, micros: u32) {
+    if micros != 0 {
+        let _ = write!(text, ".{micros:06}");
+    }
+}
+
+/// Text protocol results and string-like columns arrive as bytes: integers and floats are
+/// parsed back (text protocol only), binary columns stay bytes, the rest is text.
+fn bytes_value(bytes: Vec<u8>, column: &Column) -> Value {
+    use ColumnType::*;
+    let parsed = || std::str::from_utf8(&bytes).ok().map(str::trim);
+    match column.column_type() {
+        MYSQL_TYPE_TINY | MYSQL_TYPE_SHORT | MYSQL_TYPE_LONG | MYSQL_TYPE_INT24
+        | MYSQL_TYPE_LONGLONG | MYSQL_TYPE_YEAR => {
+            if let Some(value) = parsed().and_then(|text| {
+                text.parse::<i64>()
+                    .map(Value::Int)
+                    .or_else(|_| text.parse::<u64>().map(Value::UInt))
+                    .ok()
+            }) {
+                return value;
+            }
+        }
+        MYSQL_TYPE_FLOAT => {
+            if let Some(f) = parsed().and_then(|text| text.parse::<f32>().ok()) {
+                return Value::Float(f);
+            }
+        }
+        MYSQL_TYPE_DOUBLE => {
+            if let Some(f) = parsed().and_then(|text| text.parse::<f64>().ok()) {
+                return Value::Double(f);
+            }
+        }
+        MYSQL_TYPE_DECIMAL | MYSQL_TYPE_NEWDECIMAL | MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE
+        | MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 | MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2
+        | MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 | MYSQL_TYPE_JSON => {}
+        _ if column.character_set() == BINARY_CHARSET => return Value::Bytes(bytes),
+        _ => {}
+    }
+    match String::from_utf8(bytes) {
+        Ok(text) => Value::Text(text),
+        Err(error) => Value::Bytes(error.into_bytes()),
+    }
+}

@@ -1,0 +1,398 @@
+//! The rules of protocol v1 for one session, independent of how requests arrive. A
+//! `SessionEngine` owns the session's database connection, its transaction state and its
+//! handle on the lock coordinator; it takes one typed request at a time and returns the
+//! typed answer. The TCP session actor drives it, and so can any other transport, so the
+//! rules (ordered keys, retries, the aborted state) exist exactly once.
+//!
+//! **Invariant:** keys are held only while a transaction is open or being started; every
+//! path that ends a transaction (commit, rollback, failure, abort, close) releases them after
+//! the database has committed or rolled back.
+//!
+//! **Invariant:** a statement runs inside a database transaction exactly when the state is
+//! `Active` (or inside a `tx`); `exec` in any other state either runs in autocommit mode
+//! (`Idle`) or is refused (`Aborted`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use slog::{debug, Logger};
+
+use crate::config::Config;
+use crate::coordinator::{LockClient, LockFailure};
+use crate::db::{classify_conflict, Conflict, DbConnection, DbError, TxMode};
+use crate::error::{AbortReason, BrokerError};
+use crate::locks::LockRequest;
+use crate::metrics::Metrics;
+use crate::protocol::{
+    QueryResult, Reply, Request, Stats, Statement, TxOptions, TxRequest, PROTOCOL_VERSION,
+};
+use crate::sql_guard;
+use crate::txn::{ServerPhase, TxState};
+
+/// The name and version a `hello` answers with.
+pub const SERVER_NAME: &str = concat!("txbroker ", env!("CARGO_PKG_VERSION"));
+
+/// Longest pause between two attempts of a `tx`; retries hold the keys, so keep it short.
+const MAX_RETRY_BACKOFF: Duration = Duration::from_millis(20);
+
+pub struct SessionEngine {
+    session_id: u64,
+    db: DbConnection,
+    locks: LockClient,
+    state: TxState,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    log: Logger,
+}
+
+impl SessionEngine {
+    pub fn new(
+        session_id: u64,
+        db: DbConnection,
+        locks: LockClient,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        log: Logger,
+    ) -> SessionEngine {
+        SessionEngine {
+            session_id,
+            db,
+            locks,
+            state: TxState::Idle,
+            config,
+            metrics,
+            log,
+        }
+    }
+
+    pub fn state(&self) -> &TxState {
+        &self.state
+    }
+
+    /// Answers one request. Requests must come one at a time: the engine is the only user of
+    /// its connection and its transaction.
+    pub async fn handle(&mut self, request: Request, phase: ServerPhase) -> Result<Reply, BrokerError> {
+        self.state.admit(&request, phase)?;
+        match request {
+            Request::Hello { .. } => Ok(Reply::Hello {
+                server: SERVER_NAME.to_string(),
+                protocol: PROTOCOL_VERSION,
+                session: self.session_id,
+            }),
+            Request::Ping => Ok(Reply::Done),
+            Request::Stats => self.stats().await.map(Reply::Stats),
+            Request::Tx(tx) => self.run_tx(tx).await,
+            Request::Begin(options) => self.begin(options).await.map(|()| Reply::Done),
+            Request::Exec(statement) if self.state.is_open() => {
+                self.exec_in_transaction(&statement).await
+            }
+            Request::Exec(statement) => self.exec_autocommit(&statement).await,
+            Request::Lock(keys) => self.lock(keys).await.map(|()| Reply::Done),
+            Request::Commit => self.commit().await.map(|()| Reply::Done),
+            Request::Rollback => self.rollback().await.map(|()| Reply::Done),
+        }
+    }
+
+    /// Ends the session's work: rolls back an open transaction, releases every key and
+    /// closes the database connection.
+    pub async fn close(&mut self) {
+        if self.state.is_open() {
+            self.end_in_rollback().await;
+        }
+        self.locks.release_all();
+        self.state = TxState::Idle;
+        self.db.disconnect().await;
+    }
+
+    /// Aborts an open interactive transaction that sat idle too long.
+    pub async fn abort_idle(&mut self) {
+        if self.state.is_open() {
+            self.abort(AbortReason::IdleTimeout {
+                idle_ms: self.config.idle_tx_timeout_ms,
+            })
+            .await;
+        }
+    }
+
+    async fn stats(&self) -> Result<Stats, BrokerError> {
+        let locks = self
+            .locks
+            .stats()
+            .await
+            .ok_or_else(|| BrokerError::Internal("the lock coordinator is gone".into()))?;
+        let counters = self.metrics.snapshot();
+        Ok(Stats {
+            sessions: counters.sessions,
+            transactions_committed: counters.transactions_committed,
+            transactions_rolled_back: counters.transactions_rolled_back,
+            retries: counters.retries,
+            deadlocks: counters.deadlocks,
+            lock_waits: locks.table.lock_waits,
+            lock_timeouts: locks.lock_timeouts,
+            locks_held: locks.table.locks_held,
+            lock_waiters: locks.table.lock_waiters,
+        })
+    }
+
+    /// Grants the keys and starts the database transaction at the same time: `START
+    /// TRANSACTION` takes no row locks and no snapshot, so overlapping it with the wait keeps
+    /// one round trip out of the time the keys are held.
+    async fn start_transaction(&mut self, options: &TxOptions) -> Result<(), BrokerError> {
+        self.db.ensure_connected().await.map_err(db_error)?;
+        let begin = self.db.begin(options.isolation, options.read_only);
+        let (granted, begun) = match options.locks.clone() {
+            Some(keys) => {
+                let (granted, begun) = futures_util::join!(self.locks.acquire(keys), begin);
+                (granted, begun)
+            }
+            None => (Ok(()), begin.await),
+        };
+        match (granted, begun) {
+            (Ok(()), Ok(())) => Ok(()),
+            (_, Err(error)) => {
+                self.db.rollback().await.ok();
+                self.locks.release_all();
+                Err(db_error(error))
+            }
+            (Err(failure), Ok(())) => {
+                self.db.rollback().await.ok();
+                self.locks.release_all();
+                Err(lock_error(failure))
+            }
+        }
+    }
+
+    async fn run_tx(&mut self, tx: TxRequest) -> Result<Reply, BrokerError> {
+        for (index, statement) in tx.statements.iter().enumerate() {
+            sql_guard::check(&statement.sql, true).map_err(|refusal| {
+                BrokerError::BadRequest(format!("statements[{index}]: {}", refusal.message()))
+            })?;
+        }
+        let retries = tx.retries.unwrap_or(self.config.default_retries);
+        self.start_transaction(&tx.options).await?;
+        let mut attempts: u32 = 0;
+        loop {
+            attempts += 1;
+            let failure = match self.run_statements(&tx.statements).await {
+                Ok(results) => match self.db.commit().await {
+                    Ok(()) => {
+                        self.locks.release_all();
+                        self.metrics.committed();
+                        return Ok(Reply::Tx { results, attempts });
+                    }
+                    Err(DbError::ConnectionLost(message)) => {
+                        self.locks.release_all();
+                        return Err(BrokerError::CommitUnknown(message));
+                    }
+                    Err(error) => (None, error),
+                },
+                Err(failure) => failure,
+            };
+            let (index, error) = failure;
+            self.db.rollback().await.ok();
+            let conflict = error.conflict();
+            if conflict == Some(Conflict::Deadlock) {
+                self.metrics.deadlock_reported();
+            }
+            let retry = conflict.is_some() && attempts <= retries && self.db.is_connected();
+            if retry {
+                self.metrics.retried();
+                debug!(self.log, "tx retry"; "attempt" => attempts, "error" => %error);
+                tokio::time::sleep(retry_backoff(attempts)).await;
+                if let Err(error) = self.db.begin(tx.options.isolation, tx.options.read_only).await {
+                    self.db.rollback().await.ok();
+                    self.locks.release_all();
+                    self.metrics.rolled_back();
+                    return Err(db_error(error));
+                }
+                continue;
+            }
+            self.locks.release_all();
+            self.metrics.rolled_back();
+            let error = match (index, error) {
+                (Some(index), DbError::Server(failure)) => {
+                    DbError::Server(failure.at_statement(index))
+                }
+                (_, error) => error,
+            };
+            return Err(db_error(error));
+        }
+    }
+
+    async fn run_statements(
+        &mut self,
+        statements: &[Statement],
+    ) -> Result<Vec<QueryResult>, (Option<usize>, DbError)> {
+        let mut results = Vec::with_capacity(statements.len());
+        for (index, statement) in statements.iter().enumerate() {
+            let result = self
+                .db
+                .execute(statement, TxMode::InTransaction)
+                .await
+                .map_err(|error| (Some(index), error))?;
+            results.push(result);
+        }
+        Ok(results)
+    }
+
+    async fn begin(&mut self, options: TxOptions) -> Result<(), BrokerError> {
+        self.start_transaction(&options).await?;
+        self.state = TxState::Active;
+        Ok(())
+    }
+
+    async fn exec_autocommit(&mut self, statement: &Statement) -> Result<Reply, BrokerError> {
+        sql_guard::check(&statement.sql, false)
+            .map_err(|refusal| BrokerError::BadRequest(refusal.message()))?;
+        self.db.ensure_connected().await.map_err(db_error)?;
+        match self.db.execute(statement, TxMode::Autocommit).await {
+            Ok(result) => Ok(Reply::Exec { result }),
+            // An autocommit statement is its own commit: if the connection died under it,
+            // nobody knows whether it took effect.
+            Err(DbError::ConnectionLost(message)) => Err(BrokerError::CommitUnknown(message)),
+            Err(error) => {
+                if error.conflict() == Some(Conflict::Deadlock) {
+                    self.metrics.deadlock_reported();
+                }
+                Err(db_error(error))
+            }
+        }
+    }
+
+    async fn exec_in_transaction(&mut self, statement: &Statement) -> Result<Reply, BrokerError> {
+        sql_guard::check(&statement.sql, true)
+            .map_err(|refusal| BrokerError::BadRequest(refusal.message()))?;
+        match self.db.execute(statement, TxMode::InTransaction).await {
+            Ok(result) => Ok(Reply::Exec { result }),
+            Err(error) => match abort_reason_for(&error) {
+                Some(reason) => {
+                    if reason == AbortReason::Deadlock {
+                        self.metrics.deadlock_reported();
+                    }
+                    self.abort(reason.clone()).await;
+                    Err(match error {
+                        DbError::TransactionEnded => BrokerError::TxAborted(reason),
+                        other => db_error(other),
+                    })
+                }
+                // A plain SQL error leaves the transaction open, as MySQL does.
+                None => Err(db_error(error)),
+            },
+        }
+    }
+
+    async fn lock(&mut self, keys: LockRequest) -> Result<(), BrokerError> {
+        match self.locks.acquire(keys).await {
+            Ok(()) => Ok(()),
+            Err(failure) => {
+                let reason = match &failure {
+                    LockFailure::Conflict { key } => AbortReason::LockConflict { key: key.clone() },
+                    LockFailure::Timeout { key, .. } => {
+                        AbortReason::LockTimeout { key: key.clone() }
+                    }
+                    LockFailure::Cancelled => AbortReason::ConnectionLost,
+                };
+                self.abort(reason).await;
+                Err(lock_error(failure))
+            }
+        }
+    }
+
+    async fn commit(&mut self) -> Result<(), BrokerError> {
+        match self.db.commit().await {
+            Ok(()) => {
+                self.locks.release_all();
+                self.state = TxState::Idle;
+                self.metrics.committed();
+                Ok(())
+            }
+            Err(DbError::ConnectionLost(message)) => {
+                self.locks.release_all();
+                self.state = TxState::Idle;
+                Err(BrokerError::CommitUnknown(message))
+            }
+            Err(error) => {
+                let reason = abort_reason_for(&error).unwrap_or(AbortReason::CommitFailed);
+                if reason == AbortReason::Deadlock {
+                    self.metrics.deadlock_reported();
+                }
+                self.abort(reason).await;
+                Err(db_error(error))
+            }
+        }
+    }
+
+    async fn rollback(&mut self) -> Result<(), BrokerError> {
+        if self.state.is_open() {
+            self.end_in_rollback().await;
+        }
+        self.state = TxState::Idle;
+        Ok(())
+    }
+
+    /// Rolls back on the database, then releases the keys. A rollback the server refuses
+    /// leaves the connection in doubt, so it is closed: the server rolls back on disconnect.
+    async fn end_in_rollback(&mut self) {
+        if self.db.rollback().await.is_err() {
+            self.db.disconnect().await;
+        }
+        self.locks.release_all();
+        self.metrics.rolled_back();
+    }
+
+    /// The broker or the database ended the open transaction: roll back, release, and make
+    /// the client acknowledge with `rollback`.
+    async fn abort(&mut self, reason: AbortReason) {
+        debug!(self.log, "transaction aborted"; "reason" => %reason);
+        self.end_in_rollback().await;
+        self.state = TxState::Aborted(reason);
+    }
+}
+
+/// What an error inside an interactive transaction does to it, if it ends it.
+fn abort_reason_for(error: &DbError) -> Option<AbortReason> {
+    match error {
+        DbError::Server(failure) => classify_conflict(failure).map(|conflict| match conflict {
+            Conflict::Deadlock => AbortReason::Deadlock,
+            Conflict::LockWaitTimeout => AbortReason::DbLockWaitTimeout,
+        }),
+        DbError::ConnectionLost(_) | DbError::Unavailable(_) => Some(AbortReason::ConnectionLost),
+        DbError::TransactionEnded => Some(AbortReason::EndedByStatement),
+        DbError::Rejected(_) => None,
+    }
+}
+
+fn db_error(error: DbError) -> BrokerError {
+    match error {
+        DbError::Server(failure) => match classify_conflict(&failure) {
+            Some(Conflict::Deadlock) => BrokerError::Deadlock(failure),
+            Some(Conflict::LockWaitTimeout) => BrokerError::DbLockTimeout(failure),
+            None => BrokerError::Sql(failure),
+        },
+        DbError::Unavailable(message) | DbError::ConnectionLost(message) => {
+            BrokerError::DbUnavailable(message)
+        }
+        DbError::Rejected(message) => BrokerError::BadRequest(message),
+        DbError::TransactionEnded => BrokerError::BadRequest(
+            "the statement ended the transaction on the database; it was rolled back where possible"
+                .into(),
+        ),
+    }
+}
+
+fn lock_error(failure: LockFailure) -> BrokerError {
+    match failure {
+        LockFailure::Timeout { key, waited_ms } => BrokerError::LockTimeout { key, waited_ms },
+        LockFailure::Conflict { key } => BrokerError::LockConflict { key },
+        LockFailure::Cancelled => BrokerError::Internal("the lock wait was cancelled".into()),
+    }
+}
+
+/// A random pause in [cap/2, cap], with cap doubling per attempt up to `MAX_RETRY_BACKOFF`,
+/// so that transactions that collided once do not collide again in step.
+fn retry_backoff(attempt: u32) -> Duration {
+    let cap = Duration::from_millis(1u64 << attempt.min(5)).min(MAX_RETRY_BACKOFF);
+    let micros = cap.as_micros() as u64;
+    Duration::from_micros(rand::thread_rng().gen_range(micros / 2..=micros))
+}

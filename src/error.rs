@@ -1,0 +1,260 @@
+//! The broker's errors: one enum whose variants map one to one onto the protocol's error
+//! codes, so that every failure a client can see has exactly one spelling on the wire.
+//!
+//! Lower layers keep their own error types (`db::DbError`, `frame::FrameError`); they are
+//! turned into a `BrokerError` where the session decides what the client is told.
+
+use std::fmt;
+
+use thiserror::Error;
+
+/// The `code` strings of protocol v1, in the order of the contract's table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    BadRequest,
+    FrameTooLarge,
+    Unauthenticated,
+    Busy,
+    ShuttingDown,
+    Sql,
+    Deadlock,
+    DbLockTimeout,
+    LockTimeout,
+    LockConflict,
+    TxActive,
+    NoTransaction,
+    TxAborted,
+    DbUnavailable,
+    CommitUnknown,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 16] = [
+        ErrorCode::BadRequest,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Busy,
+        ErrorCode::ShuttingDown,
+        ErrorCode::Sql,
+        ErrorCode::Deadlock,
+        ErrorCode::DbLockTimeout,
+        ErrorCode::LockTimeout,
+        ErrorCode::LockConflict,
+        ErrorCode::TxActive,
+        ErrorCode::NoTransaction,
+        ErrorCode::TxAborted,
+        ErrorCode::DbUnavailable,
+        ErrorCode::CommitUnknown,
+        ErrorCode::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Busy => "busy",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Sql => "sql",
+            ErrorCode::Deadlock => "deadlock",
+            ErrorCode::DbLockTimeout => "db_lock_timeout",
+            ErrorCode::LockTimeout => "lock_timeout",
+            ErrorCode::LockConflict => "lock_conflict",
+            ErrorCode::TxActive => "tx_active",
+            ErrorCode::NoTransaction => "no_transaction",
+            ErrorCode::TxAborted => "tx_aborted",
+            ErrorCode::DbUnavailable => "db_unavailable",
+            ErrorCode::CommitUnknown => "commit_unknown",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|code| code.as_str() == text)
+    }
+
+    /// Whether the same request may succeed if sent again, as the contract's table says.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Busy
+                | ErrorCode::ShuttingDown
+                | ErrorCode::Deadlock
+                | ErrorCode::DbLockTimeout
+                | ErrorCode::LockTimeout
+                | ErrorCode::LockConflict
+                | ErrorCode::DbUnavailable
+        )
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the database said, kept for the `mysql_code`, `sqlstate` and `statement` fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbFailure {
+    pub mysql_code: u16,
+    pub sqlstate: String,
+    pub message: String,
+    /// Index of the failing statement in a `tx`, when a statement failed.
+    pub statement: Option<usize>,
+}
+
+impl DbFailure {
+    pub fn at_statement(mut self, index: usize) -> DbFailure {
+        self.statement = Some(index);
+        self
+    }
+}
+
+impl fmt::Display for DbFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (mysql {}, sqlstate {})",
+            self.message, self.mysql_code, self.sqlstate
+        )
+    }
+}
+
+/// Why the broker or the database ended an interactive transaction behind its client's back.
+/// The session stays in the aborted state, naming this reason, until the client rolls back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AbortReason {
+    Deadlock,
+    DbLockWaitTimeout,
+    LockConflict { key: String },
+    LockTimeout { key: String },
+    IdleTimeout { idle_ms: u64 },
+    ConnectionLost,
+    /// A statement ended the transaction itself (an implicit commit the broker did not foresee).
+    EndedByStatement,
+    CommitFailed,
+}
+
+impl fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AbortReason::Deadlock => f.write_str("the database reported a deadlock"),
+            AbortReason::DbLockWaitTimeout => {
+                f.write_str("the database reported a lock wait timeout")
+            }
+            AbortReason::LockConflict { key } => write!(f, "lock conflict on key {key:?}"),
+            AbortReason::LockTimeout { key } => write!(f, "lock wait timeout on key {key:?}"),
+            AbortReason::IdleTimeout { idle_ms } => {
+                write!(f, "idle for more than {idle_ms} ms")
+            }
+            AbortReason::ConnectionLost => f.write_str("the database connection was lost"),
+            AbortReason::EndedByStatement => {
+                f.write_str("a statement ended the transaction on the database")
+            }
+            AbortReason::CommitFailed => f.write_str("commit failed"),
+        }
+    }
+}
+
+/// Every failure a client can be answered with. `code()` is the protocol code.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum BrokerError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("frame of {length} bytes is over the limit of {limit} bytes")]
+    FrameTooLarge { length: u64, limit: usize },
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("the server has reached max_sessions ({max_sessions}); try again later")]
+    Busy { max_sessions: usize },
+    #[error("the server is shutting down and starts no new transaction")]
+    ShuttingDown,
+    #[error("{0}")]
+    Sql(DbFailure),
+    #[error("deadlock: {0}")]
+    Deadlock(DbFailure),
+    #[error("database lock wait timeout: {0}")]
+    DbLockTimeout(DbFailure),
+    #[error("key {key:?} was not granted within {waited_ms} ms")]
+    LockTimeout { key: String, waited_ms: u64 },
+    #[error("key {key:?} is taken and is not above every key this transaction holds")]
+    LockConflict { key: String },
+    #[error("a transaction is already open")]
+    TxActive,
+    #[error("no transaction is open")]
+    NoTransaction,
+    #[error("the transaction was aborted ({0}); send rollback")]
+    TxAborted(AbortReason),
+    #[error("database unavailable: {0}")]
+    DbUnavailable(String),
+    #[error("the database connection was lost during commit; the outcome is unknown: {0}")]
+    CommitUnknown(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl BrokerError {
+    pub fn bad_request(message: impl Into<String>) -> BrokerError {
+        BrokerError::BadRequest(message.into())
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BrokerError::BadRequest(_) => ErrorCode::BadRequest,
+            BrokerError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+            BrokerError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            BrokerError::Busy { .. } => ErrorCode::Busy,
+            BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
+            BrokerError::Sql(_) => ErrorCode::Sql,
+            BrokerError::Deadlock(_) => ErrorCode::Deadlock,
+            BrokerError::DbLockTimeout(_) => ErrorCode::DbLockTimeout,
+            BrokerError::LockTimeout { .. } => ErrorCode::LockTimeout,
+            BrokerError::LockConflict { .. } => ErrorCode::LockConflict,
+            BrokerError::TxActive => ErrorCode::TxActive,
+            BrokerError::NoTransaction => ErrorCode::NoTransaction,
+            BrokerError::TxAborted(_) => ErrorCode::TxAborted,
+            BrokerError::DbUnavailable(_) => ErrorCode::DbUnavailable,
+            BrokerError::CommitUnknown(_) => ErrorCode::CommitUnknown,
+            BrokerError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.code().is_retryable()
+    }
+
+    /// The database's own report, for the `mysql_code`, `sqlstate` and `statement` fields.
+    pub fn db_failure(&self) -> Option<&DbFailure> {
+        match self {
+            BrokerError::Sql(failure)
+            | BrokerError::Deadlock(failure)
+            | BrokerError::DbLockTimeout(failure) => Some(failure),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_retryable_matches_the_contract() {
+        let retryable = [
+            "busy",
+            "shutting_down",
+            "deadlock",
+            "db_lock_timeout",
+            "lock_timeout",
+            "lock_conflict",
+            "db_unavailable",
+        ];
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+            assert_eq!(code.is_retryable(), retryable.contains(&code.as_str()));
+        }
+        assert_eq!(ErrorCode::parse("nope"), None);
+    }
+}

@@ -1,0 +1,45 @@
+//! txbroker: a transaction broker for MySQL and MariaDB.
+//!
+//! Clients send whole transactions (or interactive ones) over a small MessagePack protocol.
+//! Each client gets a session actor that owns one database connection; a lock coordinator
+//! grants the row-lock keys each transaction declares, in ascending key order with a FIFO
+//! queue per key, so declared transactions never deadlock each other. Deadlocks and lock
+//! wait timeouts that still come from the database are retried.
+//!
+//! # Layout
+//! - [`config`]: the configuration struct, read once and passed down.
+//! - [`error`]: error codes of the protocol and the broker's error enum.
+//! - [`protocol`]: typed requests, responses and values, and their MessagePack form.
+//! - [`frame`]: length-prefixed framing; the only code that splits bytes into frames.
+//! - [`locks`]: the pure lock table (ascending order, FIFO per key, shared/exclusive).
+//! - [`txn`]: the pure transaction state machine and which request is allowed when.
+//! - [`sql_guard`]: statements refused because they would change transaction state.
+//! - [`db`]: the session's database connection; the only module that uses `mysql_async`.
+//! - [`metrics`]: counters for `stats`.
+//! - [`coordinator`]: the lock coordinator actor around [`locks::LockTable`].
+//! - [`engine`]: the rules of the protocol for one session, independent of transport.
+//! - [`session`]: the session actor, one per TCP client.
+//! - [`acceptor`]: the listener actor: session limit, session ids, drain.
+//! - [`broker`]: starts everything inside a running actix `System`; the embedding API.
+//! - [`client`]: the async Rust client.
+//! - [`logging`]: the slog root logger.
+
+pub mod config;
+pub mod error;
+pub mod protocol;
+pub mod frame;
+pub mod locks;
+pub mod txn;
+pub mod sql_guard;
+pub mod db;
+pub mod metrics;
+pub mod coordinator;
+pub mod engine;
+pub mod session;
+pub mod acceptor;
+pub mod broker;
+pub mod client;
+pub mod logging;
+
+pub use broker::{Broker, StartError};
+pub use config::Config;

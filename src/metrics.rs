@@ -1,0 +1,60 @@
+//! Counters for the `stats` op that every session bumps. They are atomics rather than actor
+//! state because each session runs on its own thread and a count must not cost a message;
+//! the lock counters live in the coordinator, which owns the lock table.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    sessions: AtomicU64,
+    transactions_committed: AtomicU64,
+    transactions_rolled_back: AtomicU64,
+    retries: AtomicU64,
+    deadlocks: AtomicU64,
+}
+
+/// The counters as read at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    pub sessions: u64,
+    pub transactions_committed: u64,
+    pub transactions_rolled_back: u64,
+    pub retries: u64,
+    pub deadlocks: u64,
+}
+
+impl Metrics {
+    pub fn session_started(&self) {
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn session_ended(&self) {
+        self.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn committed(&self) {
+        self.transactions_committed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rolled_back(&self) {
+        self.transactions_rolled_back.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn retried(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn deadlock_reported(&self) {
+        self.deadlocks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            sessions: self.sessions.load(Ordering::Relaxed),
+            transactions_committed: self.transactions_committed.load(Ordering::Relaxed),
+            transactions_rolled_back: self.transactions_rolled_back.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            deadlocks: self.deadlocks.load(Ordering::Relaxed),
+        }
+    }
+}

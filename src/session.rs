@@ -1,0 +1,426 @@
+//! A session is an actor, one per TCP client. It owns the client's socket (a framed reader
+//! feeding it requests and a framed writer for its answers) and a `SessionEngine`, which owns
+//! the session's one database connection and its transaction. It talks to the lock
+//! coordinator (through the engine, and directly to cancel a wait when its client vanishes)
+//! and to the acceptor (which started it and tells it to drain or close).
+//!
+//! Requests are handled strictly one at a time and answered in the order they arrived: the
+//! engine is moved into the future of the request in flight and put back when it is done,
+//! so a second request cannot even reach it meanwhile. Reading goes on during a request,
+//! which is how the session notices a client that hung up while its request waits for keys.
+//!
+//! **Invariant:** at most `max_pipelined_requests` requests are read and not yet answered;
+//! the reader waits for a permit before reading the next frame, so a client that floods the
+//! socket is slowed by TCP instead of filling memory.
+//!
+//! **Invariant:** when the actor stops, for whatever reason, it asks the coordinator to
+//! release every key of its owner id, so no key outlives its session.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::io::{FramedWrite, WriteHandler};
+use actix::prelude::*;
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use slog::{debug, info, o, Logger};
+use subtle::ConstantTimeEq;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio_util::codec::FramedRead;
+
+use crate::acceptor::{Acceptor, SessionEnded};
+use crate::config::Config;
+use crate::coordinator::{CancelWait, Coordinator, ReleaseAll};
+use crate::engine::SessionEngine;
+use crate::error::BrokerError;
+use crate::frame::{FrameCodec, FrameError};
+use crate::protocol::{RejectedRequest, Request, RequestFrame, Response};
+use crate::txn::ServerPhase;
+
+/// Written answers buffered beyond this pause the session until the client reads them.
+const WRITE_BUFFER_HIGH: usize = 1024 * 1024;
+const WRITE_BUFFER_LOW: usize = 64 * 1024;
+
+/// How long a closing session waits for its last answers to reach a client that is not
+/// reading, before it drops the connection anyway.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One frame read from the client, with the permit that bounds the pipeline.
+type Incoming = (Result<BytesMut, FrameError>, OwnedSemaphorePermit);
+
+/// What is waiting to be answered, in arrival order.
+enum Pending {
+    Request(RequestFrame, OwnedSemaphorePermit),
+    Rejected(RejectedRequest),
+    /// A framing error: answered in turn, then the connection is closed.
+    Fatal(BrokerError),
+}
+
+/// The engine is either home or out serving a request.
+enum EngineSlot {
+    Ready(Box<SessionEngine>),
+    Busy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Auth {
+    NotRequired,
+    AwaitingHello,
+    Authenticated,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    Draining,
+    /// The session answers nothing more; it ends its transaction and stops.
+    Closing,
+}
+
+pub struct Session {
+    id: u64,
+    log: Logger,
+    config: Arc<Config>,
+    engine: EngineSlot,
+    pending: VecDeque<Pending>,
+    writer: FramedWrite<Response, OwnedWriteHalf, FrameCodec>,
+    reader: Option<OwnedReadHalf>,
+    permits: Arc<Semaphore>,
+    auth: Auth,
+    phase: Phase,
+    idle_timer: Option<SpawnHandle>,
+    drain_waiters: Vec<oneshot::Sender<()>>,
+    coordinator: Addr<Coordinator>,
+    acceptor: Addr<Acceptor>,
+}
+
+/// What a session needs from the broker besides its socket.
+pub struct SessionParts {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub engine: SessionEngine,
+    pub config: Arc<Config>,
+    pub coordinator: Addr<Coordinator>,
+    pub acceptor: Addr<Acceptor>,
+    pub log: Logger,
+}
+
+impl Session {
+    pub fn new(parts: SessionParts, stream: TcpStream, ctx: &mut Context<Session>) -> Session {
+        let (read_half, write_half) = stream.into_split();
+        let mut writer = FramedWrite::new(
+            write_half,
+            FrameCodec::new(parts.config.max_frame_bytes),
+            ctx,
+        );
+        writer.set_buffer_capacity(WRITE_BUFFER_LOW, WRITE_BUFFER_HIGH);
+        let auth = if parts.config.auth_tokens.is_empty() {
+            Auth::NotRequired
+        } else {
+            Auth::AwaitingHello
+        };
+        Session {
+            id: parts.id,
+            log: parts
+                .log
+                .new(o!("session" => parts.id, "peer" => parts.peer.to_string())),
+            permits: Arc::new(Semaphore::new(parts.config.max_pipelined_requests)),
+            config: parts.config,
+            engine: EngineSlot::Ready(Box::new(parts.engine)),
+            pending: VecDeque::new(),
+            writer,
+            reader: Some(read_half),
+            auth,
+            phase: Phase::Serving,
+            idle_timer: None,
+            drain_waiters: Vec::new(),
+            coordinator: parts.coordinator,
+            acceptor: parts.acceptor,
+        }
+    }
+
+    fn server_phase(&self) -> ServerPhase {
+        match self.phase {
+            Phase::Serving => ServerPhase::Serving,
+            Phase::Draining | Phase::Closing => ServerPhase::Draining,
+        }
+    }
+
+    /// Starts the next request if the engine is home, answering what needs no engine.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        loop {
+            if self.phase == Phase::Closing {
+                self.finish(ctx);
+                return;
+            }
+            let EngineSlot::Ready(_) = self.engine else {
+                return;
+            };
+            let Some(next) = self.pending.pop_front() else {
+                self.on_idle(ctx);
+                return;
+            };
+            match next {
+                Pending::Rejected(rejected) => {
+                    info!(self.log, "request failed"; "code" => %rejected.error.code());
+                    debug!(self.log, "bad request"; "message" => %rejected.error);
+                    self.writer
+                        .write(Response::failure(rejected.id, &rejected.error));
+                }
+                Pending::Fatal(error) => {
+                    info!(self.log, "request failed"; "code" => %error.code());
+                    self.writer.write(Response::failure(None, &error));
+                    self.phase = Phase::Closing;
+                }
+                Pending::Request(frame, permit) => {
+                    if let Err(error) = self.authenticate(&frame.request) {
+                        info!(self.log, "request failed"; "op" => frame.request.op(), "code" => %error.code());
+                        self.writer.write(Response::failure(Some(frame.id), &error));
+                        self.phase = Phase::Closing;
+                        continue;
+                    }
+                    self.start_request(frame, permit, ctx);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn authenticate(&mut self, request: &Request) -> Result<(), BrokerError> {
+        if self.auth != Auth::AwaitingHello {
+            return Ok(());
+        }
+        let Request::Hello {
+            token: Some(token), ..
+        } = request
+        else {
+            return Err(BrokerError::Unauthenticated(
+                "authentication is required: send hello with a token first".into(),
+            ));
+        };
+        let token = token.as_bytes();
+        // Compare against every token so the time taken tells nothing about which matched.
+        let matched = self
+            .config
+            .auth_tokens
+            .iter()
+            .fold(0u8, |found, valid| found | valid.as_bytes().ct_eq(token).unwrap_u8());
+        if matched == 1 {
+            self.auth = Auth::Authenticated;
+            Ok(())
+        } else {
+            Err(BrokerError::Unauthenticated("invalid token".into()))
+        }
+    }
+
+    fn start_request(&mut self, frame: RequestFrame, permit: OwnedSemaphorePermit, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.idle_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        let EngineSlot::Ready(mut engine) = std::mem::replace(&mut self.engine, EngineSlot::Busy)
+        else {
+            return;
+        };
+        let phase = self.server_phase();
+        let RequestFrame { id, request } = frame;
+        let op = request.op();
+        debug!(self.log, "request"; "id" => id, "op" => op);
+        let work = async move {
+            let outcome = engine.handle(request, phase).await;
+            (engine, outcome)
+        };
+        ctx.spawn(work.into_actor(self).map(move |(engine, outcome), session, ctx| {
+            session.engine = EngineSlot::Ready(engine);
+            let response = match outcome {
+                Ok(reply) => Response::success(id, reply),
+                Err(error) => {
+                    info!(session.log, "request failed"; "op" => op, "code" => %error.code(),
+                        "mysql_code" => error.db_failure().map(|f| f.mysql_code));
+                    debug!(session.log, "request error"; "id" => id, "message" => %error);
+                    Response::failure(Some(id), &error)
+                }
+            };
+            session.writer.write(response);
+            drop(permit);
+            session.pump(ctx);
+        }));
+    }
+
+    /// Nothing to do: arm the idle-transaction timer and tell a draining broker we are at a
+    /// transaction boundary.
+    fn on_idle(&mut self, ctx: &mut Context<Self>) {
+        let EngineSlot::Ready(engine) = &self.engine else {
+            return;
+        };
+        if engine.state().is_open() {
+            if self.idle_timer.is_none() {
+                let timeout = self.config.idle_tx_timeout();
+                self.idle_timer = Some(ctx.run_later(timeout, |session, ctx| {
+                    session.idle_timer = None;
+                    session.abort_idle(ctx);
+                }));
+            }
+        } else {
+            for waiter in self.drain_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    fn abort_idle(&mut self, ctx: &mut Context<Self>) {
+        let EngineSlot::Ready(mut engine) = std::mem::replace(&mut self.engine, EngineSlot::Busy)
+        else {
+            return;
+        };
+        info!(self.log, "idle transaction aborted"; "idle_ms" => self.config.idle_tx_timeout_ms);
+        let work = async move {
+            engine.abort_idle().await;
+            engine
+        };
+        ctx.spawn(work.into_actor(self).map(|engine, session, ctx| {
+            session.engine = EngineSlot::Ready(engine);
+            session.pump(ctx);
+        }));
+    }
+
+    /// The client is gone or must be dropped: end the transaction, then stop.
+    fn close(&mut self, ctx: &mut Context<Self>) {
+        self.phase = Phase::Closing;
+        match self.engine {
+            // Wake a request waiting for keys; it then rolls back and comes home.
+            EngineSlot::Busy => self.coordinator.do_send(CancelWait { owner: self.id }),
+            EngineSlot::Ready(_) => self.finish(ctx),
+        }
+    }
+
+    fn finish(&mut self, ctx: &mut Context<Self>) {
+        let EngineSlot::Ready(mut engine) = std::mem::replace(&mut self.engine, EngineSlot::Busy)
+        else {
+            return;
+        };
+        self.pending.clear();
+        let work = async move { engine.close().await };
+        ctx.spawn(work.into_actor(self).map(|(), session, ctx| {
+            session.writer.close();
+            ctx.run_later(CLOSE_FLUSH_TIMEOUT, |_, ctx| ctx.stop());
+        }));
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        info!(self.log, "session start");
+        let Some(read_half) = self.reader.take() else {
+            return;
+        };
+        let framed = FramedRead::new(read_half, FrameCodec::new(self.config.max_frame_bytes));
+        let frames = futures_util::stream::unfold(
+            (framed, self.permits.clone()),
+            |(mut framed, permits)| async move {
+                let permit = permits.clone().acquire_owned().await.ok()?;
+                let item = framed.next().await?;
+                Some(((item, permit), (framed, permits)))
+            },
+        );
+        ctx.add_stream(frames);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.coordinator.do_send(ReleaseAll { owner: self.id });
+        self.acceptor.do_send(SessionEnded { id: self.id });
+        info!(self.log, "session end");
+    }
+}
+
+impl StreamHandler<Incoming> for Session {
+    fn handle(&mut self, (item, permit): Incoming, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        match item {
+            Ok(body) => match RequestFrame::decode(&body) {
+                Ok(frame) => self.pending.push_back(Pending::Request(frame, permit)),
+                Err(rejected) => self.pending.push_back(Pending::Rejected(rejected)),
+            },
+            Err(FrameError::Empty) => self.pending.push_back(Pending::Fatal(
+                BrokerError::bad_request("frame length 0: a frame holds one MessagePack value"),
+            )),
+            Err(FrameError::TooLarge { length, limit }) => {
+                self.pending
+                    .push_back(Pending::Fatal(BrokerError::FrameTooLarge { length, limit }))
+            }
+            Err(error) => {
+                debug!(self.log, "client read failed"; "error" => %error);
+                self.close(ctx);
+                return;
+            }
+        }
+        self.pump(ctx);
+    }
+
+    /// The client closed its side. Requests read but not started are dropped unanswered; a
+    /// request in flight finishes (a wait for keys is cancelled), then the session rolls back
+    /// whatever is open and stops.
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        debug!(self.log, "client closed the connection");
+        self.close(ctx);
+    }
+}
+
+impl WriteHandler<FrameError> for Session {
+    fn error(&mut self, error: FrameError, ctx: &mut Context<Self>) -> Running {
+        debug!(self.log, "client write failed"; "error" => %error);
+        self.close(ctx);
+        Running::Continue
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+/// Sender: the acceptor, when the broker starts draining. Answered once the session has no
+/// transaction open (at once if it has none).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain {
+    pub at_boundary: oneshot::Sender<()>,
+}
+
+impl Handler<Drain> for Session {
+    type Result = ();
+
+    fn handle(&mut self, message: Drain, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Serving {
+            self.phase = Phase::Draining;
+        }
+        self.drain_waiters.push(message.at_boundary);
+        if self.pending.is_empty() {
+            self.on_idle(ctx);
+        }
+    }
+}
+
+/// Sender: the acceptor, when the shutdown grace is over. Rolls back whatever is open and
+/// stops; a request still in flight is abandoned (its connection is dropped, which makes the
+/// server roll back).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Close;
+
+impl Handler<Close> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Close, ctx: &mut Context<Self>) {
+        match self.engine {
+            EngineSlot::Busy => ctx.stop(),
+            EngineSlot::Ready(_) => self.close(ctx),
+        }
+    }
+}

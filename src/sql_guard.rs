@@ -1,0 +1,212 @@
+//! Statements the broker will not pass to the database, because they would start, end or
+//! reconfigure a transaction behind the session's back: after a client's `COMMIT` sent through
+//! `exec`, the session would believe a transaction is open while the next statement runs in
+//! autocommit mode. Transactions are driven by `begin`/`commit`/`rollback` and `tx` only.
+//!
+//! This is a cheap look at the statement's first words, not a parser. The session also checks
+//! the server's in-transaction status flag after every statement, which catches whatever
+//! slips past this list.
+
+/// Why a statement is refused, for the `bad_request` message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Starts, ends or configures transactions: use the protocol's ops instead.
+    TransactionControl(&'static str),
+    /// Commits implicitly (DDL and friends): allowed only outside a transaction.
+    ImplicitCommit(&'static str),
+}
+
+impl Refusal {
+    pub fn message(self) -> String {
+        match self {
+            Refusal::TransactionControl(what) => format!(
+                "{what} is not allowed through exec or tx: use the begin, commit and rollback ops"
+            ),
+            Refusal::ImplicitCommit(what) => format!(
+                "{what} commits implicitly and would end the open transaction: run it outside a transaction"
+            ),
+        }
+    }
+}
+
+/// Session variables that change how the next transactions behave; the session keeps its own
+/// record of them.
+const TRANSACTION_VARIABLES: [&str; 7] = [
+    "autocommit",
+    "transaction",
+    "tx_isolation",
+    "transaction_isolation",
+    "tx_read_only",
+    "transaction_read_only",
+    "completion_type",
+];
+
+/// Checks `sql`, to be run inside a transaction when `in_transaction`, else in autocommit mode.
+pub fn check(sql: &str, in_transaction: bool) -> Result<(), Refusal> {
+    let mut words = words(sql);
+    let Some(first) = words.next() else {
+        return Ok(());
+    };
+    let control = |what| Err(Refusal::TransactionControl(what));
+    let implicit = |what| {
+        if in_transaction {
+            Err(Refusal::ImplicitCommit(what))
+        } else {
+            Ok(())
+        }
+    };
+    match first.as_str() {
+        "begin" | "start" => control("starting a transaction"),
+        "commit" => control("COMMIT"),
+        "rollback" => match words.next().as_deref() {
+            Some("to") => Ok(()),
+            _ => control("ROLLBACK"),
+        },
+        "xa" => control("XA"),
+        "lock" | "unlock" => control("LOCK/UNLOCK TABLES"),
+        "set" => {
+            if words.any(|word| TRANSACTION_VARIABLES.contains(&word.as_str())) {
+                control("setting transaction variables")
+            } else {
+                Ok(())
+            }
+        }
+        "create" | "drop" => match words.next().as_deref() {
+            Some("temporary") => Ok(()),
+            _ => implicit("DDL"),
+        },
+        "alter" | "rename" | "truncate" => implicit("DDL"),
+        "grant" | "revoke" => implicit("GRANT/REVOKE"),
+        "analyze" | "optimize" | "repair" | "check" | "flush" | "reset" | "cache" | "load"
+        | "install" | "uninstall" => implicit("an administrative statement"),
+        _ => Ok(()),
+    }
+}
+
+/// Lower-cased words of `sql`, skipping comments, with `@@`, `session.` and the like split
+/// off so that `SET @@session.autocommit` yields `autocommit`. Executable comments
+/// (`/*! ... */`) are read as code, since the server runs them.
+fn words(sql: &str) -> impl Iterator<Item = String> + '_ {
+    let mut rest = sql;
+    std::iter::from_fn(move || loop {
+        rest = rest.trim_start();
+        if let Some(after) = rest.strip_prefix("/*!").or_else(|| rest.strip_prefix("/*M!")) {
+            rest = after.trim_start_matches(|c: char| c.is_ascii_digit());
+            continue;
+        }
+        if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.find("*/").map_or("", |end| &after[end + 2..]);
+            continue;
+        }
+        if rest.starts_with("--") || rest.starts_with('#') {
+            rest = rest.find('\n').map_or("", |end| &rest[end + 1..]);
+            continue;
+        }
+        let first = rest.chars().next()?;
+        let length = if first.is_alphanumeric() || first == '_' {
+            rest.find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len())
+        } else {
+            first.len_utf8()
+        };
+        let (word, after) = rest.split_at(length);
+        rest = after;
+        if first.is_alphanumeric() || first == '_' {
+            return Some(word.to_ascii_lowercase());
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Expected = Option<fn(&'static str) -> Refusal>;
+
+    fn check_all(cases: &[(&str, bool, Expected)]) {
+        for (sql, in_transaction, want) in cases {
+            let got = check(sql, *in_transaction);
+            match want {
+                None => assert_eq!(got, Ok(()), "{sql:?} in_transaction={in_transaction}"),
+                Some(kind) => {
+                    let refusal = got.expect_err(sql);
+                    assert_eq!(
+                        std::mem::discriminant(&refusal),
+                        std::mem::discriminant(&kind("")),
+                        "{sql:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transaction_control_is_refused_everywhere() {
+        let control: Expected = Some(Refusal::TransactionControl);
+        let mut cases = Vec::new();
+        for sql in [
+            "COMMIT",
+            "  commit work",
+            "ROLLBACK",
+            "BEGIN",
+            "start transaction read only",
+            "/* hi */ START TRANSACTION",
+            "-- x\nCOMMIT",
+            "# x\ncommit",
+            "/*!40101 COMMIT */",
+            "SET autocommit = 0",
+            "set @@session.autocommit=1",
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            "SET tx_isolation = 'READ-COMMITTED'",
+            "XA START 'x'",
+            "LOCK TABLES t WRITE",
+            "UNLOCK TABLES",
+        ] {
+            cases.push((sql, true, control));
+            cases.push((sql, false, control));
+        }
+        check_all(&cases);
+    }
+
+    #[test]
+    fn implicit_commits_are_refused_inside_a_transaction_only() {
+        let implicit: Expected = Some(Refusal::ImplicitCommit);
+        let mut cases = Vec::new();
+        for sql in [
+            "CREATE TABLE t (id INT)",
+            "drop table t",
+            "ALTER TABLE t ADD c INT",
+            "TRUNCATE t",
+            "RENAME TABLE a TO b",
+            "GRANT SELECT ON *.* TO x",
+            "ANALYZE TABLE t",
+        ] {
+            cases.push((sql, true, implicit));
+            cases.push((sql, false, None));
+        }
+        check_all(&cases);
+    }
+
+    #[test]
+    fn ordinary_statements_pass() {
+        let mut cases = Vec::new();
+        for sql in [
+            "SELECT 1",
+            "UPDATE accounts SET balance = balance - ? WHERE id = ?",
+            "INSERT INTO t VALUES ('commit')",
+            "ROLLBACK TO SAVEPOINT s1",
+            "SAVEPOINT s1",
+            "CREATE TEMPORARY TABLE tmp (id INT)",
+            "DROP TEMPORARY TABLE tmp",
+            "SET @x = 1",
+            "SET NAMES utf8mb4",
+            "/* unterminated",
+            "",
+            "(SELECT 1)",
+        ] {
+            cases.push((sql, true, None));
+            cases.push((sql, false, None));
+        }
+        check_all(&cases);
+    }
+}
