@@ -86,11 +86,6 @@ impl Coordinator {
 
 impl Actor for Coordinator {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        // Sessions send without waiting; a full mailbox must slow nobody down.
-        ctx.set_mailbox_capacity(usize::MAX);
-    }
 }
 
 /// Sender: a session's `LockClient`. Asks for `request`'s keys for `owner`.
