@@ -64,7 +64,11 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
-    pub fn new(shared: Shared, listener: TcpListener, session_arbiters: Vec<ArbiterHandle>) -> Acceptor {
+    pub fn new(
+        shared: Shared,
+        listener: TcpListener,
+        session_arbiters: Vec<ArbiterHandle>,
+    ) -> Acceptor {
         Acceptor {
             shared,
             listener: Some(listener),
@@ -83,7 +87,10 @@ impl Acceptor {
         warn!(self.shared.log, "session refused"; "peer" => %peer, "reason" => "busy", "max_sessions" => max_sessions);
         let mut bytes = bytes::BytesMut::new();
         let busy = Response::failure(None, &BrokerError::Busy { max_sessions });
-        if FrameCodec::new(usize::MAX).encode(busy, &mut bytes).is_err() {
+        if FrameCodec::new(usize::MAX)
+            .encode(busy, &mut bytes)
+            .is_err()
+        {
             return;
         }
         actix_rt::spawn(async move {
@@ -151,7 +158,11 @@ impl Actor for Acceptor {
 }
 
 impl StreamHandler<std::io::Result<(TcpStream, SocketAddr)>> for Acceptor {
-    fn handle(&mut self, accepted: std::io::Result<(TcpStream, SocketAddr)>, ctx: &mut Context<Self>) {
+    fn handle(
+        &mut self,
+        accepted: std::io::Result<(TcpStream, SocketAddr)>,
+        ctx: &mut Context<Self>,
+    ) {
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
@@ -237,7 +248,10 @@ impl Handler<Shutdown> for Acceptor {
             }
             let log = acceptor.shared.log.clone();
             async move {
-                if tokio::time::timeout(CLOSE_TIMEOUT, all_ended).await.is_err() {
+                if tokio::time::timeout(CLOSE_TIMEOUT, all_ended)
+                    .await
+                    .is_err()
+                {
                     warn!(log, "sessions did not close in time");
                 }
                 info!(log, "drained");

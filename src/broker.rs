@@ -54,12 +54,13 @@ impl Broker {
             config.innodb_lock_wait_timeout_s,
         )
         .map_err(|error| StartError::Database(error.to_string()))?;
-        let listener = TcpListener::bind(&config.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                address: config.listen.clone(),
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(&config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    address: config.listen.clone(),
+                    source,
+                })?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
             address: config.listen.clone(),
             source,
@@ -71,8 +72,9 @@ impl Broker {
         let coordinator = Coordinator::start_in_arbiter(&coordinator_arbiter.handle(), move |_| {
             Coordinator::new(lock_wait_timeout)
         });
-        let session_arbiters: Vec<Arbiter> =
-            (0..config.session_thread_count()).map(|_| Arbiter::new()).collect();
+        let session_arbiters: Vec<Arbiter> = (0..config.session_thread_count())
+            .map(|_| Arbiter::new())
+            .collect();
         let shared = Shared {
             config: config.clone(),
             database,

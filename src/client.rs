@@ -35,7 +35,7 @@ use crate::error::ErrorCode;
 use crate::frame::FrameCodec;
 use crate::locks::LockRequest;
 use crate::protocol::{
-    ErrorReply, Isolation, QueryResult, Reply, Request, RequestFrame, Response, Stats, Statement,
+    ErrorReply, Isolation, QueryResult, Reply, Request, RequestFrame, Response, Statement, Stats,
     TxOptions, TxRequest, Value,
 };
 
@@ -174,7 +174,10 @@ impl Client {
 
     /// Sends `request` now and returns a future of its answer. Requests go out in the order
     /// `send` is called, so several can be in flight at once.
-    pub fn send(&self, request: Request) -> impl Future<Output = Result<Reply, ClientError>> + Send + 'static {
+    pub fn send(
+        &self,
+        request: Request,
+    ) -> impl Future<Output = Result<Reply, ClientError>> + Send + 'static {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (answer, answered) = oneshot::channel();
         let submitted = self

@@ -110,9 +110,7 @@ impl Config {
     /// Checks what serde cannot: ranges and parseable addresses.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |message: &str| Err(ConfigError::Invalid(message.to_string()));
-        if self.listen.parse::<std::net::SocketAddr>().is_err()
-            && !self.listen.contains(':')
-        {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() && !self.listen.contains(':') {
             return invalid("listen must be host:port");
         }
         if mysql_async::Opts::from_url(&self.database_url).is_err() {

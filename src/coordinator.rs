@@ -73,7 +73,11 @@ impl Coordinator {
         let Some(waiter) = self.waiters.remove(&owner) else {
             return;
         };
-        let key = self.table.waiting_key(owner).unwrap_or_default().to_string();
+        let key = self
+            .table
+            .waiting_key(owner)
+            .unwrap_or_default()
+            .to_string();
         self.lock_timeouts += 1;
         let granted = self.table.release_all(owner);
         let _ = waiter.reply.send(Err(LockFailure::Timeout {

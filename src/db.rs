@@ -7,6 +7,7 @@
 //! itself and this module never reconnects on its own in the middle of one.
 
 use std::fmt::Write as _;
+use std::time::{Duration, Instant};
 
 use mysql_async::consts::{ColumnType, StatusFlags};
 use mysql_async::prelude::Queryable;
@@ -29,6 +30,11 @@ pub mod codes {
 
 /// The `binary` character set: columns in it hold bytes, not text.
 const BINARY_CHARSET: u16 = 63;
+
+/// A connection unused for longer than this is pinged before its next transaction: the server
+/// may have restarted or dropped it meanwhile (`wait_timeout`, `KILL`), and finding out with a
+/// ping is cheaper than answering `commit_unknown` for an autocommit statement.
+const STALE_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum DbError {
@@ -141,6 +147,7 @@ enum Link {
         conn: Box<Conn>,
         /// The session-level isolation of the connection, which the next transaction uses.
         isolation: Isolation,
+        last_used: Instant,
     },
 }
 
@@ -155,10 +162,18 @@ impl DbConnection {
         matches!(self.link, Link::Open { .. })
     }
 
-    /// Connects if there is no connection. Only ever called between transactions.
+    /// Connects if there is no connection, or if the one there has been idle a while and no
+    /// longer answers a ping. Only ever called between transactions.
     pub async fn ensure_connected(&mut self) -> Result<(), DbError> {
-        if self.is_connected() {
-            return Ok(());
+        if let Link::Open {
+            conn, last_used, ..
+        } = &mut self.link
+        {
+            if last_used.elapsed() < STALE_AFTER || conn.ping().await.is_ok() {
+                *last_used = Instant::now();
+                return Ok(());
+            }
+            self.link = Link::Closed;
         }
         let conn = Conn::new(self.database.opts.clone())
             .await
@@ -166,12 +181,17 @@ impl DbConnection {
         self.link = Link::Open {
             conn: Box::new(conn),
             isolation: self.database.default_isolation,
+            last_used: Instant::now(),
         };
         Ok(())
     }
 
     /// `START TRANSACTION`, after setting the isolation level when it differs.
-    pub async fn begin(&mut self, isolation: Option<Isolation>, read_only: bool) -> Result<(), DbError> {
+    pub async fn begin(
+        &mut self,
+        isolation: Option<Isolation>,
+        read_only: bool,
+    ) -> Result<(), DbError> {
         let wanted = isolation.unwrap_or(self.database.default_isolation);
         let current = match &self.link {
             Link::Open { isolation, .. } => *isolation,
@@ -214,16 +234,21 @@ impl DbConnection {
     /// Whether the server says a transaction is open on this connection, per its last reply.
     pub fn server_in_transaction(&self) -> bool {
         match &self.link {
-            Link::Open { conn, .. } => conn
-                .last_ok_packet()
-                .is_some_and(|ok| ok.status_flags().contains(StatusFlags::SERVER_STATUS_IN_TRANS)),
+            Link::Open { conn, .. } => conn.last_ok_packet().is_some_and(|ok| {
+                ok.status_flags()
+                    .contains(StatusFlags::SERVER_STATUS_IN_TRANS)
+            }),
             Link::Closed => false,
         }
     }
 
     /// Runs one statement as a prepared statement (cached per connection), reads its whole
     /// result, and checks that the server's transaction state is still the one `mode` says.
-    pub async fn execute(&mut self, statement: &Statement, mode: TxMode) -> Result<QueryResult, DbError> {
+    pub async fn execute(
+        &mut self,
+        statement: &Statement,
+        mode: TxMode,
+    ) -> Result<QueryResult, DbError> {
         let result = self.execute_statement(statement).await?;
         match (mode, self.server_in_transaction()) {
             (TxMode::InTransaction, true) | (TxMode::Autocommit, false) => Ok(result),
@@ -276,7 +301,12 @@ impl DbConnection {
 
     fn conn(&mut self) -> Result<&mut Conn, DbError> {
         match &mut self.link {
-            Link::Open { conn, .. } => Ok(conn),
+            Link::Open {
+                conn, last_used, ..
+            } => {
+                *last_used = Instant::now();
+                Ok(conn)
+            }
             Link::Closed => Err(not_connected()),
         }
     }
@@ -311,7 +341,10 @@ fn unavailable(database: &Database, error: mysql_async::Error) -> DbError {
 fn map_error(error: mysql_async::Error) -> DbError {
     match error {
         mysql_async::Error::Server(error)
-            if matches!(error.code, codes::SERVER_SHUTDOWN | codes::CONNECTION_KILLED) =>
+            if matches!(
+                error.code,
+                codes::SERVER_SHUTDOWN | codes::CONNECTION_KILLED
+            ) =>
         {
             DbError::ConnectionLost(format!("{} (mysql {})", error.message, error.code))
         }
@@ -350,7 +383,9 @@ async fn read_result<P: mysql_async::prelude::Protocol>(
                 cells
                     .into_iter()
                     .zip(columns.iter())
-                    .map(|(cell, column)| from_mysql(cell.unwrap_or(mysql_async::Value::NULL), column))
+                    .map(|(cell, column)| {
+                        from_mysql(cell.unwrap_or(mysql_async::Value::NULL), column)
+                    })
                     .collect(),
             );
         }
@@ -434,9 +469,17 @@ fn bytes_value(bytes: Vec<u8>, column: &Column) -> Value {
                 return Value::Double(f);
             }
         }
-        MYSQL_TYPE_DECIMAL | MYSQL_TYPE_NEWDECIMAL | MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE
-        | MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 | MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2
-        | MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 | MYSQL_TYPE_JSON => {}
+        MYSQL_TYPE_DECIMAL
+        | MYSQL_TYPE_NEWDECIMAL
+        | MYSQL_TYPE_DATE
+        | MYSQL_TYPE_NEWDATE
+        | MYSQL_TYPE_TIME
+        | MYSQL_TYPE_TIME2
+        | MYSQL_TYPE_DATETIME
+        | MYSQL_TYPE_DATETIME2
+        | MYSQL_TYPE_TIMESTAMP
+        | MYSQL_TYPE_TIMESTAMP2
+        | MYSQL_TYPE_JSON => {}
         _ if column.character_set() == BINARY_CHARSET => return Value::Bytes(bytes),
         _ => {}
     }

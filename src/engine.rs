@@ -25,7 +25,7 @@ use crate::error::{AbortReason, BrokerError};
 use crate::locks::LockRequest;
 use crate::metrics::Metrics;
 use crate::protocol::{
-    QueryResult, Reply, Request, Stats, Statement, TxOptions, TxRequest, PROTOCOL_VERSION,
+    QueryResult, Reply, Request, Statement, Stats, TxOptions, TxRequest, PROTOCOL_VERSION,
 };
 use crate::sql_guard;
 use crate::txn::{ServerPhase, TxState};
@@ -72,7 +72,11 @@ impl SessionEngine {
 
     /// Answers one request. Requests must come one at a time: the engine is the only user of
     /// its connection and its transaction.
-    pub async fn handle(&mut self, request: Request, phase: ServerPhase) -> Result<Reply, BrokerError> {
+    pub async fn handle(
+        &mut self,
+        request: Request,
+        phase: ServerPhase,
+    ) -> Result<Reply, BrokerError> {
         self.state.admit(&request, phase)?;
         match request {
             Request::Hello { .. } => Ok(Reply::Hello {
@@ -140,7 +144,7 @@ impl SessionEngine {
     /// one round trip out of the time the keys are held.
     async fn start_transaction(&mut self, options: &TxOptions) -> Result<(), BrokerError> {
         self.db.ensure_connected().await.map_err(db_error)?;
-        let begin = self.db.begin(options.isolation, options.read_only);
+        let begin = begin_on_live_connection(&mut self.db, options);
         let (granted, begun) = match options.locks.clone() {
             Some(keys) => {
                 let (granted, begun) = futures_util::join!(self.locks.acquire(keys), begin);
@@ -200,7 +204,11 @@ impl SessionEngine {
                 self.metrics.retried();
                 debug!(self.log, "tx retry"; "attempt" => attempts, "error" => %error);
                 tokio::time::sleep(retry_backoff(attempts)).await;
-                if let Err(error) = self.db.begin(tx.options.isolation, tx.options.read_only).await {
+                if let Err(error) = self
+                    .db
+                    .begin(tx.options.isolation, tx.options.read_only)
+                    .await
+                {
                     self.db.rollback().await.ok();
                     self.locks.release_all();
                     self.metrics.rolled_back();
@@ -347,6 +355,21 @@ impl SessionEngine {
         debug!(self.log, "transaction aborted"; "reason" => %reason);
         self.end_in_rollback().await;
         self.state = TxState::Aborted(reason);
+    }
+}
+
+/// `START TRANSACTION`; if the connection turns out to be dead, nothing has run on it yet, so
+/// one reconnect and a second try are safe.
+async fn begin_on_live_connection(
+    db: &mut DbConnection,
+    options: &TxOptions,
+) -> Result<(), DbError> {
+    match db.begin(options.isolation, options.read_only).await {
+        Err(DbError::ConnectionLost(_)) => {
+            db.ensure_connected().await?;
+            db.begin(options.isolation, options.read_only).await
+        }
+        other => other,
     }
 }
 

@@ -71,7 +71,9 @@ impl ErrorCode {
     }
 
     pub fn parse(text: &str) -> Option<ErrorCode> {
-        ErrorCode::ALL.into_iter().find(|code| code.as_str() == text)
+        ErrorCode::ALL
+            .into_iter()
+            .find(|code| code.as_str() == text)
     }
 
     /// Whether the same request may succeed if sent again, as the contract's table says.
@@ -128,9 +130,15 @@ impl fmt::Display for DbFailure {
 pub enum AbortReason {
     Deadlock,
     DbLockWaitTimeout,
-    LockConflict { key: String },
-    LockTimeout { key: String },
-    IdleTimeout { idle_ms: u64 },
+    LockConflict {
+        key: String,
+    },
+    LockTimeout {
+        key: String,
+    },
+    IdleTimeout {
+        idle_ms: u64,
+    },
     ConnectionLost,
     /// A statement ended the transaction itself (an implicit commit the broker did not foresee).
     EndedByStatement,

@@ -127,7 +127,10 @@ mod tests {
         ));
         assert!(matches!(
             codec.decode(&mut BytesMut::from(&[0, 0, 0, 17][..])),
-            Err(FrameError::TooLarge { length: 17, limit: 16 })
+            Err(FrameError::TooLarge {
+                length: 17,
+                limit: 16
+            })
         ));
         assert!(matches!(
             codec.decode(&mut BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..])),

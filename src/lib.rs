@@ -24,22 +24,22 @@
 //! - [`client`]: the async Rust client.
 //! - [`logging`]: the slog root logger.
 
-pub mod config;
-pub mod error;
-pub mod protocol;
-pub mod frame;
-pub mod locks;
-pub mod txn;
-pub mod sql_guard;
-pub mod db;
-pub mod metrics;
-pub mod coordinator;
-pub mod engine;
-pub mod session;
 pub mod acceptor;
 pub mod broker;
 pub mod client;
+pub mod config;
+pub mod coordinator;
+pub mod db;
+pub mod engine;
+pub mod error;
+pub mod frame;
+pub mod locks;
 pub mod logging;
+pub mod metrics;
+pub mod protocol;
+pub mod session;
+pub mod sql_guard;
+pub mod txn;
 
 pub use broker::{Broker, StartError};
 pub use config::Config;

@@ -314,8 +314,14 @@ impl LockTable {
                 Err(_) => {
                     // From here on every key is greater than all held ones,
                     // so the rest of the request may wait.
-                    return match take_ascending(keys, stats, owner_id, owner, (key, mode), remaining)
-                    {
+                    return match take_ascending(
+                        keys,
+                        stats,
+                        owner_id,
+                        owner,
+                        (key, mode),
+                        remaining,
+                    ) {
                         AscendingOutcome::Complete => AcquireOutcome::Granted,
                         AscendingOutcome::Queued => {
                             stats.lock_waits += 1;

@@ -13,7 +13,11 @@ use txbroker::{logging, Broker, Config};
 const DEFAULT_CONFIG_PATH: &str = "config/txbroker.toml";
 
 #[derive(Debug, Parser)]
-#[command(name = "txbroker", version, about = "Transaction broker for MySQL and MariaDB")]
+#[command(
+    name = "txbroker",
+    version,
+    about = "Transaction broker for MySQL and MariaDB"
+)]
 struct Cli {
     /// TOML configuration file [default: config/txbroker.toml when it exists]
     #[arg(long, value_name = "FILE")]

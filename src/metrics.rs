@@ -37,7 +37,8 @@ impl Metrics {
     }
 
     pub fn rolled_back(&self) {
-        self.transactions_rolled_back.fetch_add(1, Ordering::Relaxed);
+        self.transactions_rolled_back
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn retried(&self) {

@@ -284,9 +284,7 @@ impl RequestFrame {
             Some(_) => return Err(reject(None, "id must be an unsigned integer".into())),
             None => return Err(reject(None, "missing field id".into())),
         };
-        let request = fields
-            .request()
-            .map_err(|message| reject(id, message))?;
+        let request = fields.request().map_err(|message| reject(id, message))?;
         Ok(RequestFrame {
             id: id.unwrap_or_default(),
             request,
@@ -349,7 +347,10 @@ impl<'a> Fields<'a> {
                 Some(text) => Ok(Some(text.to_string())),
                 None => Err(format!("field {name} is not valid UTF-8")),
             },
-            Some(other) => Err(format!("field {name} must be a str, not {}", kind_of(other))),
+            Some(other) => Err(format!(
+                "field {name} must be a str, not {}",
+                kind_of(other)
+            )),
         }
     }
 
@@ -362,7 +363,10 @@ impl<'a> Fields<'a> {
         match self.get(name) {
             None => Ok(false),
             Some(Msgpack::Boolean(b)) => Ok(*b),
-            Some(other) => Err(format!("field {name} must be a bool, not {}", kind_of(other))),
+            Some(other) => Err(format!(
+                "field {name} must be a bool, not {}",
+                kind_of(other)
+            )),
         }
     }
 
@@ -406,7 +410,10 @@ impl<'a> Fields<'a> {
     }
 
     fn lock_request(&self) -> FieldResult<Option<LockRequest>> {
-        Ok(LockRequest::new(self.keys("locks")?, self.keys("read_locks")?))
+        Ok(LockRequest::new(
+            self.keys("locks")?,
+            self.keys("read_locks")?,
+        ))
     }
 
     fn isolation(&self) -> FieldResult<Option<Isolation>> {
@@ -533,10 +540,7 @@ impl Serialize for RequestFrame {
                 map.serialize_entry("params", &statement.params)?;
             }
             Request::Lock(keys) => serialize_lock_request(&mut map, keys)?,
-            Request::Ping
-            | Request::Commit
-            | Request::Rollback
-            | Request::Stats => {}
+            Request::Ping | Request::Commit | Request::Rollback | Request::Stats => {}
         }
         map.end()
     }
@@ -578,7 +582,10 @@ fn serialize_tx_options<M: SerializeMap>(map: &mut M, options: &TxOptions) -> Re
     Ok(())
 }
 
-fn serialize_lock_request<M: SerializeMap>(map: &mut M, keys: &LockRequest) -> Result<(), M::Error> {
+fn serialize_lock_request<M: SerializeMap>(
+    map: &mut M,
+    keys: &LockRequest,
+) -> Result<(), M::Error> {
     let with_mode = |mode| -> Vec<&str> {
         keys.keys()
             .iter()
@@ -999,8 +1006,16 @@ mod tests {
     #[test]
     fn bad_requests_name_the_field_and_keep_the_id_when_readable() {
         check_rejected(&[0x92, 0x01], None, "not valid MessagePack");
-        check_rejected(&encode(&Msgpack::from(3)), None, "must be a MessagePack map");
-        check_rejected(&encode(&map(vec![("op", "ping".into())])), None, "missing field id");
+        check_rejected(
+            &encode(&Msgpack::from(3)),
+            None,
+            "must be a MessagePack map",
+        );
+        check_rejected(
+            &encode(&map(vec![("op", "ping".into())])),
+            None,
+            "missing field id",
+        );
         check_rejected(
             &encode(&map(vec![("id", Msgpack::from(-1)), ("op", "ping".into())])),
             None,
@@ -1014,7 +1029,10 @@ mod tests {
         check_rejected(&with_id(vec![]), Some(9), "missing field op");
         check_rejected(&with_id(vec![("op", "fly".into())]), Some(9), "unknown op");
         check_rejected(
-            &with_id(vec![("op", "tx".into()), ("statements", Msgpack::Array(vec![]))]),
+            &with_id(vec![
+                ("op", "tx".into()),
+                ("statements", Msgpack::Array(vec![])),
+            ]),
             Some(9),
             "at least one statement",
         );
@@ -1027,7 +1045,10 @@ mod tests {
             "unknown isolation",
         );
         check_rejected(
-            &with_id(vec![("op", "lock".into()), ("locks", Msgpack::Array(vec!["".into()]))]),
+            &with_id(vec![
+                ("op", "lock".into()),
+                ("locks", Msgpack::Array(vec!["".into()])),
+            ]),
             Some(9),
             "locks[0]",
         );
@@ -1040,7 +1061,11 @@ mod tests {
             Some(9),
             "1 to 512 bytes",
         );
-        check_rejected(&with_id(vec![("op", "lock".into())]), Some(9), "at least one key");
+        check_rejected(
+            &with_id(vec![("op", "lock".into())]),
+            Some(9),
+            "at least one key",
+        );
         check_rejected(
             &with_id(vec![
                 ("op", "exec".into()),
@@ -1107,7 +1132,10 @@ mod tests {
             affected: 1,
             last_insert_id: Some(4),
             columns: vec!["a".into(), "b".into()],
-            rows: vec![vec![Value::Text("1.500000".into()), Value::Bytes(vec![255])]],
+            rows: vec![vec![
+                Value::Text("1.500000".into()),
+                Value::Bytes(vec![255]),
+            ]],
         };
         let responses = vec![
             Response::success(

@@ -204,11 +204,9 @@ impl Session {
         };
         let token = token.as_bytes();
         // Compare against every token so the time taken tells nothing about which matched.
-        let matched = self
-            .config
-            .auth_tokens
-            .iter()
-            .fold(0u8, |found, valid| found | valid.as_bytes().ct_eq(token).unwrap_u8());
+        let matched = self.config.auth_tokens.iter().fold(0u8, |found, valid| {
+            found | valid.as_bytes().ct_eq(token).unwrap_u8()
+        });
         if matched == 1 {
             self.auth = Auth::Authenticated;
             Ok(())
@@ -217,7 +215,12 @@ impl Session {
         }
     }
 
-    fn start_request(&mut self, frame: RequestFrame, permit: OwnedSemaphorePermit, ctx: &mut Context<Self>) {
+    fn start_request(
+        &mut self,
+        frame: RequestFrame,
+        permit: OwnedSemaphorePermit,
+        ctx: &mut Context<Self>,
+    ) {
         if let Some(timer) = self.idle_timer.take() {
             ctx.cancel_future(timer);
         }
@@ -348,13 +351,15 @@ impl StreamHandler<Incoming> for Session {
                 Ok(frame) => self.pending.push_back(Pending::Request(frame, permit)),
                 Err(rejected) => self.pending.push_back(Pending::Rejected(rejected)),
             },
-            Err(FrameError::Empty) => self.pending.push_back(Pending::Fatal(
-                BrokerError::bad_request("frame length 0: a frame holds one MessagePack value"),
-            )),
-            Err(FrameError::TooLarge { length, limit }) => {
+            Err(FrameError::Empty) => {
                 self.pending
-                    .push_back(Pending::Fatal(BrokerError::FrameTooLarge { length, limit }))
+                    .push_back(Pending::Fatal(BrokerError::bad_request(
+                        "frame length 0: a frame holds one MessagePack value",
+                    )))
             }
+            Err(FrameError::TooLarge { length, limit }) => self
+                .pending
+                .push_back(Pending::Fatal(BrokerError::FrameTooLarge { length, limit })),
             Err(error) => {
                 debug!(self.log, "client read failed"; "error" => %error);
                 self.close(ctx);

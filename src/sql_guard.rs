@@ -90,7 +90,10 @@ fn words(sql: &str) -> impl Iterator<Item = String> + '_ {
     let mut rest = sql;
     std::iter::from_fn(move || loop {
         rest = rest.trim_start();
-        if let Some(after) = rest.strip_prefix("/*!").or_else(|| rest.strip_prefix("/*M!")) {
+        if let Some(after) = rest
+            .strip_prefix("/*!")
+            .or_else(|| rest.strip_prefix("/*M!"))
+        {
             rest = after.trim_start_matches(|c: char| c.is_ascii_digit());
             continue;
         }

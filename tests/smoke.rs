@@ -6,7 +6,11 @@ use txbroker::protocol::Value;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke() {
     let db = TestDb::create("smoke").await;
-    db.run(&["CREATE TABLE t (id INT PRIMARY KEY, v INT)", "INSERT INTO t VALUES (1, 10)"]).await;
+    db.run(&[
+        "CREATE TABLE t (id INT PRIMARY KEY, v INT)",
+        "INSERT INTO t VALUES (1, 10)",
+    ])
+    .await;
     let broker = TestBroker::start(db.config());
     let client = broker.client().await;
     let info = client.hello(None).await.expect("hello");
@@ -15,7 +19,10 @@ async fn smoke() {
     let outcome = client
         .tx()
         .lock("t:1")
-        .exec("UPDATE t SET v = v + ? WHERE id = ?", vec![5.into(), 1.into()])
+        .exec(
+            "UPDATE t SET v = v + ? WHERE id = ?",
+            vec![5.into(), 1.into()],
+        )
         .exec("SELECT v FROM t WHERE id = 1", vec![])
         .run()
         .await

@@ -29,7 +29,9 @@ impl TestDb {
     pub async fn create(label: &str) -> TestDb {
         let name = format!("txb_{label}");
         let base = base_url();
-        let mut admin = mysql_async::Conn::from_url(&base).await.expect("connect to MariaDB");
+        let mut admin = mysql_async::Conn::from_url(&base)
+            .await
+            .expect("connect to MariaDB");
         admin
             .query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
             .await
@@ -47,14 +49,18 @@ impl TestDb {
     }
 
     pub async fn conn(&self) -> mysql_async::Conn {
-        mysql_async::Conn::from_url(&self.url).await.expect("connect to the test database")
+        mysql_async::Conn::from_url(&self.url)
+            .await
+            .expect("connect to the test database")
     }
 
     /// Runs statements on a fresh direct connection.
     pub async fn run(&self, statements: &[&str]) {
         let mut conn = self.conn().await;
         for sql in statements {
-            conn.query_drop(*sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            conn.query_drop(*sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
         }
         conn.disconnect().await.ok();
     }
@@ -97,7 +103,9 @@ impl TestBroker {
                     Err(_) => logging::discard(),
                 };
                 let broker = Broker::start(config, log).await.expect("broker starts");
-                addr_sender.send(broker.local_addr()).expect("test waits for the address");
+                addr_sender
+                    .send(broker.local_addr())
+                    .expect("test waits for the address");
                 let _ = stopped.await;
                 broker.shutdown().await;
             });
@@ -113,7 +121,9 @@ impl TestBroker {
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect(self.addr).await.expect("connect to the broker")
+        Client::connect(self.addr)
+            .await
+            .expect("connect to the broker")
     }
 
     /// Starts the drain and returns at once; the broker thread finishes on its own.
@@ -164,7 +174,10 @@ pub async fn stats_until(client: &Client, what: &str, condition: impl Fn(&Stats)
         if condition(&stats) {
             return stats;
         }
-        assert!(Instant::now() < deadline, "timed out waiting until {what}: {stats:?}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until {what}: {stats:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

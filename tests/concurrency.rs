@@ -1,0 +1,656 @@
+//! Keys, waits, aborts and retries, with several clients and real contention: the promises
+//! that only show when transactions meet.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, stats_until, TestBroker, TestDb};
+use mysql_async::prelude::Queryable;
+use txbroker::client::{Client, ClientError};
+use txbroker::error::ErrorCode;
+use txbroker::locks::LockRequest;
+use txbroker::protocol::{Reply, Request, Statement, TxOptions, TxRequest, Value};
+use txbroker::Config;
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn keys(exclusive: &[&str]) -> LockRequest {
+    LockRequest::new(exclusive.iter().map(|k| k.to_string()), Vec::new()).expect("at least one key")
+}
+
+fn with_keys(exclusive: &[&str]) -> TxOptions {
+    TxOptions {
+        locks: Some(keys(exclusive)),
+        ..TxOptions::default()
+    }
+}
+
+fn code(result: Result<impl std::fmt::Debug, ClientError>) -> ErrorCode {
+    match result {
+        Err(error) => error
+            .code()
+            .unwrap_or_else(|| panic!("not a server error: {error}")),
+        Ok(value) => panic!("expected an error, got {value:?}"),
+    }
+}
+
+async fn accounts(label: &str, rows: u32) -> TestDb {
+    let db = TestDb::create(label).await;
+    db.run(&["CREATE TABLE accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB"])
+        .await;
+    let values: Vec<String> = (1..=rows).map(|id| format!("({id}, 100)")).collect();
+    db.run(&[&format!("INSERT INTO accounts VALUES {}", values.join(","))])
+        .await;
+    db
+}
+
+/// Waits until InnoDB reports a transaction waiting for a row lock.
+async fn innodb_lock_wait(db: &TestDb) {
+    eventually(
+        "a transaction waits for a row lock in InnoDB",
+        PATIENCE,
+        || async {
+            db.scalar(
+                "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'",
+            )
+            .await
+                > 0
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_client_waits_for_the_key_then_runs_after_the_first() {
+    let db = accounts("cc_wait", 1).await;
+    let broker = TestBroker::start(db.config());
+    let first = broker.client().await;
+    let second = broker.client().await;
+    let observer = broker.client().await;
+
+    first
+        .begin(with_keys(&["accounts:1"]))
+        .await
+        .expect("begin");
+    first
+        .exec(
+            "UPDATE accounts SET balance = balance + 1 WHERE id = 1",
+            vec![],
+        )
+        .await
+        .expect("update");
+    let waiting = second.send(Request::Tx(TxRequest {
+        statements: vec![
+            Statement::new(
+                "UPDATE accounts SET balance = balance * 2 WHERE id = 1",
+                vec![],
+            ),
+            Statement::new("SELECT balance FROM accounts WHERE id = 1", vec![]),
+        ],
+        options: with_keys(&["accounts:1"]),
+        retries: None,
+    }));
+    let waiting = tokio::spawn(waiting);
+    stats_until(
+        &observer,
+        "the second client waits in the coordinator",
+        |s| s.lock_waiters == 1,
+    )
+    .await;
+    assert!(
+        !waiting.is_finished(),
+        "the second transaction must wait for the key"
+    );
+
+    first.commit().await.expect("commit");
+    let reply = waiting.await.expect("task").expect("second tx commits");
+    let Reply::Tx { results, attempts } = reply else {
+        panic!("expected tx reply, got {reply:?}");
+    };
+    assert_eq!(attempts, 1);
+    assert_eq!(
+        results[1].rows,
+        vec![vec![Value::Int(202)]],
+        "ran after the first committed"
+    );
+    let stats = stats_until(&observer, "every key is released", |s| s.locks_held == 0).await;
+    assert!(stats.lock_waits >= 1);
+    assert_eq!(stats.deadlocks, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_mid_transaction_loses_its_writes_and_keys() {
+    let db = accounts("cc_disconnect", 1).await;
+    let broker = TestBroker::start(db.config());
+    let observer = broker.client().await;
+    {
+        let leaver = broker.client().await;
+        leaver
+            .begin(with_keys(&["accounts:1"]))
+            .await
+            .expect("begin");
+        leaver
+            .exec("UPDATE accounts SET balance = 0 WHERE id = 1", vec![])
+            .await
+            .expect("update");
+        stats_until(&observer, "the leaver holds its key", |s| s.locks_held == 1).await;
+    }
+    stats_until(&observer, "the session ended and released its key", |s| {
+        s.locks_held == 0 && s.sessions == 1
+    })
+    .await;
+    let outcome = observer
+        .tx()
+        .lock("accounts:1")
+        .exec("SELECT balance FROM accounts WHERE id = 1", vec![])
+        .run()
+        .await
+        .expect("the key is free");
+    assert_eq!(
+        outcome.results[0].rows,
+        vec![vec![Value::Int(100)]],
+        "write rolled back"
+    );
+    assert!(
+        observer
+            .stats()
+            .await
+            .expect("stats")
+            .transactions_rolled_back
+            >= 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_while_waiting_leaves_the_queue() {
+    let db = accounts("cc_wait_leave", 1).await;
+    let broker = TestBroker::start(db.config());
+    let holder = broker.client().await;
+    let observer = broker.client().await;
+    holder.begin(with_keys(&["k"])).await.expect("begin");
+    {
+        let waiter = broker.client().await;
+        let pending = waiter.send(Request::Begin(with_keys(&["k"])));
+        stats_until(&observer, "the waiter is queued", |s| s.lock_waiters == 1).await;
+        drop(pending);
+    }
+    stats_until(&observer, "the waiter left the queue", |s| {
+        s.lock_waiters == 0 && s.sessions == 2
+    })
+    .await;
+    holder.commit().await.expect("commit");
+    stats_until(&observer, "nothing is held", |s| s.locks_held == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_transaction_is_aborted_and_answers_tx_aborted_until_rollback() {
+    let db = accounts("cc_idle", 1).await;
+    let broker = TestBroker::start(Config {
+        idle_tx_timeout_ms: 200,
+        ..db.config()
+    });
+    let client = broker.client().await;
+    let observer = broker.client().await;
+    client
+        .begin(with_keys(&["accounts:1"]))
+        .await
+        .expect("begin");
+    client
+        .exec("UPDATE accounts SET balance = 7 WHERE id = 1", vec![])
+        .await
+        .expect("update");
+    stats_until(&observer, "the idle transaction's key is released", |s| {
+        s.locks_held == 0
+    })
+    .await;
+
+    let error = client.exec("SELECT 1", vec![]).await.expect_err("aborted");
+    assert_eq!(error.code(), Some(ErrorCode::TxAborted));
+    assert!(error.to_string().contains("idle"), "reason named: {error}");
+    assert_eq!(code(client.commit().await), ErrorCode::TxAborted);
+    client
+        .rollback()
+        .await
+        .expect("rollback clears the aborted state");
+    client
+        .exec("SELECT 1", vec![])
+        .await
+        .expect("autocommit works again");
+    assert_eq!(
+        db.scalar("SELECT balance FROM accounts WHERE id = 1").await,
+        100
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_out_of_order_lock_conflict_aborts_and_releases_everything() {
+    let db = accounts("cc_conflict", 2).await;
+    let broker = TestBroker::start(db.config());
+    let client = broker.client().await;
+    let other = broker.client().await;
+    let observer = broker.client().await;
+    client.begin(with_keys(&["b"])).await.expect("begin b");
+    other.begin(with_keys(&["a"])).await.expect("begin a");
+
+    let error = client
+        .lock(keys(&["a"]))
+        .await
+        .expect_err("a is taken and below b");
+    assert_eq!(error.code(), Some(ErrorCode::LockConflict));
+    assert!(error.is_retryable());
+    stats_until(&observer, "b was released by the abort", |s| {
+        s.locks_held == 1
+    })
+    .await;
+
+    assert_eq!(
+        code(client.exec("SELECT 1", vec![]).await),
+        ErrorCode::TxAborted
+    );
+    assert_eq!(code(client.lock(keys(&["z"])).await), ErrorCode::TxAborted);
+    assert_eq!(code(client.commit().await), ErrorCode::TxAborted);
+    assert_eq!(
+        code(client.begin(TxOptions::default()).await),
+        ErrorCode::TxAborted
+    );
+    assert_eq!(
+        code(client.tx().exec("SELECT 1", vec![]).run().await),
+        ErrorCode::TxAborted
+    );
+    client.ping().await.expect("ping works while aborted");
+    client.stats().await.expect("stats works while aborted");
+    client.rollback().await.expect("rollback");
+    client
+        .begin(with_keys(&["b"]))
+        .await
+        .expect("a new transaction may start");
+    client.rollback().await.expect("rollback");
+    other.rollback().await.expect("rollback");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_greater_key_is_waited_for_inside_a_transaction() {
+    let db = accounts("cc_extend", 1).await;
+    let broker = TestBroker::start(db.config());
+    let holder = broker.client().await;
+    let extender = broker.client().await;
+    let observer = broker.client().await;
+    holder.begin(with_keys(&["b"])).await.expect("begin b");
+    extender.begin(with_keys(&["a"])).await.expect("begin a");
+    let lock = tokio::spawn(extender.send(Request::Lock(keys(&["b"]))));
+    stats_until(&observer, "the extension waits", |s| s.lock_waiters == 1).await;
+    holder.commit().await.expect("commit");
+    lock.await
+        .expect("task")
+        .expect("b granted after the holder committed");
+    extender.commit().await.expect("commit");
+    stats_until(&observer, "nothing is held", |s| s.locks_held == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_not_granted_in_time_is_lock_timeout_and_releases_the_lower_keys() {
+    let db = accounts("cc_lock_timeout", 1).await;
+    let broker = TestBroker::start(Config {
+        lock_wait_timeout_ms: 200,
+        ..db.config()
+    });
+    let holder = broker.client().await;
+    let waiter = broker.client().await;
+    let observer = broker.client().await;
+    holder.begin(with_keys(&["k"])).await.expect("begin");
+    let error = waiter
+        .tx()
+        .lock("j")
+        .lock("k")
+        .exec("SELECT 1", vec![])
+        .run()
+        .await
+        .expect_err("k stays taken");
+    assert_eq!(error.code(), Some(ErrorCode::LockTimeout));
+    assert!(error.is_retryable());
+    let stats = observer.stats().await.expect("stats");
+    assert_eq!(stats.lock_timeouts, 1);
+    assert_eq!(stats.locks_held, 1, "only the holder's key; j was released");
+    observer
+        .tx()
+        .lock("j")
+        .exec("SELECT 1", vec![])
+        .run()
+        .await
+        .expect("j is free");
+    // A failed begin leaves nothing open.
+    assert_eq!(
+        code(waiter.begin(with_keys(&["k"])).await),
+        ErrorCode::LockTimeout
+    );
+    assert_eq!(code(waiter.commit().await), ErrorCode::NoTransaction);
+    holder.rollback().await.expect("rollback");
+}
+
+/// A transaction that declares no keys runs into a database deadlock it cannot avoid; the
+/// broker rolls back and runs it again, and it commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_deadlock_in_tx_is_retried_to_success() {
+    let db = accounts("cc_deadlock_retry", 200).await;
+    let broker = TestBroker::start(db.config());
+    let client = broker.client().await;
+    // The other party works directly on the database and changes many rows, so that InnoDB
+    // picks the broker's lighter transaction as the deadlock victim.
+    let mut heavy = db.conn().await;
+    heavy.query_drop("START TRANSACTION").await.expect("begin");
+    heavy
+        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id > 10")
+        .await
+        .expect("many rows");
+    heavy
+        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 2")
+        .await
+        .expect("row 2");
+
+    let tx = tokio::spawn(client.send(Request::Tx(TxRequest {
+        statements: vec![
+            Statement::new(
+                "UPDATE accounts SET balance = balance - 5 WHERE id = 1",
+                vec![],
+            ),
+            Statement::new(
+                "UPDATE accounts SET balance = balance + 5 WHERE id = 2",
+                vec![],
+            ),
+        ],
+        options: TxOptions::default(),
+        retries: Some(3),
+    })));
+    innodb_lock_wait(&db).await;
+    // Closes the cycle: the broker's transaction holds row 1 and waits for row 2.
+    heavy
+        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+        .await
+        .expect("the heavy transaction survives the deadlock");
+    heavy.query_drop("COMMIT").await.expect("commit");
+
+    let reply = tx
+        .await
+        .expect("task")
+        .expect("the broker's tx commits after a retry");
+    let Reply::Tx { attempts, .. } = reply else {
+        panic!("expected tx reply, got {reply:?}");
+    };
+    assert_eq!(attempts, 2);
+    let stats = client.stats().await.expect("stats");
+    assert_eq!(stats.deadlocks, 1);
+    assert_eq!(stats.retries, 1);
+    assert_eq!(
+        db.scalar("SELECT balance FROM accounts WHERE id = 1").await,
+        100 + 1 - 5
+    );
+    assert_eq!(
+        db.scalar("SELECT balance FROM accounts WHERE id = 2").await,
+        100 + 1 + 5
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_deadlock_inside_an_interactive_transaction_aborts_it() {
+    let db = accounts("cc_deadlock_interactive", 200).await;
+    let broker = TestBroker::start(db.config());
+    let client = broker.client().await;
+    client.begin(TxOptions::default()).await.expect("begin");
+    client
+        .exec(
+            "UPDATE accounts SET balance = balance - 5 WHERE id = 1",
+            vec![],
+        )
+        .await
+        .expect("row 1");
+    let mut heavy = db.conn().await;
+    heavy.query_drop("START TRANSACTION").await.expect("begin");
+    heavy
+        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id > 10")
+        .await
+        .expect("many rows");
+    heavy
+        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 2")
+        .await
+        .expect("row 2");
+    let blocked = tokio::spawn(client.send(Request::Exec(Statement::new(
+        "UPDATE accounts SET balance = balance + 5 WHERE id = 2",
+        vec![],
+    ))));
+    innodb_lock_wait(&db).await;
+    heavy
+        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+        .await
+        .expect("survivor");
+    heavy.query_drop("COMMIT").await.expect("commit");
+
+    let error = blocked.await.expect("task").expect_err("deadlock victim");
+    assert_eq!(error.code(), Some(ErrorCode::Deadlock));
+    assert!(error.is_retryable());
+    let ClientError::Server(reply) = &error else {
+        panic!("server error expected");
+    };
+    assert_eq!(reply.mysql_code, Some(1213));
+    assert_eq!(code(client.commit().await), ErrorCode::TxAborted);
+    client.rollback().await.expect("rollback");
+    assert_eq!(
+        db.scalar("SELECT balance FROM accounts WHERE id = 1").await,
+        101
+    );
+    assert_eq!(client.stats().await.expect("stats").deadlocks, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_lock_wait_timeout_is_retried_in_tx_and_aborts_interactive() {
+    let db = accounts("cc_db_lock_timeout", 1).await;
+    let broker = TestBroker::start(Config {
+        innodb_lock_wait_timeout_s: 1,
+        ..db.config()
+    });
+    let client = broker.client().await;
+    let mut holder = db.conn().await;
+    holder.query_drop("START TRANSACTION").await.expect("begin");
+    holder
+        .query_drop("UPDATE accounts SET balance = 0 WHERE id = 1")
+        .await
+        .expect("hold row 1");
+
+    let error = client
+        .tx()
+        .retries(1)
+        .exec("UPDATE accounts SET balance = 1 WHERE id = 1", vec![])
+        .run()
+        .await
+        .expect_err("row 1 stays locked");
+    assert_eq!(error.code(), Some(ErrorCode::DbLockTimeout));
+    assert!(error.is_retryable());
+    let ClientError::Server(reply) = &error else {
+        panic!("server error expected");
+    };
+    assert_eq!((reply.mysql_code, reply.statement), (Some(1205), Some(0)));
+    assert_eq!(client.stats().await.expect("stats").retries, 1);
+
+    client.begin(TxOptions::default()).await.expect("begin");
+    client
+        .exec("INSERT INTO accounts VALUES (2, 5)", vec![])
+        .await
+        .expect("insert");
+    let error = client
+        .exec("UPDATE accounts SET balance = 1 WHERE id = 1", vec![])
+        .await
+        .expect_err("lock wait timeout");
+    assert_eq!(error.code(), Some(ErrorCode::DbLockTimeout));
+    // 1205 rolls back only the statement in MariaDB; the broker must roll back the rest.
+    assert_eq!(
+        code(client.exec("SELECT 1", vec![]).await),
+        ErrorCode::TxAborted
+    );
+    client.rollback().await.expect("rollback");
+    holder.query_drop("ROLLBACK").await.expect("rollback");
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM accounts").await,
+        1,
+        "insert rolled back"
+    );
+}
+
+async fn connection_id(client: &Client) -> i64 {
+    let result = client
+        .exec("SELECT CONNECTION_ID()", vec![])
+        .await
+        .expect("connection id");
+    result.rows[0][0].as_i64().expect("integer id")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_before_commit_answers_commit_unknown_and_the_session_recovers() {
+    let db = accounts("cc_commit_unknown", 1).await;
+    let broker = TestBroker::start(db.config());
+    let client = broker.client().await;
+    client
+        .begin(with_keys(&["accounts:1"]))
+        .await
+        .expect("begin");
+    client
+        .exec("UPDATE accounts SET balance = 0 WHERE id = 1", vec![])
+        .await
+        .expect("update");
+    let id = connection_id(&client).await;
+    db.run(&[&format!("KILL CONNECTION {id}")]).await;
+    let error = client.commit().await.expect_err("connection is gone");
+    assert_eq!(error.code(), Some(ErrorCode::CommitUnknown));
+    assert!(!error.is_retryable());
+    assert_eq!(
+        db.scalar("SELECT balance FROM accounts WHERE id = 1").await,
+        100
+    );
+    assert_eq!(client.stats().await.expect("stats").locks_held, 0);
+    let outcome = client
+        .tx()
+        .exec("SELECT CONNECTION_ID()", vec![])
+        .run()
+        .await
+        .expect("the session reconnects");
+    assert_ne!(outcome.results[0].rows[0][0].as_i64(), Some(id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_idle_connection_is_replaced_on_the_next_transaction() {
+    let db = accounts("cc_reconnect", 1).await;
+    let broker = TestBroker::start(db.config());
+    let client = broker.client().await;
+    let id = connection_id(&client).await;
+    db.run(&[&format!("KILL CONNECTION {id}")]).await;
+    client
+        .tx()
+        .exec("UPDATE accounts SET balance = 1 WHERE id = 1", vec![])
+        .run()
+        .await
+        .expect("a fresh connection runs the tx");
+    assert_eq!(
+        db.scalar("SELECT balance FROM accounts WHERE id = 1").await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_answers_db_unavailable_and_the_broker_keeps_serving() {
+    let broker = TestBroker::start(Config {
+        listen: "127.0.0.1:0".into(),
+        database_url: "mysql://root@127.0.0.1:1/test?prefer_socket=false".into(),
+        session_threads: 1,
+        ..Config::default()
+    });
+    let client = broker.client().await;
+    client.hello(None).await.expect("hello needs no database");
+    let error = client
+        .tx()
+        .exec("SELECT 1", vec![])
+        .run()
+        .await
+        .expect_err("no database");
+    assert_eq!(error.code(), Some(ErrorCode::DbUnavailable));
+    assert!(error.is_retryable());
+    assert_eq!(
+        code(client.begin(with_keys(&["k"])).await),
+        ErrorCode::DbUnavailable
+    );
+    assert_eq!(
+        code(client.commit().await),
+        ErrorCode::NoTransaction,
+        "begin left nothing open"
+    );
+    assert_eq!(
+        code(client.exec("SELECT 1", vec![]).await),
+        ErrorCode::DbUnavailable
+    );
+    let stats = client.stats().await.expect("stats");
+    assert_eq!((stats.locks_held, stats.lock_waiters), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_open_transactions_finish_and_refuses_new_ones() {
+    let db = accounts("cc_shutdown_finish", 1).await;
+    let mut broker = TestBroker::start(Config {
+        shutdown_grace_ms: 20_000,
+        ..db.config()
+    });
+    let open = broker.client().await;
+    let idle = broker.client().await;
+    open.begin(with_keys(&["accounts:1"])).await.expect("begin");
+    open.exec("UPDATE accounts SET balance = 55 WHERE id = 1", vec![])
+        .await
+        .expect("update");
+    broker.begin_shutdown();
+    eventually("new transactions are refused", PATIENCE, || async {
+        match idle.tx().exec("SELECT 1", vec![]).run().await {
+            Err(error) => {
+                assert_eq!(error.code(), Some(ErrorCode::ShuttingDown));
+                assert!(error.is_retryable());
+                true
+            }
+            Ok(_) => false,
+        }
+    })
+    .await;
+    open.exec(
+        "UPDATE accounts SET balance = balance + 1 WHERE id = 1",
+        vec![],
+    )
+    .await
+    .expect("statements inside the open transaction go on");
+    open.commit().await.expect("commit");
+    broker.shutdown();
+    assert_eq!(
+        db.scalar("SELECT balance FROM accounts WHERE id = 1").await,
+        56
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_rolls_back_what_is_still_open_after_the_grace() {
+    let db = accounts("cc_shutdown_grace", 1).await;
+    let broker = TestBroker::start(Config {
+        shutdown_grace_ms: 200,
+        ..db.config()
+    });
+    let open = broker.client().await;
+    open.begin(with_keys(&["accounts:1"])).await.expect("begin");
+    open.exec("UPDATE accounts SET balance = 0 WHERE id = 1", vec![])
+        .await
+        .expect("update");
+    let started = std::time::Instant::now();
+    tokio::task::spawn_blocking(move || broker.shutdown())
+        .await
+        .expect("shutdown");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "drain is bounded by the grace"
+    );
+    assert_eq!(
+        db.scalar("SELECT balance FROM accounts WHERE id = 1").await,
+        100
+    );
+    assert!(open.ping().await.is_err(), "the connection was closed");
+}
