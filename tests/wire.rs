@@ -1,0 +1,291 @@
+//! The wire, byte by byte: framing errors, authentication, the session limit, and hostile
+//! input that no well-behaved client would send.
+
+mod common;
+
+use common::{map, RawConn, TestBroker, TestDb};
+use rand::{Rng, SeedableRng};
+use rmpv::Value as Msgpack;
+use txbroker::error::ErrorCode;
+use txbroker::protocol::{Reply, Response};
+use txbroker::Config;
+
+fn ping(id: u64) -> Msgpack {
+    map(vec![
+        ("id", Msgpack::from(id)),
+        ("op", Msgpack::from("ping")),
+    ])
+}
+
+fn error_code(response: &Response) -> ErrorCode {
+    match &response.outcome {
+        Err(error) => error.code,
+        Ok(reply) => panic!("expected an error, got {reply:?}"),
+    }
+}
+
+async fn broker(label: &str, adjust: impl FnOnce(Config) -> Config) -> (TestDb, TestBroker) {
+    let db = TestDb::create(label).await;
+    let broker = TestBroker::start(adjust(db.config()));
+    (db, broker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_length_frame_is_bad_request_and_closes_the_connection() {
+    let (_db, broker) = broker("wire_zero", |c| c).await;
+    let mut conn = RawConn::connect(broker.addr).await;
+    conn.send_bytes(&[0, 0, 0, 0]).await;
+    let response = conn.read_response().await.expect("an answer");
+    assert_eq!(response.id, None);
+    assert_eq!(error_code(&response), ErrorCode::BadRequest);
+    assert!(conn.is_closed_by_server().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_frame_is_refused_without_waiting_for_its_body() {
+    let (_db, broker) = broker("wire_too_large", |c| Config {
+        max_frame_bytes: 1024,
+        ..c
+    })
+    .await;
+    let mut conn = RawConn::connect(broker.addr).await;
+    // Only the length is sent: the answer must not wait for 1025 bytes that never come.
+    conn.send_bytes(&1025u32.to_be_bytes()).await;
+    let response = conn.read_response().await.expect("an answer");
+    assert_eq!(response.id, None);
+    assert_eq!(error_code(&response), ErrorCode::FrameTooLarge);
+    assert!(!response.outcome.as_ref().expect_err("error").retryable);
+    assert!(conn.is_closed_by_server().await);
+
+    let mut conn = RawConn::connect(broker.addr).await;
+    conn.send_bytes(&u32::MAX.to_be_bytes()).await;
+    let response = conn.read_response().await.expect("an answer");
+    assert_eq!(error_code(&response), ErrorCode::FrameTooLarge);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_at_the_limit_is_accepted() {
+    let (_db, broker) = broker("wire_at_limit", |c| Config {
+        max_frame_bytes: 1024,
+        ..c
+    })
+    .await;
+    let mut conn = RawConn::connect(broker.addr).await;
+    let padding = "x".repeat(1024);
+    let mut body = Vec::new();
+    let request = map(vec![
+        ("id", Msgpack::from(1)),
+        ("op", Msgpack::from("ping")),
+        ("pad", Msgpack::from(padding.as_str())),
+    ]);
+    rmpv::encode::write_value(&mut body, &request).expect("encode");
+    let excess = body.len() - 1024;
+    let request = map(vec![
+        ("id", Msgpack::from(1)),
+        ("op", Msgpack::from("ping")),
+        ("pad", Msgpack::from(&padding[excess..])),
+    ]);
+    body.clear();
+    rmpv::encode::write_value(&mut body, &request).expect("encode");
+    assert_eq!(body.len(), 1024);
+    conn.send_frame(&body).await;
+    let response = conn.read_response().await.expect("an answer");
+    assert_eq!(response.outcome, Ok(Reply::Done));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_is_not_messagepack_is_bad_request_and_the_connection_stays_open() {
+    let (_db, broker) = broker("wire_garbage", |c| c).await;
+    let mut conn = RawConn::connect(broker.addr).await;
+    for body in [
+        &[0x92u8, 0x01][..],
+        b"hello",
+        &[0xdd, 0xff, 0xff, 0xff, 0xff],
+    ] {
+        conn.send_frame(body).await;
+        let response = conn.read_response().await.expect("an answer");
+        assert_eq!(response.id, None);
+        assert_eq!(error_code(&response), ErrorCode::BadRequest);
+    }
+    conn.send_value(&ping(3)).await;
+    let response = conn.read_response().await.expect("an answer");
+    assert_eq!((response.id, response.outcome), (Some(3), Ok(Reply::Done)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_on_the_first_request_must_be_hello_with_a_valid_token() {
+    let (_db, broker) = broker("wire_auth", |c| Config {
+        auth_tokens: vec!["s3cret".into(), "other-token".into()],
+        ..c
+    })
+    .await;
+
+    let mut conn = RawConn::connect(broker.addr).await;
+    conn.send_value(&ping(5)).await;
+    let response = conn.read_response().await.expect("an answer");
+    assert_eq!(response.id, Some(5));
+    assert_eq!(error_code(&response), ErrorCode::Unauthenticated);
+    assert!(conn.is_closed_by_server().await);
+
+    for token in ["s3cre", "s3cret ", "S3CRET", ""] {
+        let mut conn = RawConn::connect(broker.addr).await;
+        conn.send_value(&map(vec![
+            ("id", Msgpack::from(6)),
+            ("op", Msgpack::from("hello")),
+            ("token", Msgpack::from(token)),
+        ]))
+        .await;
+        let response = conn.read_response().await.expect("an answer");
+        assert_eq!(
+            error_code(&response),
+            ErrorCode::Unauthenticated,
+            "token {token:?}"
+        );
+        assert!(conn.is_closed_by_server().await);
+    }
+
+    let (client, info) = txbroker::client::Client::connect_with_token(broker.addr, "other-token")
+        .await
+        .expect("valid token");
+    assert_eq!(info.protocol, 1);
+    client.ping().await.expect("authenticated session works");
+    client.exec("SELECT 1", vec![]).await.expect("exec");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_sessions_a_client_gets_busy_at_accept_and_is_closed() {
+    let (_db, broker) = broker("wire_busy", |c| Config {
+        max_sessions: 2,
+        ..c
+    })
+    .await;
+    let first = broker.client().await;
+    let second = broker.client().await;
+    first.ping().await.expect("first");
+    second.ping().await.expect("second");
+
+    let mut refused = RawConn::connect(broker.addr).await;
+    // Busy is sent before any request.
+    let response = refused.read_response().await.expect("busy");
+    assert_eq!(response.id, None);
+    assert_eq!(error_code(&response), ErrorCode::Busy);
+    assert!(response.outcome.as_ref().expect_err("error").retryable);
+    assert!(refused.is_closed_by_server().await);
+    first
+        .ping()
+        .await
+        .expect("sessions already open are unaffected");
+
+    drop(second);
+    common::stats_until(&first, "the second session ended", |s| s.sessions == 1).await;
+    let third = broker.client().await;
+    third.ping().await.expect("a slot is free again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_answered_in_order_even_when_they_fail() {
+    let (_db, broker) = broker("wire_order", |c| c).await;
+    let mut conn = RawConn::connect(broker.addr).await;
+    let mut bytes = Vec::new();
+    for id in 0..10u64 {
+        let request = if id % 3 == 0 {
+            map(vec![
+                ("id", Msgpack::from(id)),
+                ("op", Msgpack::from("nope")),
+            ])
+        } else if id % 3 == 1 {
+            map(vec![
+                ("id", Msgpack::from(id)),
+                ("op", Msgpack::from("exec")),
+                ("sql", Msgpack::from("SELECT ?")),
+                ("params", Msgpack::Array(vec![Msgpack::from(id)])),
+            ])
+        } else {
+            ping(id)
+        };
+        let mut body = Vec::new();
+        rmpv::encode::write_value(&mut body, &request).expect("encode");
+        bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&body);
+    }
+    conn.send_bytes(&bytes).await;
+    for id in 0..10u64 {
+        let response = conn.read_response().await.expect("an answer");
+        assert_eq!(response.id, Some(id));
+        match id % 3 {
+            0 => assert_eq!(error_code(&response), ErrorCode::BadRequest),
+            1 => {
+                let Ok(Reply::Exec { result }) = response.outcome else {
+                    panic!("exec reply expected: {response:?}");
+                };
+                assert_eq!(result.rows[0][0].as_i64(), Some(id as i64));
+            }
+            _ => assert_eq!(response.outcome, Ok(Reply::Done)),
+        }
+    }
+}
+
+/// Random bytes, random frames and random maps from a seeded generator: every connection gets
+/// answers or a close, never a crash, and the broker keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_input_never_takes_the_broker_down() {
+    let (_db, broker) = broker("wire_random", |c| Config {
+        max_frame_bytes: 4096,
+        ..c
+    })
+    .await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x7b_0b_0e_c5);
+    let ops = [
+        "hello", "ping", "tx", "begin", "exec", "lock", "commit", "rollback", "stats", "x",
+    ];
+    let fields = [
+        "id",
+        "op",
+        "sql",
+        "params",
+        "statements",
+        "locks",
+        "read_locks",
+        "isolation",
+        "read_only",
+        "retries",
+        "token",
+    ];
+    for _ in 0..150 {
+        let mut conn = RawConn::connect(broker.addr).await;
+        let mut bytes = Vec::new();
+        for _ in 0..rng.gen_range(1..6) {
+            if rng.gen_bool(0.3) {
+                let length: usize = rng.gen_range(0..64);
+                let junk: Vec<u8> = (0..length).map(|_| rng.gen()).collect();
+                bytes.extend_from_slice(&junk);
+                continue;
+            }
+            let mut entries = Vec::new();
+            for _ in 0..rng.gen_range(0..6) {
+                let name = fields[rng.gen_range(0..fields.len())];
+                let value = match rng.gen_range(0..7) {
+                    0 => Msgpack::from(rng.gen::<u32>()),
+                    1 => Msgpack::from(ops[rng.gen_range(0..ops.len())]),
+                    2 => Msgpack::Nil,
+                    3 => Msgpack::Array(vec![Msgpack::from("k"), Msgpack::from(-1)]),
+                    4 => Msgpack::Array(vec![map(vec![("sql", Msgpack::from("SELECT 1"))])]),
+                    5 => Msgpack::Binary(vec![0xff; 3]),
+                    _ => Msgpack::from(rng.gen::<bool>()),
+                };
+                entries.push((name, value));
+            }
+            let mut body = Vec::new();
+            rmpv::encode::write_value(&mut body, &map(entries)).expect("encode");
+            bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(&body);
+        }
+        conn.send_bytes(&bytes).await;
+        drop(conn);
+    }
+    let client = broker.client().await;
+    client.ping().await.expect("the broker still serves");
+    let stats =
+        common::stats_until(&client, "every random session ended", |s| s.sessions == 1).await;
+    assert_eq!((stats.locks_held, stats.lock_waiters), (0, 0));
+}
