@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-mariadb.sh
-cargo build --all-targets
-cargo test --all-targets -- --test-threads "${TEST_THREADS:-8}"
+cargo test --all-targets
+cargo test --doc
