@@ -45,21 +45,20 @@ async fn accounts(label: &str, rows: u32) -> TestDb {
     db
 }
 
-/// Waits until InnoDB reports a transaction waiting for a row lock.
-async fn innodb_lock_wait(db: &TestDb) {
-    eventually(
-        "a transaction waits for a row lock in InnoDB",
-        PATIENCE,
-        || async {
-            db.scalar(
-                "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'",
-            )
-            .await
-                > 0
-        },
-    )
+/// Waits until `statement` is running in the test's database. Used for a statement that can
+/// only be running because it waits for a row lock another transaction holds.
+async fn blocked_on_row_lock(db: &TestDb, statement: &str) {
+    let probe = format!(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = '{}' AND INFO = '{}'",
+        db.name, statement
+    );
+    eventually("the statement waits for a row lock", PATIENCE, || async {
+        db.scalar(&probe).await > 0
+    })
     .await;
 }
+
+const ROW_2_UPDATE: &str = "UPDATE accounts SET balance = balance + 5 WHERE id = 2";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_client_waits_for_the_key_then_runs_after_the_first() {
@@ -354,15 +353,12 @@ async fn a_database_deadlock_in_tx_is_retried_to_success() {
                 "UPDATE accounts SET balance = balance - 5 WHERE id = 1",
                 vec![],
             ),
-            Statement::new(
-                "UPDATE accounts SET balance = balance + 5 WHERE id = 2",
-                vec![],
-            ),
+            Statement::new(ROW_2_UPDATE, vec![]),
         ],
         options: TxOptions::default(),
         retries: Some(3),
     })));
-    innodb_lock_wait(&db).await;
+    blocked_on_row_lock(&db, ROW_2_UPDATE).await;
     // Closes the cycle: the broker's transaction holds row 1 and waits for row 2.
     heavy
         .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
@@ -414,11 +410,8 @@ async fn a_database_deadlock_inside_an_interactive_transaction_aborts_it() {
         .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 2")
         .await
         .expect("row 2");
-    let blocked = tokio::spawn(client.send(Request::Exec(Statement::new(
-        "UPDATE accounts SET balance = balance + 5 WHERE id = 2",
-        vec![],
-    ))));
-    innodb_lock_wait(&db).await;
+    let blocked = tokio::spawn(client.send(Request::Exec(Statement::new(ROW_2_UPDATE, vec![]))));
+    blocked_on_row_lock(&db, ROW_2_UPDATE).await;
     heavy
         .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
         .await
