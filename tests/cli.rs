@@ -1,0 +1,172 @@
+//! The `txbroker` binary as an operator runs it: configuration errors, start-up without a
+//! database, and a drain on SIGTERM that exits 0.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestDb;
+use txbroker::client::Client;
+use txbroker::error::ErrorCode;
+
+fn broker_command() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_txbroker"))
+}
+
+fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("txbroker-cli-{name}-{}.toml", std::process::id()));
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Starts the binary on a free port and reads the bound address from its log.
+fn spawn_broker(config: &std::path::Path) -> (Child, std::net::SocketAddr) {
+    let mut child = broker_command()
+        .args([
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn txbroker");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("address: ").nth(1) {
+                let address = rest
+                    .split([',', ' '])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let _ = sender.send(address);
+            }
+        }
+    });
+    let address = receiver
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the broker logs its address");
+    (child, address.parse().expect("a socket address"))
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("txbroker did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_bad_config_file_is_one_line_on_stderr_and_a_nonzero_exit() {
+    for (name, text) in [
+        ("unknown_key", "max_session = 3\n"),
+        ("bad_type", "max_sessions = \"many\"\n"),
+        ("bad_toml", "max_sessions = \n"),
+        ("bad_isolation", "default_isolation = \"chaos\"\n"),
+    ] {
+        let path = write_config(name, text);
+        let output = broker_command()
+            .args(["--config", path.to_str().expect("utf-8")])
+            .output()
+            .expect("run txbroker");
+        assert!(!output.status.success(), "{name}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{name}: {stderr}");
+        assert!(stderr.contains("config"), "{name}: {stderr}");
+    }
+    let output = broker_command()
+        .args(["--config", "/nonexistent/txbroker.toml"])
+        .output()
+        .expect("run txbroker");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read config file"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_database_the_broker_warns_serves_and_answers_db_unavailable() {
+    let path = write_config(
+        "no_db",
+        "database_url = \"mysql://root@127.0.0.1:1/test?prefer_socket=false\"\n",
+    );
+    let (mut child, address) = spawn_broker(&path);
+    let client = Client::connect(address).await.expect("connect");
+    client.ping().await.expect("serving");
+    let error = client
+        .exec("SELECT 1", vec![])
+        .await
+        .expect_err("no database");
+    assert_eq!(error.code(), Some(ErrorCode::DbUnavailable));
+    signal(&child, "INT");
+    let status = tokio::task::spawn_blocking(move || {
+        wait_with_deadline(&mut child, Duration::from_secs(20))
+    })
+    .await
+    .expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_open_transactions_and_exits_zero() {
+    let db = TestDb::create("cli_sigterm").await;
+    db.run(&["CREATE TABLE t (id INT PRIMARY KEY)"]).await;
+    let path = write_config(
+        "sigterm",
+        &format!("database_url = \"{}\"\nshutdown_grace_ms = 20000\n", db.url),
+    );
+    let (mut child, address) = spawn_broker(&path);
+    let client = Client::connect(address).await.expect("connect");
+    let idle = Client::connect(address).await.expect("connect");
+    client.begin(Default::default()).await.expect("begin");
+    client
+        .exec("INSERT INTO t VALUES (1)", vec![])
+        .await
+        .expect("insert");
+    signal(&child, "TERM");
+    common::eventually(
+        "the broker refuses new transactions",
+        Duration::from_secs(20),
+        || async {
+            match idle.tx().exec("SELECT 1", vec![]).run().await {
+                Err(error) => error.code() == Some(ErrorCode::ShuttingDown),
+                Ok(_) => false,
+            }
+        },
+    )
+    .await;
+    client
+        .exec("INSERT INTO t VALUES (2)", vec![])
+        .await
+        .expect("the open transaction goes on");
+    client.commit().await.expect("commit during the drain");
+    let status = tokio::task::spawn_blocking(move || {
+        wait_with_deadline(&mut child, Duration::from_secs(20))
+    })
+    .await
+    .expect("wait");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM t").await,
+        2,
+        "the acknowledged commit is durable"
+    );
+}
