@@ -1,5 +1,4 @@
-//! The acceptor is an actor; it owns the TCP listener, the session id counter and the
-//! registry of live sessions. It enforces `max_sessions` (refusing the extra client with
+//! The acceptor is an actor; it owns the TCP listener and the registry of live TCP sessions. It enforces `max_sessions` (refusing the extra client with
 //! `busy`), starts one session actor per client on the session arbiters, round robin, and
 //! runs the drain at shutdown.
 //!
@@ -57,7 +56,6 @@ pub struct Acceptor {
     listener_handle: Option<SpawnHandle>,
     session_arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
-    next_session_id: u64,
     sessions: HashMap<u64, Addr<Session>>,
     phase: Phase,
     all_ended: Vec<oneshot::Sender<()>>,
@@ -75,7 +73,6 @@ impl Acceptor {
             listener_handle: None,
             session_arbiters,
             next_arbiter: 0,
-            next_session_id: 1,
             sessions: HashMap::new(),
             phase: Phase::Accepting,
             all_ended: Vec::new(),
@@ -110,8 +107,7 @@ impl Acceptor {
                 return;
             }
         };
-        let id = self.next_session_id;
-        self.next_session_id += 1;
+        let id = self.shared.metrics.session_started();
         let arbiter = &self.session_arbiters[self.next_arbiter % self.session_arbiters.len()];
         self.next_arbiter = self.next_arbiter.wrapping_add(1);
         let shared = &self.shared;
@@ -132,7 +128,6 @@ impl Acceptor {
             acceptor: ctx.address(),
             log: shared.log.clone(),
         };
-        self.shared.metrics.session_started();
         let session = Session::start_in_arbiter(arbiter, move |ctx| {
             let stream = TcpStream::from_std(std_stream)
                 .expect("session arbiters run a tokio runtime with I/O enabled");

@@ -1,8 +1,27 @@
 //! The broker as a whole: starts the lock coordinator on its own arbiter, one arbiter per
-//! session thread, and the acceptor, inside the caller's running actix `System`; and hands
-//! back a `Broker` handle with the bound address and `shutdown()`.
+//! session thread, and (unless told not to) the acceptor with its TCP listener, inside the
+//! caller's running actix `System`; and hands back a `Broker` handle: the bound address, the
+//! actors' addresses, embedded sessions (`session()`), and `shutdown()`.
 //!
 //! This is the embedding API: the binary's `main` uses it exactly as an application does.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use txbroker::{Broker, Config};
+//! // Inside a running actix System (e.g. in `#[actix_web::main]`):
+//! let broker = Broker::builder(Config::default()).without_listener().start().await?;
+//! let mut session = broker.session();
+//! let outcome = session
+//!     .tx(txbroker::client::TxBuilder::new()
+//!         .lock("accounts:1")
+//!         .exec("UPDATE accounts SET balance = balance + 1 WHERE id = 1", vec![])
+//!         .into_request())
+//!     .await?;
+//! assert_eq!(outcome.attempts, 1);
+//! broker.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,12 +32,17 @@ use actix_rt::Arbiter;
 use slog::{info, warn, Logger};
 use thiserror::Error;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::acceptor::{Acceptor, Shared, Shutdown};
 use crate::config::Config;
+use crate::coordinator::LockClient;
 use crate::coordinator::{self, Coordinator};
 use crate::db::Database;
+use crate::engine::SessionEngine;
+use crate::local::LocalSession;
 use crate::metrics::Metrics;
+use crate::txn::ServerPhase;
 
 /// How long the start-up check waits for the database before warning and going on.
 const STARTUP_DB_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -36,17 +60,51 @@ pub enum StartError {
 
 /// A running broker. Dropping it does not stop it; call `shutdown`.
 pub struct Broker {
-    local_addr: SocketAddr,
-    acceptor: Addr<Acceptor>,
+    local_addr: Option<SocketAddr>,
+    acceptor: Option<Addr<Acceptor>>,
     coordinator: Addr<Coordinator>,
     arbiters: Vec<Arbiter>,
+    config: Arc<Config>,
+    database: Database,
+    metrics: Arc<Metrics>,
+    phase: watch::Sender<ServerPhase>,
     log: Logger,
 }
 
-impl Broker {
-    /// Starts a broker listening on `config.listen` (port 0 picks a free port). Must be
-    /// called from within a running actix `System`.
-    pub async fn start(config: Config, log: Logger) -> Result<Broker, StartError> {
+/// Whether the broker listens for TCP clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Listener {
+    Tcp,
+    None,
+}
+
+/// Configures a broker before starting it.
+pub struct BrokerBuilder {
+    config: Config,
+    log: Logger,
+    listener: Listener,
+}
+
+impl BrokerBuilder {
+    /// Logs through `log` instead of discarding.
+    pub fn logger(mut self, log: Logger) -> BrokerBuilder {
+        self.log = log;
+        self
+    }
+
+    /// Serves embedded sessions only: no TCP listener, no acceptor.
+    pub fn without_listener(mut self) -> BrokerBuilder {
+        self.listener = Listener::None;
+        self
+    }
+
+    /// Starts the broker. Must be called from within a running actix `System`.
+    pub async fn start(self) -> Result<Broker, StartError> {
+        let BrokerBuilder {
+            config,
+            log,
+            listener,
+        } = self;
         let config = Arc::new(config);
         let database = Database::new(
             &config.database_url,
@@ -54,17 +112,10 @@ impl Broker {
             config.innodb_lock_wait_timeout_s,
         )
         .map_err(|error| StartError::Database(error.to_string()))?;
-        let listener =
-            TcpListener::bind(&config.listen)
-                .await
-                .map_err(|source| StartError::Listen {
-                    address: config.listen.clone(),
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
-            address: config.listen.clone(),
-            source,
-        })?;
+        let listener = match listener {
+            Listener::Tcp => Some(bind(&config.listen).await?),
+            Listener::None => None,
+        };
         check_database(&database, &log).await;
 
         let coordinator_arbiter = Arbiter::new();
@@ -72,32 +123,74 @@ impl Broker {
         let coordinator = Coordinator::start_in_arbiter(&coordinator_arbiter.handle(), move |_| {
             Coordinator::new(lock_wait_timeout)
         });
-        let session_arbiters: Vec<Arbiter> = (0..config.session_thread_count())
-            .map(|_| Arbiter::new())
-            .collect();
-        let shared = Shared {
-            config: config.clone(),
-            database,
-            coordinator: coordinator.clone(),
-            metrics: Arc::new(Metrics::default()),
-            log: log.clone(),
+        let metrics = Arc::new(Metrics::default());
+        let mut arbiters = Vec::new();
+        let (acceptor, local_addr) = match listener {
+            Some((listener, local_addr)) => {
+                arbiters = (0..config.session_thread_count())
+                    .map(|_| Arbiter::new())
+                    .collect();
+                let shared = Shared {
+                    config: config.clone(),
+                    database: database.clone(),
+                    coordinator: coordinator.clone(),
+                    metrics: metrics.clone(),
+                    log: log.clone(),
+                };
+                let handles = arbiters.iter().map(Arbiter::handle).collect();
+                let acceptor = Acceptor::new(shared, listener, handles).start();
+                info!(log, "listening"; "address" => %local_addr, "session_threads" => arbiters.len());
+                (Some(acceptor), Some(local_addr))
+            }
+            None => {
+                info!(log, "started without a listener");
+                (None, None)
+            }
         };
-        let handles = session_arbiters.iter().map(Arbiter::handle).collect();
-        let acceptor = Acceptor::new(shared, listener, handles).start();
-        info!(log, "listening"; "address" => %local_addr, "session_threads" => session_arbiters.len());
-        let mut arbiters = session_arbiters;
         arbiters.push(coordinator_arbiter);
+        let (phase, _) = watch::channel(ServerPhase::Serving);
         Ok(Broker {
             local_addr,
             acceptor,
             coordinator,
             arbiters,
+            config,
+            database,
+            metrics,
+            phase,
             log,
         })
     }
+}
 
-    /// The address the listener is bound to.
-    pub fn local_addr(&self) -> SocketAddr {
+async fn bind(address: &str) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listen_error = |source| StartError::Listen {
+        address: address.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(address).await.map_err(listen_error)?;
+    let local_addr = listener.local_addr().map_err(listen_error)?;
+    Ok((listener, local_addr))
+}
+
+impl Broker {
+    /// A builder, for a broker without a listener or with a logger.
+    pub fn builder(config: Config) -> BrokerBuilder {
+        BrokerBuilder {
+            config,
+            log: crate::logging::discard(),
+            listener: Listener::Tcp,
+        }
+    }
+
+    /// Starts a broker listening on `config.listen` (port 0 picks a free port). Must be
+    /// called from within a running actix `System`.
+    pub async fn start(config: Config, log: Logger) -> Result<Broker, StartError> {
+        Broker::builder(config).logger(log).start().await
+    }
+
+    /// The address the listener is bound to; `None` without a listener.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
     }
 
@@ -105,15 +198,37 @@ impl Broker {
         &self.coordinator
     }
 
-    pub fn acceptor(&self) -> &Addr<Acceptor> {
-        &self.acceptor
+    /// The acceptor actor; `None` without a listener.
+    pub fn acceptor(&self) -> Option<&Addr<Acceptor>> {
+        self.acceptor.as_ref()
     }
 
-    /// Drains as protocol v1 says: stop accepting, refuse new transactions, let open ones
-    /// finish for up to `shutdown_grace_ms`, roll back the rest, close every session; then
-    /// stops the broker's arbiters.
+    /// A new embedded session with its own database connection (made on first use). It
+    /// follows exactly the rules of a TCP session. Embedded sessions do not count against
+    /// `max_sessions` but do appear in `stats`.
+    pub fn session(&self) -> LocalSession {
+        let id = self.metrics.session_started();
+        let engine = SessionEngine::new(
+            id,
+            self.database.connection(),
+            LockClient::new(self.coordinator.clone(), id),
+            self.config.clone(),
+            self.metrics.clone(),
+            self.log
+                .new(slog::o!("session" => id, "peer" => "embedded")),
+        );
+        LocalSession::new(engine, self.phase.subscribe(), self.metrics.clone())
+    }
+
+    /// Drains as protocol v1 says: stop accepting, refuse new transactions (embedded sessions
+    /// too), let open ones finish for up to `shutdown_grace_ms`, roll back the rest, close
+    /// every TCP session; then stops the broker's arbiters. Embedded sessions are owned by the
+    /// application, which finishes or drops them; after shutdown they answer errors.
     pub async fn shutdown(self) {
-        let _ = self.acceptor.send(Shutdown).await;
+        self.phase.send_replace(ServerPhase::Draining);
+        if let Some(acceptor) = &self.acceptor {
+            let _ = acceptor.send(Shutdown).await;
+        }
         let _ = self.coordinator.send(coordinator::Stop).await;
         for arbiter in &self.arbiters {
             arbiter.stop();

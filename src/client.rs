@@ -231,16 +231,11 @@ impl Client {
         self.expect_done(Request::Ping, "ping").await
     }
 
-    /// Starts building a one-request transaction.
+    /// Starts building a one-request transaction, run with `.run()`.
     pub fn tx(&self) -> TxBuilder<'_> {
         TxBuilder {
-            client: self,
-            statements: Vec::new(),
-            locks: Vec::new(),
-            read_locks: Vec::new(),
-            isolation: None,
-            read_only: false,
-            retries: None,
+            client: Some(self),
+            ..TxBuilder::new()
         }
     }
 
@@ -297,9 +292,11 @@ fn unexpected(op: &str, reply: Reply) -> ClientError {
     ClientError::Protocol(format!("unexpected answer to {op}: {reply:?}"))
 }
 
-/// Builds a `tx` request: keys, statements and options, then `run`.
+/// Builds a `tx` request: keys, statements and options, then `run` (from `Client::tx`), or
+/// `into_request` for an embedded session.
+#[derive(Default)]
 pub struct TxBuilder<'a> {
-    client: &'a Client,
+    client: Option<&'a Client>,
     statements: Vec<Statement>,
     locks: Vec<String>,
     read_locks: Vec<String>,
@@ -309,6 +306,11 @@ pub struct TxBuilder<'a> {
 }
 
 impl TxBuilder<'_> {
+    /// A builder not tied to a connection; finish it with `into_request`.
+    pub fn new() -> TxBuilder<'static> {
+        TxBuilder::default()
+    }
+
     /// Declares a key to hold exclusively.
     pub fn lock(mut self, key: impl Into<String>) -> Self {
         self.locks.push(key.into());
@@ -353,8 +355,13 @@ impl TxBuilder<'_> {
         }
     }
 
+    /// Sends the transaction on the client that made this builder.
     pub async fn run(self) -> Result<TxOutcome, ClientError> {
-        let client = self.client;
+        let Some(client) = self.client else {
+            return Err(ClientError::Protocol(
+                "this builder has no client: use Client::tx, or into_request".into(),
+            ));
+        };
         client.run_tx(self.into_request()).await
     }
 }

@@ -254,3 +254,11 @@ impl LockClient {
         self.coordinator.send(GetStats).await.ok()
     }
 }
+
+/// Keys never outlive their client: a session dropped in the middle of a request (its future
+/// abandoned at shutdown, an embedded session dropped by the application) still lets go.
+impl Drop for LockClient {
+    fn drop(&mut self) {
+        self.release_all();
+    }
+}

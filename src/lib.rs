@@ -21,11 +21,13 @@
 //! - [`session`]: the session actor, one per TCP client.
 //! - [`acceptor`]: the listener actor: session limit, session ids, drain.
 //! - [`broker`]: starts everything inside a running actix `System`; the embedding API.
+//! - [`local`]: embedded sessions, for application code in the broker's process.
 //! - [`client`]: the async Rust client.
 //! - [`logging`]: the slog root logger.
 
 pub mod acceptor;
 pub mod broker;
+pub mod local;
 pub mod client;
 pub mod config;
 pub mod coordinator;
@@ -41,5 +43,6 @@ pub mod session;
 pub mod sql_guard;
 pub mod txn;
 
-pub use broker::{Broker, StartError};
+pub use broker::{Broker, BrokerBuilder, StartError};
 pub use config::Config;
+pub use local::LocalSession;

@@ -104,7 +104,7 @@ impl TestBroker {
                 };
                 let broker = Broker::start(config, log).await.expect("broker starts");
                 addr_sender
-                    .send(broker.local_addr())
+                    .send(broker.local_addr().expect("the test broker listens"))
                     .expect("test waits for the address");
                 let _ = stopped.await;
                 broker.shutdown().await;
