@@ -23,12 +23,14 @@
 //! - [`broker`]: starts everything inside a running actix `System`; the embedding API.
 //! - [`local`]: embedded sessions, for application code in the broker's process.
 //! - [`client`]: the async Rust client.
+//! - [`admin`]: the operator's `stats` and `exec` commands.
 //! - [`logging`]: the slog root logger.
 
 pub mod acceptor;
 pub mod broker;
 pub mod local;
 pub mod client;
+pub mod admin;
 pub mod config;
 pub mod coordinator;
 pub mod db;

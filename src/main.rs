@@ -1,13 +1,14 @@
 //! The `txbroker` command: reads the configuration, starts the broker in an actix `System`,
-//! and drains it on SIGINT or SIGTERM. No logic lives here.
+//! and drains it on SIGINT or SIGTERM; or, with a subcommand, asks a running broker for its
+//! stats or runs one statement through it. No logic lives here.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use slog::{error, info};
 
-use txbroker::{logging, Broker, Config};
+use txbroker::{admin, logging, Broker, Config};
 
 /// Where the configuration is read from when `--config` is not given.
 const DEFAULT_CONFIG_PATH: &str = "config/txbroker.toml";
@@ -19,6 +20,8 @@ const DEFAULT_CONFIG_PATH: &str = "config/txbroker.toml";
     about = "Transaction broker for MySQL and MariaDB"
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML configuration file [default: config/txbroker.toml when it exists]
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -28,6 +31,35 @@ struct Cli {
     /// Database URL, overriding the file's `database_url`
     #[arg(long, value_name = "URL")]
     database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a running broker's counters
+    Stats {
+        /// Broker address
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7306")]
+        addr: String,
+        /// Token for `hello`, when the broker requires one
+        #[arg(long, env = "TXBROKER_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Print one JSON object instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one statement through a running broker (autocommit) and print its result
+    Exec {
+        /// Broker address
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7306")]
+        addr: String,
+        /// Token for `hello`, when the broker requires one
+        #[arg(long, env = "TXBROKER_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// The statement, with `?` placeholders
+        sql: String,
+        /// Parameters: integers and decimals are numbers, `null` is NULL, the rest is text
+        params: Vec<String>,
+    },
 }
 
 fn load_config(cli: &Cli) -> Result<Config, String> {
@@ -51,6 +83,9 @@ fn load_config(cli: &Cli) -> Result<Config, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(command) = cli.command {
+        return run_admin(command);
+    }
     let config = match load_config(&cli) {
         Ok(config) => config,
         Err(message) => {
@@ -90,5 +125,49 @@ async fn wait_for_signal() -> &'static str {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => "SIGINT",
         _ = terminate.recv() => "SIGTERM",
+    }
+}
+
+fn run_admin(command: Command) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("txbroker: cannot start a runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match command {
+            Command::Stats { addr, token, json } => {
+                let client = admin::connect(&addr, token.as_deref()).await?;
+                let stats = client.stats().await?;
+                Ok(admin::render_stats(&stats, json))
+            }
+            Command::Exec {
+                addr,
+                token,
+                sql,
+                params,
+            } => {
+                let client = admin::connect(&addr, token.as_deref()).await?;
+                let params = params.iter().map(|p| admin::parse_param(p)).collect();
+                let result = client.exec(&sql, params).await?;
+                Ok(admin::render_result(&result))
+            }
+        }
+    });
+    match outcome {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            let error: txbroker::client::ClientError = error;
+            eprintln!("txbroker: {error}");
+            ExitCode::FAILURE
+        }
     }
 }

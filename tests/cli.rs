@@ -170,3 +170,50 @@ async fn sigterm_drains_open_transactions_and_exits_zero() {
         "the acknowledged commit is durable"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_commands_print_stats_and_rows() {
+    let db = TestDb::create("cli_admin").await;
+    db.run(&["CREATE TABLE t (id INT PRIMARY KEY, name VARCHAR(20))"])
+        .await;
+    let path = write_config("admin", &format!("database_url = \"{}\"\n", db.url));
+    let (mut child, address) = spawn_broker(&path);
+    let address = address.to_string();
+    let run = |args: &[&str]| {
+        let output = broker_command().args(args).output().expect("run txbroker");
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8")
+    };
+    let inserted = run(&[
+        "exec",
+        "--addr",
+        &address,
+        "INSERT INTO t VALUES (?, ?)",
+        "7",
+        "alice",
+    ]);
+    assert_eq!(inserted.trim(), "1 row(s) affected");
+    let rows = run(&["exec", "--addr", &address, "SELECT id, name FROM t"]);
+    assert_eq!(rows.trim(), "id | name\n---+------\n7  | alice\n1 row(s)");
+    let stats: serde_json::Value =
+        serde_json::from_str(&run(&["stats", "--addr", &address, "--json"])).expect("json");
+    assert_eq!(stats["sessions"], 1);
+    assert!(run(&["stats", "--addr", &address]).contains("transactions_committed"));
+    let failed = broker_command()
+        .args(["exec", "--addr", &address, "SELEC 1"])
+        .output()
+        .expect("run txbroker");
+    assert!(!failed.status.success());
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("sql:"));
+    signal(&child, "TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        wait_with_deadline(&mut child, Duration::from_secs(20))
+    })
+    .await
+    .expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
