@@ -251,6 +251,26 @@ impl Client {
         self.expect_done(Request::Begin(options), "begin").await
     }
 
+    /// Begins an interactive transaction; it is rolled back if dropped before `commit`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &txbroker::client::Client) -> Result<(), txbroker::client::ClientError> {
+    /// use txbroker::protocol::TxOptions;
+    /// let tx = client.transaction(TxOptions::default()).await?;
+    /// let row = tx.exec("SELECT balance FROM accounts WHERE id = ?", vec![1.into()]).await?;
+    /// tx.exec("UPDATE accounts SET balance = ? WHERE id = ?", vec![row.rows[0][0].clone(), 2.into()]).await?;
+    /// tx.commit().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn transaction(&self, options: TxOptions) -> Result<Transaction<'_>, ClientError> {
+        self.begin(options).await?;
+        Ok(Transaction {
+            client: self,
+            state: TransactionState::Open,
+        })
+    }
+
     pub async fn exec(&self, sql: &str, params: Vec<Value>) -> Result<QueryResult, ClientError> {
         match self
             .request(Request::Exec(Statement::new(sql, params)))
@@ -284,6 +304,86 @@ impl Client {
         match self.request(request).await? {
             Reply::Done => Ok(()),
             other => Err(unexpected(op, other)),
+        }
+    }
+}
+
+/// Whether a `Transaction` still needs its ending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TransactionState {
+    Open,
+    Ended,
+}
+
+/// An interactive transaction on one connection. Ends with `commit` or `rollback`; dropped
+/// while open, it sends `rollback` without waiting for the answer.
+pub struct Transaction<'a> {
+    client: &'a Client,
+    state: TransactionState,
+}
+
+impl Transaction<'_> {
+    pub async fn exec(&self, sql: &str, params: Vec<Value>) -> Result<QueryResult, ClientError> {
+        self.client.exec(sql, params).await
+    }
+
+    /// Adds keys; see the protocol's rule for keys below ones already held.
+    pub async fn lock(&self, keys: LockRequest) -> Result<(), ClientError> {
+        self.client.lock(keys).await
+    }
+
+    pub async fn commit(mut self) -> Result<(), ClientError> {
+        self.state = TransactionState::Ended;
+        self.client.commit().await
+    }
+
+    pub async fn rollback(mut self) -> Result<(), ClientError> {
+        self.state = TransactionState::Ended;
+        self.client.rollback().await
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        if self.state == TransactionState::Open {
+            // Queued now, ahead of anything the caller sends next; the answer is not needed.
+            drop(self.client.send(Request::Rollback));
+        }
+    }
+}
+
+/// Runs `transaction` until it succeeds, fails with an error that is not retryable, or has
+/// run `attempts` times, pausing a little longer (with jitter) after each retryable failure.
+///
+/// ```no_run
+/// # async fn demo(client: &txbroker::client::Client) -> Result<(), txbroker::client::ClientError> {
+/// use txbroker::client::retry;
+/// let outcome = retry(5, || {
+///     client
+///         .tx()
+///         .lock("accounts:1")
+///         .exec("UPDATE accounts SET balance = balance - 1 WHERE id = 1", vec![])
+///         .run()
+/// })
+/// .await?;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn retry<T, F, Fut>(attempts: u32, mut transaction: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match transaction().await {
+            Err(error) if error.is_retryable() && attempt < attempts => {
+                let cap_ms = 1u64 << attempt.min(7);
+                let pause = rand::Rng::gen_range(&mut rand::thread_rng(), cap_ms / 2..=cap_ms);
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                attempt += 1;
+            }
+            outcome => return outcome,
         }
     }
 }
