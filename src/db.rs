@@ -47,8 +47,8 @@ pub enum DbError {
     /// The connection broke while in use; whatever was open on it is gone.
     #[error("{0}")]
     ConnectionLost(String),
-    /// The driver refused the statement before sending it (wrong parameter count and the like),
-    /// or an autocommit statement opened a transaction and was rolled back.
+    /// The statement was refused before it ran (wrong parameter count), or an autocommit
+    /// statement opened a transaction and was rolled back; the connection is fine.
     #[error("{0}")]
     Rejected(String),
     /// The statement succeeded but the server no longer has the transaction open: something
@@ -264,25 +264,36 @@ impl DbConnection {
     }
 
     async fn execute_statement(&mut self, statement: &Statement) -> Result<QueryResult, DbError> {
+        let prepared = match self.conn()?.prep(statement.sql.as_str()).await {
+            Ok(prepared) => prepared,
+            Err(mysql_async::Error::Server(error))
+                if error.code == codes::UNSUPPORTED_IN_PREPARED && statement.params.is_empty() =>
+            {
+                let outcome = match self.conn()?.query_iter(statement.sql.as_str()).await {
+                    Ok(result) => read_result(result).await,
+                    Err(error) => Err(error),
+                };
+                return outcome.map_err(|error| self.failed(error));
+            }
+            Err(error) => return Err(self.failed(error)),
+        };
+        // The driver closes the connection on a parameter count it refuses, so the count is
+        // checked here, before anything is sent.
+        if usize::from(prepared.num_params()) != statement.params.len() {
+            return Err(DbError::Rejected(format!(
+                "the statement takes {} parameter(s) but {} were given",
+                prepared.num_params(),
+                statement.params.len()
+            )));
+        }
         let params = if statement.params.is_empty() {
             Params::Empty
         } else {
             Params::Positional(statement.params.iter().map(to_mysql).collect())
         };
-        let outcome = match self.conn()?.exec_iter(statement.sql.as_str(), params).await {
+        let outcome = match self.conn()?.exec_iter(prepared, params).await {
             Ok(result) => read_result(result).await,
             Err(error) => Err(error),
-        };
-        let outcome = match outcome {
-            Err(mysql_async::Error::Server(error))
-                if error.code == codes::UNSUPPORTED_IN_PREPARED && statement.params.is_empty() =>
-            {
-                match self.conn()?.query_iter(statement.sql.as_str()).await {
-                    Ok(result) => read_result(result).await,
-                    Err(error) => Err(error),
-                }
-            }
-            other => other,
         };
         outcome.map_err(|error| self.failed(error))
     }
@@ -354,12 +365,7 @@ fn map_error(error: mysql_async::Error) -> DbError {
             message: error.message,
             statement: None,
         }),
-        mysql_async::Error::Driver(
-            error @ (mysql_async::DriverError::StmtParamsMismatch { .. }
-            | mysql_async::DriverError::StmtParamsNumberExceedsLimit { .. }
-            | mysql_async::DriverError::Params(_)
-            | mysql_async::DriverError::MixedParams),
-        ) => DbError::Rejected(error.to_string()),
+        // The driver drops the connection on every error that is not the server's.
         other => DbError::ConnectionLost(format!("database connection lost: {other}")),
     }
 }

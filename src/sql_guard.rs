@@ -43,8 +43,8 @@ const TRANSACTION_VARIABLES: [&str; 7] = [
 
 /// Checks `sql`, to be run inside a transaction when `in_transaction`, else in autocommit mode.
 pub fn check(sql: &str, in_transaction: bool) -> Result<(), Refusal> {
-    let mut words = words(sql);
-    let Some(first) = words.next() else {
+    let mut next_words = words(sql).map(|(word, _)| word);
+    let Some(first) = next_words.next() else {
         return Ok(());
     };
     let control = |what| Err(Refusal::TransactionControl(what));
@@ -58,20 +58,26 @@ pub fn check(sql: &str, in_transaction: bool) -> Result<(), Refusal> {
     match first.as_str() {
         "begin" | "start" => control("starting a transaction"),
         "commit" => control("COMMIT"),
-        "rollback" => match words.next().as_deref() {
+        "rollback" => match next_words.next().as_deref() {
             Some("to") => Ok(()),
             _ => control("ROLLBACK"),
         },
         "xa" => control("XA"),
         "lock" | "unlock" => control("LOCK/UNLOCK TABLES"),
+        // MariaDB's `SET STATEMENT var=value FOR <statement>` runs <statement>. Where `FOR`
+        // starts is not certain without parsing the values, so every statement that follows
+        // a `for` word is checked; a false alarm only refuses an odd statement.
+        "set" if next_words.next().as_deref() == Some("statement") => words_after(sql, "for")
+            .into_iter()
+            .try_for_each(|rest| check(rest, in_transaction)),
         "set" => {
-            if words.any(|word| TRANSACTION_VARIABLES.contains(&word.as_str())) {
+            if words(sql).any(|(word, _)| TRANSACTION_VARIABLES.contains(&word.as_str())) {
                 control("setting transaction variables")
             } else {
                 Ok(())
             }
         }
-        "create" | "drop" => match words.next().as_deref() {
+        "create" | "drop" => match next_words.next().as_deref() {
             Some("temporary") => Ok(()),
             _ => implicit("DDL"),
         },
@@ -83,10 +89,18 @@ pub fn check(sql: &str, in_transaction: bool) -> Result<(), Refusal> {
     }
 }
 
-/// Lower-cased words of `sql`, skipping comments, with `@@`, `session.` and the like split
+/// The text after each occurrence of the word `word` in `sql`.
+fn words_after<'a>(sql: &'a str, word: &str) -> Vec<&'a str> {
+    words(sql)
+        .filter(|(found, _)| found == word)
+        .map(|(_, end)| &sql[end..])
+        .collect()
+}
+
+/// Lower-cased words of `sql`, each with the byte offset where it ends, skipping comments, with `@@`, `session.` and the like split
 /// off so that `SET @@session.autocommit` yields `autocommit`. Executable comments
 /// (`/*! ... */`) are read as code, since the server runs them.
-fn words(sql: &str) -> impl Iterator<Item = String> + '_ {
+fn words(sql: &str) -> impl Iterator<Item = (String, usize)> + '_ {
     let mut rest = sql;
     std::iter::from_fn(move || loop {
         rest = rest.trim_start();
@@ -115,7 +129,7 @@ fn words(sql: &str) -> impl Iterator<Item = String> + '_ {
         let (word, after) = rest.split_at(length);
         rest = after;
         if first.is_alphanumeric() || first == '_' {
-            return Some(word.to_ascii_lowercase());
+            return Some((word.to_ascii_lowercase(), sql.len() - rest.len()));
         }
     })
 }
@@ -163,6 +177,8 @@ mod tests {
             "SET tx_isolation = 'READ-COMMITTED'",
             "XA START 'x'",
             "LOCK TABLES t WRITE",
+            "SET STATEMENT max_statement_time=100 FOR COMMIT",
+            "set statement x='for select' for commit",
             "UNLOCK TABLES",
         ] {
             cases.push((sql, true, control));
@@ -183,6 +199,7 @@ mod tests {
             "RENAME TABLE a TO b",
             "GRANT SELECT ON *.* TO x",
             "ANALYZE TABLE t",
+            "SET STATEMENT max_statement_time=1 FOR CREATE TABLE x (id INT)",
         ] {
             cases.push((sql, true, implicit));
             cases.push((sql, false, None));
@@ -203,6 +220,7 @@ mod tests {
             "DROP TEMPORARY TABLE tmp",
             "SET @x = 1",
             "SET NAMES utf8mb4",
+            "SET STATEMENT max_statement_time=1 FOR SELECT 1",
             "/* unterminated",
             "",
             "(SELECT 1)",

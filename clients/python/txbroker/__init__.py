@@ -1,0 +1,63 @@
+"""Python client for txbroker, a transaction broker for MySQL/MariaDB.
+
+    from txbroker import Client
+
+    with Client("127.0.0.1", 7306) as client:
+        client.tx(
+            [("UPDATE accounts SET balance = balance - ? WHERE id = ?", [10, 1]),
+             ("UPDATE accounts SET balance = balance + ? WHERE id = ?", [10, 2])],
+            locks=["accounts:1", "accounts:2"],
+        )
+"""
+
+from .client import ISOLATION_LEVELS, Client, Result, Transaction, TxResult, __version__, retry
+from .errors import (
+    AuthenticationError,
+    BadRequestError,
+    BusyError,
+    CommitUnknownError,
+    DbLockTimeoutError,
+    DbUnavailableError,
+    DeadlockError,
+    FrameTooLargeError,
+    InternalError,
+    LockConflictError,
+    LockTimeoutError,
+    NoTransactionError,
+    ShuttingDownError,
+    SqlError,
+    TxAbortedError,
+    TxActiveError,
+    TxbrokerConnectionError,
+    TxbrokerError,
+    TxbrokerTimeoutError,
+)
+
+__all__ = [
+    "__version__",
+    "Client",
+    "Transaction",
+    "Result",
+    "TxResult",
+    "retry",
+    "ISOLATION_LEVELS",
+    "TxbrokerError",
+    "TxbrokerConnectionError",
+    "TxbrokerTimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BusyError",
+    "CommitUnknownError",
+    "DbLockTimeoutError",
+    "DbUnavailableError",
+    "DeadlockError",
+    "FrameTooLargeError",
+    "InternalError",
+    "LockConflictError",
+    "LockTimeoutError",
+    "NoTransactionError",
+    "ShuttingDownError",
+    "SqlError",
+    "TxAbortedError",
+    "TxActiveError",
+]

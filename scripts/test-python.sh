@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs the Python client's tests (clients/python/tests) against a real txbroker and MariaDB.
+# Creates .venv-python in the repo when missing, installs pytest and the client into it,
+# builds target/debug/txbroker when missing (TXBROKER_BIN overrides the binary), and runs
+# pytest. Extra arguments go to pytest. Exits non-zero when anything fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo="$(pwd)"
+venv="$repo/.venv-python"
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else echo "test-python: need root to run: $*" >&2; return 1; fi
+}
+
+apt_install() {
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
+}
+
+if ! command -v python3 >/dev/null 2>&1; then
+    echo "test-python: python3 is missing; installing it" >&2
+    apt_install python3 python3-venv python3-pip
+fi
+
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+    rm -rf "$venv"
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+        echo "test-python: python3 -m venv failed; installing python3-venv" >&2
+        rm -rf "$venv"
+        apt_install python3-venv python3-pip
+        python3 -m venv "$venv"
+    fi
+fi
+
+pip_install() { "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@"; }
+"$venv/bin/python" -c 'import pytest' 2>/dev/null || pip_install pytest
+# The client is installed editable: reinstall only when it is missing or comes from elsewhere.
+installed="$("$venv/bin/python" -c 'import msgpack, txbroker; print(txbroker.__file__)' 2>/dev/null || true)"
+case "$installed" in
+    "$repo/clients/python/txbroker/"*) ;;
+    *) pip_install -e clients/python ;;
+esac
+
+if [ -z "${TXBROKER_BIN:-}" ]; then
+    if [ ! -x target/debug/txbroker ]; then
+        cargo build --bin txbroker
+    fi
+    export TXBROKER_BIN="$repo/target/debug/txbroker"
+fi
+
+exec "$venv/bin/python" -m pytest -q clients/python/tests "$@"
