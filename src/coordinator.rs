@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message, SpawnHandle};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use crate::locks::{AcquireOutcome, LockRequest, LockStats, LockTable, OwnerId};
 
@@ -215,6 +216,8 @@ pub struct LockClient {
     coordinator: Addr<Coordinator>,
     owner: OwnerId,
     holding: Holding,
+    /// Cancelled by the session when its client has gone: no wait for keys may start or go on.
+    client_gone: CancellationToken,
 }
 
 impl LockClient {
@@ -223,6 +226,7 @@ impl LockClient {
             coordinator,
             owner,
             holding: Holding::Nothing,
+            client_gone: CancellationToken::new(),
         }
     }
 
@@ -230,8 +234,16 @@ impl LockClient {
         self.owner
     }
 
+    /// A token that, once cancelled, ends any wait for keys and refuses new ones.
+    pub fn cancellation(&self) -> CancellationToken {
+        self.client_gone.clone()
+    }
+
     /// Waits until every key of `request` is granted, or fails.
     pub async fn acquire(&mut self, request: LockRequest) -> Result<(), LockFailure> {
+        if self.client_gone.is_cancelled() {
+            return Err(LockFailure::Cancelled);
+        }
         let (reply, granted) = oneshot::channel();
         self.holding = Holding::MaybeKeys;
         self.coordinator.do_send(Acquire {
@@ -239,7 +251,15 @@ impl LockClient {
             request,
             reply,
         });
-        granted.await.unwrap_or(Err(LockFailure::Cancelled))
+        tokio::select! {
+            outcome = granted => outcome.unwrap_or(Err(LockFailure::Cancelled)),
+            () = self.client_gone.cancelled() => {
+                // A grant racing with this is fine: whatever was granted is released with
+                // the rest when the session ends.
+                self.coordinator.do_send(CancelWait { owner: self.owner });
+                Err(LockFailure::Cancelled)
+            }
+        }
     }
 
     /// Releases every key this session holds; does not wait.

@@ -70,6 +70,12 @@ impl SessionEngine {
         &self.state
     }
 
+    /// Cancel it when the client is gone: a wait for keys in progress ends at once, and no
+    /// new one starts.
+    pub fn cancellation(&self) -> tokio_util::sync::CancellationToken {
+        self.locks.cancellation()
+    }
+
     /// Answers one request. Requests must come one at a time: the engine is the only user of
     /// its connection and its transaction.
     pub async fn handle(

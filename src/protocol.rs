@@ -1178,6 +1178,73 @@ mod tests {
         }
     }
 
+    /// MessagePack values shaped like requests: the fields the decoder looks for, holding
+    /// anything, so that every branch of the decoder meets wrong types.
+    fn arbitrary_msgpack() -> impl proptest::strategy::Strategy<Value = Msgpack> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Msgpack::Nil),
+            any::<bool>().prop_map(Msgpack::from),
+            any::<i64>().prop_map(Msgpack::from),
+            any::<u64>().prop_map(Msgpack::from),
+            any::<f64>().prop_map(Msgpack::from),
+            prop_oneof![
+                Just("tx"),
+                Just("exec"),
+                Just("begin"),
+                Just("lock"),
+                Just("hello"),
+                Just("read_committed"),
+                Just(""),
+                Just("SELECT ?"),
+                Just("k")
+            ]
+            .prop_map(Msgpack::from),
+            proptest::collection::vec(any::<u8>(), 0..8).prop_map(Msgpack::Binary),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            let names = prop_oneof![
+                Just("id"),
+                Just("op"),
+                Just("sql"),
+                Just("params"),
+                Just("statements"),
+                Just("locks"),
+                Just("read_locks"),
+                Just("isolation"),
+                Just("read_only"),
+                Just("retries"),
+                Just("token")
+            ];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Msgpack::Array),
+                proptest::collection::vec((names.prop_map(Msgpack::from), inner), 0..8)
+                    .prop_map(Msgpack::Map),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = RequestFrame::decode(&body);
+            let _ = Response::decode(&body);
+        }
+
+        #[test]
+        fn decoding_arbitrary_request_shaped_maps_never_panics(value in arbitrary_msgpack()) {
+            let body = encode(&value);
+            match RequestFrame::decode(&body) {
+                Ok(frame) => {
+                    // Whatever decodes encodes back to a request that decodes the same.
+                    let again = rmp_serde::to_vec(&frame).expect("encodes");
+                    proptest::prop_assert_eq!(RequestFrame::decode(&again), Ok(frame));
+                }
+                Err(rejected) => proptest::prop_assert_eq!(rejected.error.code(), ErrorCode::BadRequest),
+            }
+        }
+    }
+
     #[test]
     fn binary_values_are_msgpack_bin_and_text_is_str() {
         let body = rmp_serde::to_vec(&vec![Value::Bytes(vec![1]), Value::Text("a".into())])

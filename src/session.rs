@@ -31,10 +31,11 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
 
 use crate::acceptor::{Acceptor, SessionEnded};
 use crate::config::Config;
-use crate::coordinator::{CancelWait, Coordinator, ReleaseAll};
+use crate::coordinator::{Coordinator, ReleaseAll};
 use crate::engine::SessionEngine;
 use crate::error::BrokerError;
 use crate::frame::{FrameCodec, FrameError};
@@ -96,6 +97,7 @@ pub struct Session {
     drain_waiters: Vec<oneshot::Sender<()>>,
     coordinator: Addr<Coordinator>,
     acceptor: Addr<Acceptor>,
+    client_gone: CancellationToken,
 }
 
 /// What a session needs from the broker besides its socket.
@@ -123,7 +125,9 @@ impl Session {
         } else {
             Auth::AwaitingHello
         };
+        let client_gone = parts.engine.cancellation();
         Session {
+            client_gone,
             id: parts.id,
             log: parts
                 .log
@@ -165,6 +169,14 @@ impl Session {
                 return;
             };
             match next {
+                Pending::Rejected(rejected) if self.auth == Auth::AwaitingHello => {
+                    let error = BrokerError::Unauthenticated(
+                        "authentication is required: send hello with a token first".into(),
+                    );
+                    info!(self.log, "request failed"; "code" => %error.code());
+                    self.writer.write(Response::failure(rejected.id, &error));
+                    self.phase = Phase::Closing;
+                }
                 Pending::Rejected(rejected) => {
                     info!(self.log, "request failed"; "code" => %rejected.error.code());
                     debug!(self.log, "bad request"; "message" => %rejected.error);
@@ -293,10 +305,10 @@ impl Session {
     /// The client is gone or must be dropped: end the transaction, then stop.
     fn close(&mut self, ctx: &mut Context<Self>) {
         self.phase = Phase::Closing;
-        match self.engine {
-            // Wake a request waiting for keys; it then rolls back and comes home.
-            EngineSlot::Busy => self.coordinator.do_send(CancelWait { owner: self.id }),
-            EngineSlot::Ready(_) => self.finish(ctx),
+        // Ends a wait for keys at once; the request then rolls back and comes home.
+        self.client_gone.cancel();
+        if let EngineSlot::Ready(_) = self.engine {
+            self.finish(ctx);
         }
     }
 
@@ -373,6 +385,11 @@ impl StreamHandler<Incoming> for Session {
     /// request in flight finishes (a wait for keys is cancelled), then the session rolls back
     /// whatever is open and stops.
     fn finished(&mut self, ctx: &mut Context<Self>) {
+        if matches!(self.pending.back(), Some(Pending::Fatal(_))) {
+            // The reader stopped at a framing error: the requests before it and the error
+            // itself are answered in order, then the connection is closed.
+            return;
+        }
         debug!(self.log, "client closed the connection");
         self.close(ctx);
     }

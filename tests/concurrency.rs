@@ -647,3 +647,45 @@ async fn shutdown_rolls_back_what_is_still_open_after_the_grace() {
     );
     assert!(open.ping().await.is_err(), "the connection was closed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_right_after_sending_never_waits_or_runs() {
+    let db = accounts("cc_hangup_at_once", 1).await;
+    let broker = TestBroker::start(Config {
+        lock_wait_timeout_ms: 120_000,
+        ..db.config()
+    });
+    let holder = broker.client().await;
+    let observer = broker.client().await;
+    holder
+        .begin(with_keys(&["accounts:1"]))
+        .await
+        .expect("begin");
+    {
+        let mut raw = common::RawConn::connect(broker.addr).await;
+        let tx = common::map(vec![
+            ("id", rmpv::Value::from(1)),
+            ("op", rmpv::Value::from("tx")),
+            ("locks", rmpv::Value::Array(vec!["accounts:1".into()])),
+            (
+                "statements",
+                rmpv::Value::Array(vec![common::map(vec![(
+                    "sql",
+                    "UPDATE accounts SET balance = 0 WHERE id = 1".into(),
+                )])]),
+            ),
+        ]);
+        raw.send_value(&tx).await;
+    }
+    stats_until(
+        &observer,
+        "the hung-up session is gone and waits for nothing",
+        |s| s.sessions == 2 && s.lock_waiters == 0,
+    )
+    .await;
+    holder.commit().await.expect("commit");
+    assert_eq!(
+        db.scalar("SELECT balance FROM accounts WHERE id = 1").await,
+        100
+    );
+}

@@ -289,3 +289,69 @@ async fn random_input_never_takes_the_broker_down() {
         common::stats_until(&client, "every random session ended", |s| s.sessions == 1).await;
     assert_eq!((stats.locks_held, stats.lock_waiters), (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framing_error_behind_a_running_request_is_answered_after_it() {
+    let (_db, broker) = broker("wire_fatal_in_flight", |c| c).await;
+    let holder = broker.client().await;
+    let observer = broker.client().await;
+    holder
+        .begin(txbroker::protocol::TxOptions {
+            locks: txbroker::locks::LockRequest::new(vec!["k".to_string()], vec![]),
+            ..Default::default()
+        })
+        .await
+        .expect("begin");
+    let mut conn = RawConn::connect(broker.addr).await;
+    conn.send_value(&map(vec![
+        ("id", Msgpack::from(1)),
+        ("op", Msgpack::from("begin")),
+        ("locks", Msgpack::Array(vec![Msgpack::from("k")])),
+    ]))
+    .await;
+    conn.send_value(&ping(2)).await;
+    common::stats_until(&observer, "the begin waits for k", |s| s.lock_waiters == 1).await;
+    conn.send_bytes(&[0, 0, 0, 0]).await;
+    holder.rollback().await.expect("rollback");
+    let begin = conn.read_response().await.expect("begin answered");
+    assert_eq!((begin.id, begin.outcome), (Some(1), Ok(Reply::Done)));
+    let ping = conn.read_response().await.expect("ping answered");
+    assert_eq!((ping.id, ping.outcome), (Some(2), Ok(Reply::Done)));
+    let fatal = conn
+        .read_response()
+        .await
+        .expect("the framing error is answered");
+    assert_eq!(fatal.id, None);
+    assert_eq!(error_code(&fatal), ErrorCode::BadRequest);
+    assert!(conn.is_closed_by_server().await);
+    common::stats_until(&observer, "the open transaction was rolled back", |s| {
+        s.locks_held == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_on_an_unreadable_first_request_is_unauthenticated() {
+    let (_db, broker) = broker("wire_auth_garbage", |c| Config {
+        auth_tokens: vec!["s3cret".into()],
+        ..c
+    })
+    .await;
+    let mut conn = RawConn::connect(broker.addr).await;
+    conn.send_value(&map(vec![
+        ("id", Msgpack::from(4)),
+        ("op", Msgpack::from("hello")),
+        ("token", Msgpack::from(12)),
+    ]))
+    .await;
+    let response = conn.read_response().await.expect("an answer");
+    assert_eq!(response.id, Some(4));
+    assert_eq!(error_code(&response), ErrorCode::Unauthenticated);
+    assert!(conn.is_closed_by_server().await);
+
+    let mut conn = RawConn::connect(broker.addr).await;
+    conn.send_frame(b"junk").await;
+    let response = conn.read_response().await.expect("an answer");
+    assert_eq!(error_code(&response), ErrorCode::Unauthenticated);
+    assert!(conn.is_closed_by_server().await);
+}
