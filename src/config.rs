@@ -53,6 +53,8 @@ pub struct Config {
     pub session_threads: usize,
     /// Requests read from one client before its answers are written; bounds a session's memory.
     pub max_pipelined_requests: usize,
+    /// How long a client may leave a partial frame without sending more, in milliseconds.
+    pub client_read_timeout_ms: u64,
     /// `innodb_lock_wait_timeout` set on every database connection, in seconds; 0 keeps the server's.
     pub innodb_lock_wait_timeout_s: u64,
     /// Log level: `error`, `warning`, `info`, `debug` or `trace`.
@@ -74,6 +76,7 @@ impl Default for Config {
             shutdown_grace_ms: 10_000,
             session_threads: 0,
             max_pipelined_requests: 64,
+            client_read_timeout_ms: 30_000,
             innodb_lock_wait_timeout_s: 10,
             log_level: "info".to_string(),
         }
@@ -128,6 +131,9 @@ impl Config {
         if self.idle_tx_timeout_ms == 0 {
             return invalid("idle_tx_timeout_ms must be at least 1");
         }
+        if self.client_read_timeout_ms == 0 {
+            return invalid("client_read_timeout_ms must be at least 1");
+        }
         if self.max_pipelined_requests == 0 {
             return invalid("max_pipelined_requests must be at least 1");
         }
@@ -146,6 +152,10 @@ impl Config {
 
     pub fn idle_tx_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_tx_timeout_ms)
+    }
+
+    pub fn client_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.client_read_timeout_ms)
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -18,6 +18,8 @@ pub enum FrameError {
     Empty,
     #[error("frame of {length} bytes is over the limit of {limit} bytes")]
     TooLarge { length: u64, limit: usize },
+    #[error("no progress on a partial frame for {waited_ms} ms")]
+    Stalled { waited_ms: u64 },
     #[error("cannot encode frame: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
     #[error(transparent)]
@@ -38,6 +40,37 @@ impl FrameCodec {
     /// Whether a partial frame is buffered: a peer that stops here is stalled mid-frame.
     pub fn is_mid_frame(buffer: &BytesMut) -> bool {
         !buffer.is_empty()
+    }
+}
+
+/// Reads the next frame, giving up on a peer that leaves a partial frame without progress for
+/// `patience`: it would otherwise hold its session (and its buffer) forever. A peer with
+/// nothing buffered may stay quiet as long as it likes.
+pub async fn next_frame<R>(
+    framed: &mut tokio_util::codec::FramedRead<R, FrameCodec>,
+    patience: std::time::Duration,
+) -> Option<Result<BytesMut, FrameError>>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use futures_util::StreamExt;
+    let mut buffered_at_last_look = 0;
+    loop {
+        // `next` on a FramedRead keeps its buffer when cancelled, so a timeout loses nothing.
+        match tokio::time::timeout(patience, framed.next()).await {
+            Ok(item) => return item,
+            Err(_) => {
+                let buffered = framed.read_buffer().len();
+                if FrameCodec::is_mid_frame(framed.read_buffer())
+                    && buffered == buffered_at_last_look
+                {
+                    return Some(Err(FrameError::Stalled {
+                        waited_ms: patience.as_millis() as u64,
+                    }));
+                }
+                buffered_at_last_look = buffered;
+            }
+        }
     }
 }
 

@@ -24,7 +24,6 @@ use std::time::Duration;
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use bytes::BytesMut;
-use futures_util::StreamExt;
 use slog::{debug, info, o, Logger};
 use subtle::ConstantTimeEq;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -38,7 +37,7 @@ use crate::config::Config;
 use crate::coordinator::{Coordinator, ReleaseAll};
 use crate::engine::SessionEngine;
 use crate::error::BrokerError;
-use crate::frame::{FrameCodec, FrameError};
+use crate::frame::{self, FrameCodec, FrameError};
 use crate::protocol::{RejectedRequest, Request, RequestFrame, Response};
 use crate::txn::ServerPhase;
 
@@ -335,11 +334,12 @@ impl Actor for Session {
             return;
         };
         let framed = FramedRead::new(read_half, FrameCodec::new(self.config.max_frame_bytes));
+        let patience = self.config.client_read_timeout();
         let frames = futures_util::stream::unfold(
             (framed, self.permits.clone()),
-            |(mut framed, permits)| async move {
+            move |(mut framed, permits)| async move {
                 let permit = permits.clone().acquire_owned().await.ok()?;
-                let item = framed.next().await?;
+                let item = frame::next_frame(&mut framed, patience).await?;
                 Some(((item, permit), (framed, permits)))
             },
         );
@@ -372,6 +372,11 @@ impl StreamHandler<Incoming> for Session {
             Err(FrameError::TooLarge { length, limit }) => self
                 .pending
                 .push_back(Pending::Fatal(BrokerError::FrameTooLarge { length, limit })),
+            Err(error @ FrameError::Stalled { .. }) => {
+                info!(self.log, "client stalled mid-frame, closing"; "error" => %error);
+                self.close(ctx);
+                return;
+            }
             Err(error) => {
                 debug!(self.log, "client read failed"; "error" => %error);
                 self.close(ctx);

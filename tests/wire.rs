@@ -355,3 +355,33 @@ async fn with_auth_on_an_unreadable_first_request_is_unauthenticated() {
     assert_eq!(error_code(&response), ErrorCode::Unauthenticated);
     assert!(conn.is_closed_by_server().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stalled_mid_frame_is_closed_and_holds_up_nobody() {
+    let (_db, broker) = broker("wire_stalled", |c| Config {
+        client_read_timeout_ms: 200,
+        ..c
+    })
+    .await;
+    let mut stalled = RawConn::connect(broker.addr).await;
+    stalled.send_bytes(&[0, 0, 0, 40, 0x82]).await;
+    let other = broker.client().await;
+    other.ping().await.expect("others are served meanwhile");
+    assert!(
+        stalled.is_closed_by_server().await,
+        "the stalled client is disconnected"
+    );
+    let stats = common::stats_until(&other, "the stalled session ended", |s| s.sessions == 1).await;
+    assert_eq!(stats.locks_held, 0);
+
+    // A quiet client with no partial frame stays connected past the timeout.
+    let mut quiet = RawConn::connect(broker.addr).await;
+    quiet.send_value(&ping(1)).await;
+    assert!(quiet.read_response().await.is_some());
+    // Being quiet for longer than the timeout is the behaviour under test, not a wait for
+    // an event.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    quiet.send_value(&ping(2)).await;
+    let response = quiet.read_response().await.expect("still connected");
+    assert_eq!(response.id, Some(2));
+}
