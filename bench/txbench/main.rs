@@ -459,7 +459,7 @@ impl Bench {
 
         let finished = tally.committed + tally.failed;
         let mut errors: Vec<(String, u64)> = tally.errors.into_iter().collect();
-        errors.sort_by(|a, b| b.1.cmp(&a.1));
+        errors.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
         let mut result = RunResult {
             target: target.name().to_string(),
             workload: o.workload.name().to_string(),
@@ -649,7 +649,7 @@ async fn progress_line(live: Arc<Live>, prefix: String, warmup: Duration, durati
         }
         if terminal {
             eprint!("\r\x1b[2K{line}");
-        } else if ticks % 5 == 0 {
+        } else if ticks.is_multiple_of(5) {
             eprintln!("{line}");
         }
     }
