@@ -25,6 +25,47 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// A client token. Its `Debug` never shows the secret, so a config printed by mistake leaks
+/// nothing.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(secret: impl Into<String>) -> Token {
+        Token(secret.into())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&str> for Token {
+    fn from(secret: &str) -> Token {
+        Token::new(secret)
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Tokens listed one per line; blank lines and lines starting with `#` are skipped.
+pub fn parse_token_lines(text: &str) -> Vec<Token> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(Token::new)
+        .collect()
+}
+
 /// Everything the broker can be told. Field names are the TOML keys.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -46,7 +87,9 @@ pub struct Config {
     /// Isolation level of a transaction whose request names none.
     pub default_isolation: Isolation,
     /// Tokens a client may present in `hello`; empty means no authentication.
-    pub auth_tokens: Vec<String>,
+    pub auth_tokens: Vec<Token>,
+    /// A file of further tokens, one per line (`#` comments allowed), read at start-up.
+    pub auth_tokens_file: Option<String>,
     /// How long a draining server lets open transactions finish, in milliseconds.
     pub shutdown_grace_ms: u64,
     /// Threads running session actors; 0 means one per CPU core.
@@ -55,6 +98,12 @@ pub struct Config {
     pub max_pipelined_requests: usize,
     /// How long a client may leave a partial frame without sending more, in milliseconds.
     pub client_read_timeout_ms: u64,
+    /// Most keys (`locks` and `read_locks` together) one request may name.
+    pub max_keys_per_request: usize,
+    /// Most statements one `tx` may hold.
+    pub max_statements_per_tx: usize,
+    /// Longest SQL text of one statement, in bytes.
+    pub max_sql_bytes: usize,
     /// `innodb_lock_wait_timeout` set on every database connection, in seconds; 0 keeps the server's.
     pub innodb_lock_wait_timeout_s: u64,
     /// Log level: `error`, `warning`, `info`, `debug` or `trace`.
@@ -73,10 +122,14 @@ impl Default for Config {
             default_retries: 3,
             default_isolation: Isolation::RepeatableRead,
             auth_tokens: Vec::new(),
+            auth_tokens_file: None,
             shutdown_grace_ms: 10_000,
             session_threads: 0,
             max_pipelined_requests: 64,
             client_read_timeout_ms: 30_000,
+            max_keys_per_request: 1024,
+            max_statements_per_tx: 1000,
+            max_sql_bytes: 1024 * 1024,
             innodb_lock_wait_timeout_s: 10,
             log_level: "info".to_string(),
         }
@@ -91,13 +144,34 @@ impl Config {
             path: shown.clone(),
             source,
         })?;
-        Config::from_toml(&text).map_err(|error| match error {
+        let mut config = Config::from_toml(&text).map_err(|error| match error {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: shown,
                 message,
             },
             other => other,
-        })
+        })?;
+        config.load_token_file()?;
+        Ok(config)
+    }
+
+    /// Adds the tokens of `auth_tokens_file`, if one is named.
+    pub fn load_token_file(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = self.auth_tokens_file.clone() else {
+            return Ok(());
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let tokens = parse_token_lines(&text);
+        if tokens.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "auth_tokens_file {path} holds no token"
+            )));
+        }
+        self.auth_tokens.extend(tokens);
+        Ok(())
     }
 
     /// Parses and validates TOML text.
@@ -137,7 +211,15 @@ impl Config {
         if self.max_pipelined_requests == 0 {
             return invalid("max_pipelined_requests must be at least 1");
         }
-        if self.auth_tokens.iter().any(|token| token.is_empty()) {
+        if self.max_keys_per_request == 0
+            || self.max_statements_per_tx == 0
+            || self.max_sql_bytes == 0
+        {
+            return invalid(
+                "max_keys_per_request, max_statements_per_tx and max_sql_bytes must be at least 1",
+            );
+        }
+        if self.auth_tokens.iter().any(Token::is_empty) {
             return invalid("auth_tokens must not hold an empty token");
         }
         if parse_log_level(&self.log_level).is_none() {
@@ -212,6 +294,34 @@ mod tests {
     fn the_shipped_config_file_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/txbroker.toml");
         Config::from_file(&path).expect("config/txbroker.toml parses");
+    }
+
+    #[test]
+    fn tokens_come_from_the_file_too_and_never_show_in_debug() {
+        let path = std::env::temp_dir().join(format!("txbroker-tokens-{}", std::process::id()));
+        std::fs::write(&path, "# ops team\nalpha\n\n  beta  \n").expect("write tokens");
+        let mut config = Config::from_toml(&format!(
+            "auth_tokens = [\"inline\"]\nauth_tokens_file = {:?}",
+            path.display().to_string()
+        ))
+        .expect("valid");
+        config.load_token_file().expect("tokens load");
+        assert_eq!(
+            config.auth_tokens,
+            vec![
+                Token::new("inline"),
+                Token::new("alpha"),
+                Token::new("beta")
+            ]
+        );
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("alpha") && !shown.contains("inline"),
+            "{shown}"
+        );
+        std::fs::write(&path, "# nothing\n").expect("write");
+        assert!(config.load_token_file().is_err());
+        let _ = std::fs::remove_file(path);
     }
 
     #[test]

@@ -83,6 +83,7 @@ impl SessionEngine {
         request: Request,
         phase: ServerPhase,
     ) -> Result<Reply, BrokerError> {
+        check_limits(&request, &self.config)?;
         self.state.admit(&request, phase)?;
         match request {
             Request::Hello { .. } => Ok(Reply::Hello {
@@ -361,6 +362,42 @@ impl SessionEngine {
         debug!(self.log, "transaction aborted"; "reason" => %reason);
         self.end_in_rollback().await;
         self.state = TxState::Aborted(reason);
+    }
+}
+
+/// Refuses requests past the configured sizes before anything runs.
+fn check_limits(request: &Request, config: &Config) -> Result<(), BrokerError> {
+    let (keys, statements): (Option<&LockRequest>, &[Statement]) = match request {
+        Request::Tx(tx) => (tx.options.locks.as_ref(), &tx.statements),
+        Request::Begin(options) => (options.locks.as_ref(), &[]),
+        Request::Lock(keys) => (Some(keys), &[]),
+        Request::Exec(statement) => (None, std::slice::from_ref(statement)),
+        _ => return Ok(()),
+    };
+    if let Some(keys) = keys.filter(|keys| keys.len() > config.max_keys_per_request) {
+        return Err(BrokerError::BadRequest(format!(
+            "{} keys is more than max_keys_per_request ({})",
+            keys.len(),
+            config.max_keys_per_request
+        )));
+    }
+    if statements.len() > config.max_statements_per_tx {
+        return Err(BrokerError::BadRequest(format!(
+            "{} statements is more than max_statements_per_tx ({})",
+            statements.len(),
+            config.max_statements_per_tx
+        )));
+    }
+    match statements
+        .iter()
+        .position(|statement| statement.sql.len() > config.max_sql_bytes)
+    {
+        Some(index) => Err(BrokerError::BadRequest(format!(
+            "statement {index}: sql of {} bytes is more than max_sql_bytes ({})",
+            statements[index].sql.len(),
+            config.max_sql_bytes
+        ))),
+        None => Ok(()),
     }
 }
 

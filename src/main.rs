@@ -10,6 +10,9 @@ use slog::{error, info};
 
 use txbroker::{admin, logging, Broker, Config};
 
+/// Client tokens from the environment (comma- or newline-separated), added to the file's.
+const TOKENS_VARIABLE: &str = "TXBROKER_AUTH_TOKENS";
+
 /// Where the configuration is read from when `--config` is not given.
 const DEFAULT_CONFIG_PATH: &str = "config/txbroker.toml";
 
@@ -76,6 +79,13 @@ fn load_config(cli: &Cli) -> Result<Config, String> {
     }
     if let Some(url) = &cli.database_url {
         config.database_url = url.clone();
+    }
+    if let Ok(tokens) = std::env::var(TOKENS_VARIABLE) {
+        config
+            .auth_tokens
+            .extend(txbroker::config::parse_token_lines(
+                &tokens.replace(',', "\n"),
+            ));
     }
     config.validate().map_err(|error| error.to_string())?;
     Ok(config)

@@ -217,3 +217,58 @@ async fn the_operator_commands_print_stats_and_rows() {
     .expect("wait");
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_can_come_from_the_environment() {
+    let path = write_config("env_tokens", "");
+    let mut child = broker_command()
+        .args([
+            "--config",
+            path.to_str().expect("utf-8"),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("TXBROKER_AUTH_TOKENS", "first-token, second-token")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn txbroker");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            assert!(
+                !line.contains("first-token") && !line.contains("second-token"),
+                "token logged: {line}"
+            );
+            if let Some(rest) = line.split("address: ").nth(1) {
+                let _ = sender.send(
+                    rest.split([',', ' '])
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+        }
+    });
+    let address: std::net::SocketAddr = receiver
+        .recv_timeout(Duration::from_secs(30))
+        .expect("address")
+        .parse()
+        .expect("socket address");
+    let anonymous = Client::connect(address).await.expect("connect");
+    assert_eq!(
+        anonymous.ping().await.expect_err("auth required").code(),
+        Some(ErrorCode::Unauthenticated)
+    );
+    let (client, _) = Client::connect_with_token(address, "second-token")
+        .await
+        .expect("token from the environment");
+    client.ping().await.expect("authenticated");
+    signal(&child, "TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        wait_with_deadline(&mut child, Duration::from_secs(20))
+    })
+    .await
+    .expect("wait");
+    assert_eq!(status.code(), Some(0));
+}

@@ -385,3 +385,54 @@ async fn a_client_stalled_mid_frame_is_closed_and_holds_up_nobody() {
     let response = quiet.read_response().await.expect("still connected");
     assert_eq!(response.id, Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_configured_limits_are_bad_requests_and_run_nothing() {
+    let (db, broker) = broker("wire_limits", |c| Config {
+        max_keys_per_request: 3,
+        max_statements_per_tx: 2,
+        max_sql_bytes: 64,
+        ..c
+    })
+    .await;
+    db.run(&["CREATE TABLE t (id INT PRIMARY KEY)"]).await;
+    let client = broker.client().await;
+    let too_many_keys = client
+        .tx()
+        .lock("a")
+        .lock("b")
+        .read_lock("c")
+        .lock("d")
+        .exec("INSERT INTO t VALUES (1)", vec![])
+        .run()
+        .await
+        .expect_err("4 keys");
+    assert_eq!(too_many_keys.code(), Some(ErrorCode::BadRequest));
+    assert!(too_many_keys.to_string().contains("max_keys_per_request"));
+    let too_many_statements = client
+        .tx()
+        .exec("INSERT INTO t VALUES (2)", vec![])
+        .exec("INSERT INTO t VALUES (3)", vec![])
+        .exec("INSERT INTO t VALUES (4)", vec![])
+        .run()
+        .await
+        .expect_err("3 statements");
+    assert!(too_many_statements
+        .to_string()
+        .contains("max_statements_per_tx"));
+    let long_sql = format!("SELECT 1 /* {} */", "x".repeat(64));
+    let error = client.exec(&long_sql, vec![]).await.expect_err("long sql");
+    assert_eq!(error.code(), Some(ErrorCode::BadRequest));
+    assert!(error.to_string().contains("max_sql_bytes"));
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM t").await, 0, "nothing ran");
+    client
+        .tx()
+        .lock("a")
+        .lock("b")
+        .read_lock("c")
+        .exec("INSERT INTO t VALUES (5)", vec![])
+        .exec("INSERT INTO t VALUES (6)", vec![])
+        .run()
+        .await
+        .expect("at the limits is fine");
+}
