@@ -82,6 +82,8 @@ pub struct Config {
     pub lock_wait_timeout_ms: u64,
     /// How long an interactive transaction may sit with no request, in milliseconds.
     pub idle_tx_timeout_ms: u64,
+    /// How long any transaction may stay open, in milliseconds; 0 means no limit.
+    pub max_tx_duration_ms: u64,
     /// Retries of a whole `tx` after a deadlock or lock wait timeout, when the request names none.
     pub default_retries: u32,
     /// Isolation level of a transaction whose request names none.
@@ -119,6 +121,7 @@ impl Default for Config {
             max_frame_bytes: 16 * 1024 * 1024,
             lock_wait_timeout_ms: 5_000,
             idle_tx_timeout_ms: 30_000,
+            max_tx_duration_ms: 0,
             default_retries: 3,
             default_isolation: Isolation::RepeatableRead,
             auth_tokens: Vec::new(),
@@ -234,6 +237,11 @@ impl Config {
 
     pub fn idle_tx_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_tx_timeout_ms)
+    }
+
+    /// The longest a transaction may stay open, if limited.
+    pub fn max_tx_duration(&self) -> Option<Duration> {
+        (self.max_tx_duration_ms > 0).then(|| Duration::from_millis(self.max_tx_duration_ms))
     }
 
     pub fn client_read_timeout(&self) -> Duration {

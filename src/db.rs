@@ -55,6 +55,10 @@ pub enum DbError {
     /// committed or rolled back implicitly.
     #[error("the statement ended the transaction on the database")]
     TransactionEnded,
+    /// The transaction's deadline passed during this operation; the connection was dropped
+    /// and its query killed, so the server rolls the transaction back.
+    #[error("the transaction ran past its deadline")]
+    DeadlineExceeded,
 }
 
 /// Whether a statement is meant to run inside the open transaction or on its own.
@@ -136,6 +140,7 @@ impl Database {
         DbConnection {
             database: self.clone(),
             link: Link::Closed,
+            deadline: None,
         }
     }
 }
@@ -155,11 +160,38 @@ enum Link {
 pub struct DbConnection {
     database: Database,
     link: Link,
+    /// When the open transaction must be over (`max_tx_duration_ms`); bounds every operation.
+    deadline: Option<Instant>,
 }
 
 impl DbConnection {
     pub fn is_connected(&self) -> bool {
         matches!(self.link, Link::Open { .. })
+    }
+
+    /// Bounds every following operation until cleared: one that would end past `deadline`
+    /// is abandoned with `DeadlineExceeded`.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Drops the connection after an abandoned operation and kills what it was running.
+    fn abandon(&mut self) {
+        if let Link::Open { conn, .. } = std::mem::replace(&mut self.link, Link::Closed) {
+            let id = conn.id();
+            drop(conn);
+            let opts = self.database.opts.clone();
+            tokio::spawn(async move {
+                if let Ok(mut admin) = Conn::new(opts).await {
+                    let _ = admin.query_drop(format!("KILL {id}")).await;
+                    let _ = admin.disconnect().await;
+                }
+            });
+        }
     }
 
     /// Connects if there is no connection, or if the one there has been idle a while and no
@@ -207,7 +239,7 @@ impl DbConnection {
                 *isolation = wanted;
             }
         }
-        self.run(if read_only {
+        self.run_bounded(if read_only {
             "START TRANSACTION READ ONLY"
         } else {
             "START TRANSACTION"
@@ -216,7 +248,7 @@ impl DbConnection {
     }
 
     pub async fn commit(&mut self) -> Result<(), DbError> {
-        self.run("COMMIT").await
+        self.run_bounded("COMMIT").await
     }
 
     /// `ROLLBACK`; a connection already gone counts as rolled back, since the server
@@ -249,7 +281,14 @@ impl DbConnection {
         statement: &Statement,
         mode: TxMode,
     ) -> Result<QueryResult, DbError> {
-        let result = self.execute_statement(statement).await?;
+        let deadline = self.deadline;
+        let result = match within(deadline, self.execute_statement(statement)).await {
+            Some(outcome) => outcome?,
+            None => {
+                self.abandon();
+                return Err(DbError::DeadlineExceeded);
+            }
+        };
         match (mode, self.server_in_transaction()) {
             (TxMode::InTransaction, true) | (TxMode::Autocommit, false) => Ok(result),
             (TxMode::InTransaction, false) => Err(DbError::TransactionEnded),
@@ -305,6 +344,17 @@ impl DbConnection {
         }
     }
 
+    async fn run_bounded(&mut self, sql: &str) -> Result<(), DbError> {
+        let deadline = self.deadline;
+        match within(deadline, self.run(sql)).await {
+            Some(outcome) => outcome,
+            None => {
+                self.abandon();
+                Err(DbError::DeadlineExceeded)
+            }
+        }
+    }
+
     async fn run(&mut self, sql: &str) -> Result<(), DbError> {
         let outcome = self.conn()?.query_drop(sql).await;
         outcome.map_err(|error| self.failed(error))
@@ -329,6 +379,19 @@ impl DbConnection {
             self.link = Link::Closed;
         }
         mapped
+    }
+}
+
+/// `operation`'s outcome, or `None` when `deadline` passed first (the operation is dropped).
+async fn within<T>(
+    deadline: Option<Instant>,
+    operation: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), operation)
+            .await
+            .ok(),
+        None => Some(operation.await),
     }
 }
 

@@ -13,7 +13,7 @@
 //! (`Idle`) or is refused (`Aborted`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use slog::{debug, Logger};
@@ -84,6 +84,9 @@ impl SessionEngine {
         phase: ServerPhase,
     ) -> Result<Reply, BrokerError> {
         check_limits(&request, &self.config)?;
+        if self.state.is_open() && self.deadline_passed() {
+            self.abort(AbortReason::MaxDuration).await;
+        }
         self.state.admit(&request, phase)?;
         match request {
             Request::Hello { .. } => Ok(Reply::Hello {
@@ -111,19 +114,42 @@ impl SessionEngine {
         if self.state.is_open() {
             self.end_in_rollback().await;
         }
-        self.locks.release_all();
+        self.transaction_over();
         self.state = TxState::Idle;
         self.db.disconnect().await;
     }
 
-    /// Aborts an open interactive transaction that sat idle too long.
-    pub async fn abort_idle(&mut self) {
-        if self.state.is_open() {
-            self.abort(AbortReason::IdleTimeout {
-                idle_ms: self.config.idle_tx_timeout_ms,
-            })
-            .await;
+    /// When the open transaction must be over, if `max_tx_duration_ms` is set.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.db.deadline()
+    }
+
+    /// Aborts an open interactive transaction that sat idle too long or outlived
+    /// `max_tx_duration_ms`.
+    pub async fn abort_stale(&mut self) {
+        if !self.state.is_open() {
+            return;
         }
+        let reason = if self.deadline_passed() {
+            AbortReason::MaxDuration
+        } else {
+            AbortReason::IdleTimeout {
+                idle_ms: self.config.idle_tx_timeout_ms,
+            }
+        };
+        self.abort(reason).await;
+    }
+
+    fn deadline_passed(&self) -> bool {
+        self.db
+            .deadline()
+            .is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
+    /// Every end of a transaction comes here: the keys go and the deadline with them.
+    fn transaction_over(&mut self) {
+        self.locks.release_all();
+        self.db.set_deadline(None);
     }
 
     async fn stats(&self) -> Result<Stats, BrokerError> {
@@ -151,6 +177,11 @@ impl SessionEngine {
     /// one round trip out of the time the keys are held.
     async fn start_transaction(&mut self, options: &TxOptions) -> Result<(), BrokerError> {
         self.db.ensure_connected().await.map_err(db_error)?;
+        self.db.set_deadline(
+            self.config
+                .max_tx_duration()
+                .map(|limit| Instant::now() + limit),
+        );
         let begin = begin_on_live_connection(&mut self.db, options);
         let (granted, begun) = match options.locks.clone() {
             Some(keys) => {
@@ -163,12 +194,12 @@ impl SessionEngine {
             (Ok(()), Ok(())) => Ok(()),
             (_, Err(error)) => {
                 self.db.rollback().await.ok();
-                self.locks.release_all();
+                self.transaction_over();
                 Err(db_error(error))
             }
             (Err(failure), Ok(())) => {
                 self.db.rollback().await.ok();
-                self.locks.release_all();
+                self.transaction_over();
                 Err(lock_error(failure))
             }
         }
@@ -188,13 +219,19 @@ impl SessionEngine {
             let failure = match self.run_statements(&tx.statements).await {
                 Ok(results) => match self.db.commit().await {
                     Ok(()) => {
-                        self.locks.release_all();
+                        self.transaction_over();
                         self.metrics.committed();
                         return Ok(Reply::Tx { results, attempts });
                     }
                     Err(DbError::ConnectionLost(message)) => {
-                        self.locks.release_all();
+                        self.transaction_over();
                         return Err(BrokerError::CommitUnknown(message));
+                    }
+                    Err(DbError::DeadlineExceeded) => {
+                        self.transaction_over();
+                        return Err(BrokerError::CommitUnknown(
+                            "COMMIT was still running at max_tx_duration_ms and was killed".into(),
+                        ));
                     }
                     Err(error) => (None, error),
                 },
@@ -217,13 +254,13 @@ impl SessionEngine {
                     .await
                 {
                     self.db.rollback().await.ok();
-                    self.locks.release_all();
+                    self.transaction_over();
                     self.metrics.rolled_back();
                     return Err(db_error(error));
                 }
                 continue;
             }
-            self.locks.release_all();
+            self.transaction_over();
             self.metrics.rolled_back();
             let error = match (index, error) {
                 (Some(index), DbError::Server(failure)) => {
@@ -287,7 +324,9 @@ impl SessionEngine {
                     }
                     self.abort(reason.clone()).await;
                     Err(match error {
-                        DbError::TransactionEnded => BrokerError::TxAborted(reason),
+                        DbError::TransactionEnded | DbError::DeadlineExceeded => {
+                            BrokerError::TxAborted(reason)
+                        }
                         other => db_error(other),
                     })
                 }
@@ -317,15 +356,22 @@ impl SessionEngine {
     async fn commit(&mut self) -> Result<(), BrokerError> {
         match self.db.commit().await {
             Ok(()) => {
-                self.locks.release_all();
+                self.transaction_over();
                 self.state = TxState::Idle;
                 self.metrics.committed();
                 Ok(())
             }
             Err(DbError::ConnectionLost(message)) => {
-                self.locks.release_all();
+                self.transaction_over();
                 self.state = TxState::Idle;
                 Err(BrokerError::CommitUnknown(message))
+            }
+            Err(DbError::DeadlineExceeded) => {
+                self.transaction_over();
+                self.state = TxState::Idle;
+                Err(BrokerError::CommitUnknown(
+                    "COMMIT was still running at max_tx_duration_ms and was killed".into(),
+                ))
             }
             Err(error) => {
                 let reason = abort_reason_for(&error).unwrap_or(AbortReason::CommitFailed);
@@ -352,7 +398,7 @@ impl SessionEngine {
         if self.db.rollback().await.is_err() {
             self.db.disconnect().await;
         }
-        self.locks.release_all();
+        self.transaction_over();
         self.metrics.rolled_back();
     }
 
@@ -425,6 +471,7 @@ fn abort_reason_for(error: &DbError) -> Option<AbortReason> {
         }),
         DbError::ConnectionLost(_) | DbError::Unavailable(_) => Some(AbortReason::ConnectionLost),
         DbError::TransactionEnded => Some(AbortReason::EndedByStatement),
+        DbError::DeadlineExceeded => Some(AbortReason::MaxDuration),
         DbError::Rejected(_) => None,
     }
 }
@@ -440,6 +487,7 @@ fn db_error(error: DbError) -> BrokerError {
             BrokerError::DbUnavailable(message)
         }
         DbError::Rejected(message) => BrokerError::BadRequest(message),
+        DbError::DeadlineExceeded => BrokerError::TxAborted(AbortReason::MaxDuration),
         DbError::TransactionEnded => BrokerError::BadRequest(
             "the statement ended the transaction on the database; it was rolled back where possible"
                 .into(),

@@ -143,6 +143,8 @@ pub enum AbortReason {
     /// A statement ended the transaction itself (an implicit commit the broker did not foresee).
     EndedByStatement,
     CommitFailed,
+    /// Open longer than `max_tx_duration_ms`; a statement still running was killed.
+    MaxDuration,
 }
 
 impl fmt::Display for AbortReason {
@@ -162,6 +164,9 @@ impl fmt::Display for AbortReason {
                 f.write_str("a statement ended the transaction on the database")
             }
             AbortReason::CommitFailed => f.write_str("commit failed"),
+            AbortReason::MaxDuration => {
+                f.write_str("the transaction was open longer than max_tx_duration_ms")
+            }
         }
     }
 }

@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
@@ -272,10 +272,14 @@ impl Session {
         };
         if engine.state().is_open() {
             if self.idle_timer.is_none() {
-                let timeout = self.config.idle_tx_timeout();
+                // Whichever comes first: the idle timeout or the transaction's deadline.
+                let mut timeout = self.config.idle_tx_timeout();
+                if let Some(deadline) = engine.deadline() {
+                    timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
+                }
                 self.idle_timer = Some(ctx.run_later(timeout, |session, ctx| {
                     session.idle_timer = None;
-                    session.abort_idle(ctx);
+                    session.abort_stale(ctx);
                 }));
             }
         } else {
@@ -285,14 +289,14 @@ impl Session {
         }
     }
 
-    fn abort_idle(&mut self, ctx: &mut Context<Self>) {
+    fn abort_stale(&mut self, ctx: &mut Context<Self>) {
         let EngineSlot::Ready(mut engine) = std::mem::replace(&mut self.engine, EngineSlot::Busy)
         else {
             return;
         };
-        info!(self.log, "idle transaction aborted"; "idle_ms" => self.config.idle_tx_timeout_ms);
+        info!(self.log, "stale transaction aborted");
         let work = async move {
-            engine.abort_idle().await;
+            engine.abort_stale().await;
             engine
         };
         ctx.spawn(work.into_actor(self).map(|engine, session, ctx| {

@@ -689,3 +689,86 @@ async fn a_client_that_hangs_up_right_after_sending_never_waits_or_runs() {
         100
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_past_max_tx_duration_is_killed_and_answered_tx_aborted() {
+    let db = accounts("cc_max_duration", 1).await;
+    let broker = TestBroker::start(Config {
+        max_tx_duration_ms: 400,
+        ..db.config()
+    });
+    let client = broker.client().await;
+    let observer = broker.client().await;
+
+    // A statement still running at the deadline is killed.
+    client
+        .begin(with_keys(&["accounts:1"]))
+        .await
+        .expect("begin");
+    client
+        .exec("UPDATE accounts SET balance = 1 WHERE id = 1", vec![])
+        .await
+        .expect("update");
+    let started = std::time::Instant::now();
+    let error = client
+        .exec("SELECT SLEEP(30)", vec![])
+        .await
+        .expect_err("killed at the deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "killed, not waited out"
+    );
+    assert_eq!(error.code(), Some(ErrorCode::TxAborted));
+    assert!(error.to_string().contains("max_tx_duration_ms"), "{error}");
+    assert_eq!(code(client.commit().await), ErrorCode::TxAborted);
+    client.rollback().await.expect("rollback");
+    assert_eq!(observer.stats().await.expect("stats").locks_held, 0);
+    assert_eq!(
+        db.scalar("SELECT balance FROM accounts WHERE id = 1").await,
+        100
+    );
+
+    // A whole tx is bounded too, and the session carries on afterwards.
+    let error = client
+        .tx()
+        .lock("accounts:1")
+        .exec("UPDATE accounts SET balance = 2 WHERE id = 1", vec![])
+        .exec("SELECT SLEEP(30)", vec![])
+        .run()
+        .await
+        .expect_err("killed at the deadline");
+    assert_eq!(error.code(), Some(ErrorCode::TxAborted));
+    assert_eq!(
+        db.scalar("SELECT balance FROM accounts WHERE id = 1").await,
+        100
+    );
+    client
+        .exec("SELECT 1", vec![])
+        .await
+        .expect("the session reconnects");
+
+    // An open transaction that goes quiet is ended at its deadline, not at the idle timeout.
+    client
+        .begin(with_keys(&["accounts:1"]))
+        .await
+        .expect("begin");
+    stats_until(&observer, "the quiet transaction's key is released", |s| {
+        s.locks_held == 0
+    })
+    .await;
+    let error = client.exec("SELECT 1", vec![]).await.expect_err("aborted");
+    assert!(error.to_string().contains("max_tx_duration_ms"), "{error}");
+    client.rollback().await.expect("rollback");
+    // Transactions that finish in time are untouched.
+    client
+        .tx()
+        .lock("accounts:1")
+        .exec("UPDATE accounts SET balance = 3 WHERE id = 1", vec![])
+        .run()
+        .await
+        .expect("a quick tx commits");
+    assert_eq!(
+        db.scalar("SELECT balance FROM accounts WHERE id = 1").await,
+        3
+    );
+}
