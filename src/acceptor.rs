@@ -7,25 +7,20 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use actix_rt::ArbiterHandle;
 use futures_util::future::join_all;
-use slog::{info, warn, Logger};
+use slog::{info, warn};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::codec::Encoder;
 
-use crate::config::Config;
-use crate::coordinator::{Coordinator, LockClient};
-use crate::db::Database;
-use crate::engine::SessionEngine;
+use crate::engine::SessionFactory;
 use crate::error::BrokerError;
 use crate::frame::FrameCodec;
-use crate::metrics::Metrics;
 use crate::protocol::Response;
 use crate::session::{Close, Drain, Session, SessionParts};
 
@@ -41,17 +36,8 @@ enum Phase {
     Draining,
 }
 
-/// What every session shares, handed to the acceptor once.
-pub struct Shared {
-    pub config: Arc<Config>,
-    pub database: Database,
-    pub coordinator: Addr<Coordinator>,
-    pub metrics: Arc<Metrics>,
-    pub log: Logger,
-}
-
 pub struct Acceptor {
-    shared: Shared,
+    shared: SessionFactory,
     listener: Option<TcpListener>,
     listener_handle: Option<SpawnHandle>,
     session_arbiters: Vec<ArbiterHandle>,
@@ -63,7 +49,7 @@ pub struct Acceptor {
 
 impl Acceptor {
     pub fn new(
-        shared: Shared,
+        shared: SessionFactory,
         listener: TcpListener,
         session_arbiters: Vec<ArbiterHandle>,
     ) -> Acceptor {
@@ -107,18 +93,11 @@ impl Acceptor {
                 return;
             }
         };
-        let id = self.shared.metrics.session_started();
+        let engine = self.shared.new_engine(&peer.to_string());
+        let id = engine.session_id();
         let arbiter = &self.session_arbiters[self.next_arbiter % self.session_arbiters.len()];
         self.next_arbiter = self.next_arbiter.wrapping_add(1);
         let shared = &self.shared;
-        let engine = SessionEngine::new(
-            id,
-            shared.database.connection(),
-            LockClient::new(shared.coordinator.clone(), id),
-            shared.config.clone(),
-            shared.metrics.clone(),
-            shared.log.new(slog::o!("session" => id)),
-        );
         let parts = SessionParts {
             id,
             peer,

@@ -34,12 +34,11 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::acceptor::{Acceptor, Shared, Shutdown};
+use crate::acceptor::{Acceptor, Shutdown};
 use crate::config::Config;
-use crate::coordinator::LockClient;
 use crate::coordinator::{self, Coordinator};
 use crate::db::Database;
-use crate::engine::SessionEngine;
+use crate::engine::SessionFactory;
 use crate::local::LocalSession;
 use crate::metrics::Metrics;
 use crate::txn::ServerPhase;
@@ -64,9 +63,7 @@ pub struct Broker {
     acceptor: Option<Addr<Acceptor>>,
     coordinator: Addr<Coordinator>,
     arbiters: Vec<Arbiter>,
-    config: Arc<Config>,
-    database: Database,
-    metrics: Arc<Metrics>,
+    sessions: SessionFactory,
     phase: watch::Sender<ServerPhase>,
     log: Logger,
 }
@@ -123,22 +120,21 @@ impl BrokerBuilder {
         let coordinator = Coordinator::start_in_arbiter(&coordinator_arbiter.handle(), move |_| {
             Coordinator::new(lock_wait_timeout)
         });
-        let metrics = Arc::new(Metrics::default());
+        let sessions = SessionFactory {
+            config: config.clone(),
+            database,
+            coordinator: coordinator.clone(),
+            metrics: Arc::new(Metrics::default()),
+            log: log.clone(),
+        };
         let mut arbiters = Vec::new();
         let (acceptor, local_addr) = match listener {
             Some((listener, local_addr)) => {
                 arbiters = (0..config.session_thread_count())
                     .map(|_| Arbiter::new())
                     .collect();
-                let shared = Shared {
-                    config: config.clone(),
-                    database: database.clone(),
-                    coordinator: coordinator.clone(),
-                    metrics: metrics.clone(),
-                    log: log.clone(),
-                };
                 let handles = arbiters.iter().map(Arbiter::handle).collect();
-                let acceptor = Acceptor::new(shared, listener, handles).start();
+                let acceptor = Acceptor::new(sessions.clone(), listener, handles).start();
                 info!(log, "listening"; "address" => %local_addr, "session_threads" => arbiters.len());
                 (Some(acceptor), Some(local_addr))
             }
@@ -154,9 +150,7 @@ impl BrokerBuilder {
             acceptor,
             coordinator,
             arbiters,
-            config,
-            database,
-            metrics,
+            sessions,
             phase,
             log,
         })
@@ -207,17 +201,12 @@ impl Broker {
     /// follows exactly the rules of a TCP session. Embedded sessions do not count against
     /// `max_sessions` but do appear in `stats`.
     pub fn session(&self) -> LocalSession {
-        let id = self.metrics.session_started();
-        let engine = SessionEngine::new(
-            id,
-            self.database.connection(),
-            LockClient::new(self.coordinator.clone(), id),
-            self.config.clone(),
-            self.metrics.clone(),
-            self.log
-                .new(slog::o!("session" => id, "peer" => "embedded")),
-        );
-        LocalSession::new(engine, self.phase.subscribe(), self.metrics.clone())
+        let engine = self.sessions.new_engine("embedded");
+        LocalSession::new(
+            engine,
+            self.phase.subscribe(),
+            self.sessions.metrics.clone(),
+        )
     }
 
     /// Drains as protocol v1 says: stop accepting, refuse new transactions (embedded sessions

@@ -15,12 +15,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix::Addr;
 use rand::Rng;
 use slog::{debug, Logger};
 
 use crate::config::Config;
-use crate::coordinator::{LockClient, LockFailure};
-use crate::db::{classify_conflict, Conflict, DbConnection, DbError, TxMode};
+use crate::coordinator::{Coordinator, LockClient, LockFailure};
+use crate::db::{classify_conflict, Conflict, Database, DbConnection, DbError, TxMode};
 use crate::error::{AbortReason, BrokerError};
 use crate::locks::LockRequest;
 use crate::metrics::Metrics;
@@ -35,6 +36,33 @@ pub const SERVER_NAME: &str = concat!("txbroker ", env!("CARGO_PKG_VERSION"));
 
 /// Longest pause between two attempts of a `tx`; retries hold the keys, so keep it short.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_millis(20);
+
+/// What every session of one broker shares, and the one place where sessions' engines are
+/// made, for TCP and embedded sessions alike.
+#[derive(Clone)]
+pub struct SessionFactory {
+    pub config: Arc<Config>,
+    pub database: Database,
+    pub coordinator: Addr<Coordinator>,
+    pub metrics: Arc<Metrics>,
+    pub log: Logger,
+}
+
+impl SessionFactory {
+    /// Counts a new session and makes its engine; `peer` names the client in the logs.
+    pub fn new_engine(&self, peer: &str) -> SessionEngine {
+        let id = self.metrics.session_started();
+        SessionEngine::new(
+            id,
+            self.database.connection(),
+            LockClient::new(self.coordinator.clone(), id),
+            self.config.clone(),
+            self.metrics.clone(),
+            self.log
+                .new(slog::o!("session" => id, "peer" => peer.to_string())),
+        )
+    }
+}
 
 pub struct SessionEngine {
     session_id: u64,
@@ -64,6 +92,10 @@ impl SessionEngine {
             metrics,
             log,
         }
+    }
+
+    pub fn session_id(&self) -> u64 {
+        self.session_id
     }
 
     pub fn state(&self) -> &TxState {

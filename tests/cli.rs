@@ -24,7 +24,22 @@ fn write_config(name: &str, text: &str) -> std::path::PathBuf {
 
 /// Starts the binary on a free port and reads the bound address from its log.
 fn spawn_broker(config: &std::path::Path) -> (Child, std::net::SocketAddr) {
+    spawn_broker_with_env(config, &[])
+}
+
+/// Like `spawn_broker`, with environment variables; fails the test if a log line shows the
+/// value of any of them.
+fn spawn_broker_with_env(
+    config: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (Child, std::net::SocketAddr) {
+    let secrets: Vec<String> = env
+        .iter()
+        .flat_map(|(_, value)| value.split(',').map(|part| part.trim().to_string()))
+        .filter(|part| !part.is_empty())
+        .collect();
     let mut child = broker_command()
+        .envs(env.iter().copied())
         .args([
             "--config",
             config.to_str().expect("utf-8 path"),
@@ -221,40 +236,10 @@ async fn the_operator_commands_print_stats_and_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_can_come_from_the_environment() {
     let path = write_config("env_tokens", "");
-    let mut child = broker_command()
-        .args([
-            "--config",
-            path.to_str().expect("utf-8"),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env("TXBROKER_AUTH_TOKENS", "first-token, second-token")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn txbroker");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            assert!(
-                !line.contains("first-token") && !line.contains("second-token"),
-                "token logged: {line}"
-            );
-            if let Some(rest) = line.split("address: ").nth(1) {
-                let _ = sender.send(
-                    rest.split([',', ' '])
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                );
-            }
-        }
-    });
-    let address: std::net::SocketAddr = receiver
-        .recv_timeout(Duration::from_secs(30))
-        .expect("address")
-        .parse()
-        .expect("socket address");
+    let (mut child, address) = spawn_broker_with_env(
+        &path,
+        &[("TXBROKER_AUTH_TOKENS", "first-token, second-token")],
+    );
     let anonymous = Client::connect(address).await.expect("connect");
     assert_eq!(
         anonymous.ping().await.expect_err("auth required").code(),
