@@ -22,22 +22,19 @@ fn write_config(name: &str, text: &str) -> std::path::PathBuf {
     path
 }
 
+type LogLines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
 /// Starts the binary on a free port and reads the bound address from its log.
 fn spawn_broker(config: &std::path::Path) -> (Child, std::net::SocketAddr) {
-    spawn_broker_with_env(config, &[])
+    let (child, address, _) = spawn_broker_with_env(config, &[]);
+    (child, address)
 }
 
-/// Like `spawn_broker`, with environment variables; fails the test if a log line shows the
-/// value of any of them.
+/// Like `spawn_broker`, with environment variables; also returns the log lines seen so far.
 fn spawn_broker_with_env(
     config: &std::path::Path,
     env: &[(&str, &str)],
-) -> (Child, std::net::SocketAddr) {
-    let secrets: Vec<String> = env
-        .iter()
-        .flat_map(|(_, value)| value.split(',').map(|part| part.trim().to_string()))
-        .filter(|part| !part.is_empty())
-        .collect();
+) -> (Child, std::net::SocketAddr, LogLines) {
     let mut child = broker_command()
         .envs(env.iter().copied())
         .args([
@@ -51,6 +48,8 @@ fn spawn_broker_with_env(
         .expect("spawn txbroker");
     let stderr = child.stderr.take().expect("piped stderr");
     let (sender, receiver) = std::sync::mpsc::channel();
+    let lines = LogLines::default();
+    let seen = lines.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("address: ").nth(1) {
@@ -61,12 +60,15 @@ fn spawn_broker_with_env(
                     .to_string();
                 let _ = sender.send(address);
             }
+            if let Ok(mut seen) = seen.lock() {
+                seen.push(line);
+            }
         }
     });
     let address = receiver
         .recv_timeout(Duration::from_secs(30))
         .expect("the broker logs its address");
-    (child, address.parse().expect("a socket address"))
+    (child, address.parse().expect("a socket address"), lines)
 }
 
 fn signal(child: &Child, name: &str) {
@@ -236,7 +238,7 @@ async fn the_operator_commands_print_stats_and_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_can_come_from_the_environment() {
     let path = write_config("env_tokens", "");
-    let (mut child, address) = spawn_broker_with_env(
+    let (mut child, address, log) = spawn_broker_with_env(
         &path,
         &[("TXBROKER_AUTH_TOKENS", "first-token, second-token")],
     );
@@ -256,4 +258,20 @@ async fn tokens_can_come_from_the_environment() {
     .await
     .expect("wait");
     assert_eq!(status.code(), Some(0));
+    let read_all = || {
+        log.lock()
+            .expect("log lines")
+            .iter()
+            .any(|line| line.contains("stopped"))
+    };
+    common::eventually("the whole log is read", Duration::from_secs(20), || async {
+        read_all()
+    })
+    .await;
+    let log = log.lock().expect("log lines").join("\n");
+    assert!(log.contains("session start"), "the log was read: {log}");
+    assert!(
+        !log.contains("first-token") && !log.contains("second-token"),
+        "a token was logged: {log}"
+    );
 }
