@@ -16,6 +16,7 @@ use slog::{info, warn};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Encoder;
 
 use crate::engine::SessionFactory;
@@ -38,6 +39,7 @@ enum Phase {
 
 pub struct Acceptor {
     shared: SessionFactory,
+    tls: Option<TlsAcceptor>,
     listener: Option<TcpListener>,
     listener_handle: Option<SpawnHandle>,
     session_arbiters: Vec<ArbiterHandle>,
@@ -50,11 +52,13 @@ pub struct Acceptor {
 impl Acceptor {
     pub fn new(
         shared: SessionFactory,
+        tls: Option<TlsAcceptor>,
         listener: TcpListener,
         session_arbiters: Vec<ArbiterHandle>,
     ) -> Acceptor {
         Acceptor {
             shared,
+            tls,
             listener: Some(listener),
             listener_handle: None,
             session_arbiters,
@@ -106,11 +110,12 @@ impl Acceptor {
             coordinator: shared.coordinator.clone(),
             acceptor: ctx.address(),
             log: shared.log.clone(),
+            tls: self.tls.clone(),
         };
-        let session = Session::start_in_arbiter(arbiter, move |ctx| {
+        let session = Session::start_in_arbiter(arbiter, move |_| {
             let stream = TcpStream::from_std(std_stream)
                 .expect("session arbiters run a tokio runtime with I/O enabled");
-            Session::new(parts, stream, ctx)
+            Session::new(parts, stream)
         });
         self.sessions.insert(id, session);
     }

@@ -55,6 +55,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Database(String),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running broker. Dropping it does not stop it; call `shutdown`.
@@ -109,6 +111,10 @@ impl BrokerBuilder {
             config.innodb_lock_wait_timeout_s,
         )
         .map_err(|error| StartError::Database(error.to_string()))?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            _ => None,
+        };
         let listener = match listener {
             Listener::Tcp => Some(bind(&config.listen).await?),
             Listener::None => None,
@@ -134,7 +140,7 @@ impl BrokerBuilder {
                     .map(|_| Arbiter::new())
                     .collect();
                 let handles = arbiters.iter().map(Arbiter::handle).collect();
-                let acceptor = Acceptor::new(sessions.clone(), listener, handles).start();
+                let acceptor = Acceptor::new(sessions.clone(), tls, listener, handles).start();
                 info!(log, "listening"; "address" => %local_addr, "session_threads" => arbiters.len());
                 (Some(acceptor), Some(local_addr))
             }

@@ -108,7 +108,24 @@ impl Client {
     pub async fn connect(address: impl ToSocketAddrs) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
-        Ok(Client::from_stream(stream))
+        let (reader, writer) = stream.into_split();
+        Ok(Client::from_halves(reader, writer))
+    }
+
+    /// Connects over TLS, checking the server's certificate against `connector`'s roots
+    /// for `server_name` (see `txbroker::tls::connector`).
+    pub async fn connect_tls(
+        address: impl ToSocketAddrs,
+        server_name: &str,
+        connector: &tokio_rustls::TlsConnector,
+    ) -> Result<Client, ClientError> {
+        let name = crate::tls::server_name(server_name)
+            .map_err(|error| ClientError::Protocol(error.to_string()))?;
+        let stream = TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        let stream = connector.connect(name, stream).await?;
+        let (reader, writer) = tokio::io::split(stream);
+        Ok(Client::from_halves(reader, writer))
     }
 
     /// Connects and authenticates with `token`.
@@ -121,8 +138,11 @@ impl Client {
         Ok((client, info))
     }
 
-    fn from_stream(stream: TcpStream) -> Client {
-        let (read_half, write_half) = stream.into_split();
+    fn from_halves<R, W>(read_half: R, write_half: W) -> Client
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (submissions, mut submitted) = mpsc::unbounded_channel::<Submission>();
         let (awaiting_sender, mut awaiting) = mpsc::unbounded_channel::<oneshot::Sender<Answer>>();
         tokio::spawn(async move {

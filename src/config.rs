@@ -92,6 +92,10 @@ pub struct Config {
     pub auth_tokens: Vec<Token>,
     /// A file of further tokens, one per line (`#` comments allowed), read at start-up.
     pub auth_tokens_file: Option<String>,
+    /// PEM certificate chain for client TLS; with `tls_key`, clients must speak TLS.
+    pub tls_cert: Option<String>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<String>,
     /// How long a draining server lets open transactions finish, in milliseconds.
     pub shutdown_grace_ms: u64,
     /// Threads running session actors; 0 means one per CPU core.
@@ -126,6 +130,8 @@ impl Default for Config {
             default_isolation: Isolation::RepeatableRead,
             auth_tokens: Vec::new(),
             auth_tokens_file: None,
+            tls_cert: None,
+            tls_key: None,
             shutdown_grace_ms: 10_000,
             session_threads: 0,
             max_pipelined_requests: 64,
@@ -221,6 +227,9 @@ impl Config {
             return invalid(
                 "max_keys_per_request, max_statements_per_tx and max_sql_bytes must be at least 1",
             );
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid("tls_cert and tls_key go together");
         }
         if self.auth_tokens.iter().any(Token::is_empty) {
             return invalid("auth_tokens must not hold an empty token");

@@ -11,6 +11,7 @@
 //! - [`error`]: error codes of the protocol and the broker's error enum.
 //! - [`protocol`]: typed requests, responses and values, and their MessagePack form.
 //! - [`frame`]: length-prefixed framing; the only code that splits bytes into frames.
+//! - [`tls`]: TLS acceptor and connector for client connections.
 //! - [`locks`]: the pure lock table (ascending order, FIFO per key, shared/exclusive).
 //! - [`txn`]: the pure transaction state machine and which request is allowed when.
 //! - [`sql_guard`]: statements refused because they would change transaction state.
@@ -37,6 +38,7 @@ pub mod db;
 pub mod engine;
 pub mod error;
 pub mod frame;
+pub mod tls;
 pub mod locks;
 pub mod logging;
 pub mod metrics;

@@ -26,9 +26,10 @@ use actix::prelude::*;
 use bytes::BytesMut;
 use slog::{debug, info, o, Logger};
 use subtle::ConstantTimeEq;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +49,10 @@ const WRITE_BUFFER_LOW: usize = 64 * 1024;
 /// How long a closing session waits for its last answers to reach a client that is not
 /// reading, before it drops the connection anyway.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The client's socket halves, plain TCP or TLS.
+type ClientReader = Box<dyn AsyncRead + Unpin + Send>;
+type ClientWriter = Box<dyn AsyncWrite + Unpin + Send>;
 
 /// One frame read from the client, with the permit that bounds the pipeline.
 type Incoming = (Result<BytesMut, FrameError>, OwnedSemaphorePermit);
@@ -87,8 +92,11 @@ pub struct Session {
     config: Arc<Config>,
     engine: EngineSlot,
     pending: VecDeque<Pending>,
-    writer: FramedWrite<Response, OwnedWriteHalf, FrameCodec>,
-    reader: Option<OwnedReadHalf>,
+    /// Set once the connection is ready (after the TLS handshake, when TLS is on); nothing is
+    /// read, so nothing is answered, before.
+    writer: Option<FramedWrite<Response, ClientWriter, FrameCodec>>,
+    /// The accepted socket and the TLS acceptor, until `started()` sets the connection up.
+    connection: Option<(TcpStream, Option<TlsAcceptor>)>,
     permits: Arc<Semaphore>,
     auth: Auth,
     phase: Phase,
@@ -108,17 +116,11 @@ pub struct SessionParts {
     pub coordinator: Addr<Coordinator>,
     pub acceptor: Addr<Acceptor>,
     pub log: Logger,
+    pub tls: Option<TlsAcceptor>,
 }
 
 impl Session {
-    pub fn new(parts: SessionParts, stream: TcpStream, ctx: &mut Context<Session>) -> Session {
-        let (read_half, write_half) = stream.into_split();
-        let mut writer = FramedWrite::new(
-            write_half,
-            FrameCodec::new(parts.config.max_frame_bytes),
-            ctx,
-        );
-        writer.set_buffer_capacity(WRITE_BUFFER_LOW, WRITE_BUFFER_HIGH);
+    pub fn new(parts: SessionParts, stream: TcpStream) -> Session {
         let auth = if parts.config.auth_tokens.is_empty() {
             Auth::NotRequired
         } else {
@@ -135,14 +137,39 @@ impl Session {
             config: parts.config,
             engine: EngineSlot::Ready(Box::new(parts.engine)),
             pending: VecDeque::new(),
-            writer,
-            reader: Some(read_half),
+            writer: None,
+            connection: Some((stream, parts.tls)),
             auth,
             phase: Phase::Serving,
             idle_timer: None,
             drain_waiters: Vec::new(),
             coordinator: parts.coordinator,
             acceptor: parts.acceptor,
+        }
+    }
+
+    /// Starts reading frames and writing answers on a ready connection.
+    fn attach(&mut self, reader: ClientReader, writer: ClientWriter, ctx: &mut Context<Self>) {
+        let mut writer =
+            FramedWrite::new(writer, FrameCodec::new(self.config.max_frame_bytes), ctx);
+        writer.set_buffer_capacity(WRITE_BUFFER_LOW, WRITE_BUFFER_HIGH);
+        self.writer = Some(writer);
+        let framed = FramedRead::new(reader, FrameCodec::new(self.config.max_frame_bytes));
+        let patience = self.config.client_read_timeout();
+        let frames = futures_util::stream::unfold(
+            (framed, self.permits.clone()),
+            move |(mut framed, permits)| async move {
+                let permit = permits.clone().acquire_owned().await.ok()?;
+                let item = frame::next_frame(&mut framed, patience).await?;
+                Some(((item, permit), (framed, permits)))
+            },
+        );
+        ctx.add_stream(frames);
+    }
+
+    fn write(&mut self, response: Response) {
+        if let Some(writer) = &mut self.writer {
+            writer.write(response);
         }
     }
 
@@ -173,24 +200,23 @@ impl Session {
                         "authentication is required: send hello with a token first".into(),
                     );
                     info!(self.log, "request failed"; "code" => %error.code());
-                    self.writer.write(Response::failure(rejected.id, &error));
+                    self.write(Response::failure(rejected.id, &error));
                     self.phase = Phase::Closing;
                 }
                 Pending::Rejected(rejected) => {
                     info!(self.log, "request failed"; "code" => %rejected.error.code());
                     debug!(self.log, "bad request"; "message" => %rejected.error);
-                    self.writer
-                        .write(Response::failure(rejected.id, &rejected.error));
+                    self.write(Response::failure(rejected.id, &rejected.error));
                 }
                 Pending::Fatal(error) => {
                     info!(self.log, "request failed"; "code" => %error.code());
-                    self.writer.write(Response::failure(None, &error));
+                    self.write(Response::failure(None, &error));
                     self.phase = Phase::Closing;
                 }
                 Pending::Request(frame, permit) => {
                     if let Err(error) = self.authenticate(&frame.request) {
                         info!(self.log, "request failed"; "op" => frame.request.op(), "code" => %error.code());
-                        self.writer.write(Response::failure(Some(frame.id), &error));
+                        self.write(Response::failure(Some(frame.id), &error));
                         self.phase = Phase::Closing;
                         continue;
                     }
@@ -258,7 +284,7 @@ impl Session {
                     Response::failure(Some(id), &error)
                 }
             };
-            session.writer.write(response);
+            session.write(response);
             drop(permit);
             session.pump(ctx);
         }));
@@ -322,10 +348,16 @@ impl Session {
         };
         self.pending.clear();
         let work = async move { engine.close().await };
-        ctx.spawn(work.into_actor(self).map(|(), session, ctx| {
-            session.writer.close();
-            ctx.run_later(CLOSE_FLUSH_TIMEOUT, |_, ctx| ctx.stop());
-        }));
+        ctx.spawn(
+            work.into_actor(self)
+                .map(|(), session, ctx| match &mut session.writer {
+                    Some(writer) => {
+                        writer.close();
+                        ctx.run_later(CLOSE_FLUSH_TIMEOUT, |_, ctx| ctx.stop());
+                    }
+                    None => ctx.stop(),
+                }),
+        );
     }
 }
 
@@ -334,20 +366,37 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         info!(self.log, "session start");
-        let Some(read_half) = self.reader.take() else {
+        let Some((stream, tls)) = self.connection.take() else {
             return;
         };
-        let framed = FramedRead::new(read_half, FrameCodec::new(self.config.max_frame_bytes));
+        let Some(acceptor) = tls else {
+            let (reader, writer) = stream.into_split();
+            self.attach(Box::new(reader), Box::new(writer), ctx);
+            return;
+        };
+        // Nothing else happens in this session until the handshake is over, and a client that
+        // stalls in it is dropped like one that stalls mid-frame.
         let patience = self.config.client_read_timeout();
-        let frames = futures_util::stream::unfold(
-            (framed, self.permits.clone()),
-            move |(mut framed, permits)| async move {
-                let permit = permits.clone().acquire_owned().await.ok()?;
-                let item = frame::next_frame(&mut framed, patience).await?;
-                Some(((item, permit), (framed, permits)))
-            },
+        let handshake =
+            async move { tokio::time::timeout(patience, acceptor.accept(stream)).await };
+        ctx.wait(
+            handshake
+                .into_actor(self)
+                .map(|outcome, session, ctx| match outcome {
+                    Ok(Ok(stream)) => {
+                        let (reader, writer) = tokio::io::split(stream);
+                        session.attach(Box::new(reader), Box::new(writer), ctx);
+                    }
+                    Ok(Err(error)) => {
+                        info!(session.log, "tls handshake failed"; "error" => %error);
+                        ctx.stop();
+                    }
+                    Err(_) => {
+                        info!(session.log, "tls handshake timed out");
+                        ctx.stop();
+                    }
+                }),
         );
-        ctx.add_stream(frames);
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {

@@ -229,12 +229,13 @@ impl RawConn {
         Some(body)
     }
 
-    /// True when the server has closed the connection (end of stream within the limit).
+    /// True when the server closes the connection within the limit; whatever it still sends
+    /// before closing (a TLS alert, say) is read and dropped.
     pub async fn is_closed_by_server(&mut self) -> bool {
-        let mut byte = [0u8; 1];
+        let mut rest = Vec::new();
         matches!(
-            tokio::time::timeout(Duration::from_secs(20), self.stream.read(&mut byte)).await,
-            Ok(Ok(0)) | Ok(Err(_))
+            tokio::time::timeout(Duration::from_secs(20), self.stream.read_to_end(&mut rest)).await,
+            Ok(_)
         )
     }
 }
