@@ -233,10 +233,9 @@ impl RawConn {
     /// before closing (a TLS alert, say) is read and dropped.
     pub async fn is_closed_by_server(&mut self) -> bool {
         let mut rest = Vec::new();
-        matches!(
-            tokio::time::timeout(Duration::from_secs(20), self.stream.read_to_end(&mut rest)).await,
-            Ok(_)
-        )
+        tokio::time::timeout(Duration::from_secs(20), self.stream.read_to_end(&mut rest))
+            .await
+            .is_ok()
     }
 }
 
