@@ -3,6 +3,7 @@
 import datetime
 import socket
 import threading
+from pathlib import Path
 from decimal import Decimal
 
 import pytest
@@ -483,3 +484,23 @@ def test_retry_helper_with_real_lock_conflicts(broker, client):
 
         assert txbroker.retry(move, attempts=3, backoff=0.001) == 42
     assert len(attempts) == 2
+
+
+TLS_DIR = Path(__file__).parent / "tls"
+
+
+def test_tls_connection(start_broker):
+    """A broker with tls_cert/tls_key serves clients that trust its certificate, and refuses
+    plain ones. The certificate is a self-signed test certificate for localhost."""
+    import ssl
+
+    broker = start_broker(
+        tls_cert=str(TLS_DIR / "localhost.crt"), tls_key=str(TLS_DIR / "localhost.key")
+    )
+    context = ssl.create_default_context(cafile=str(TLS_DIR / "localhost.crt"))
+    with broker.client(ssl_context=context, server_hostname="localhost") as c:
+        assert c.protocol == 1
+        c.ping()
+        assert c.exec("SELECT ?", [41]).rows == [[41]]
+    with pytest.raises(txbroker.TxbrokerConnectionError):
+        broker.client(timeout=5)

@@ -4,6 +4,7 @@ import datetime
 import decimal
 import random
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -239,6 +240,10 @@ class Client:
     ``session``, ``server`` and ``protocol`` hold the broker's answer. Use it as a context
     manager, or call :meth:`close`.
 
+    ``ssl_context`` (an :class:`ssl.SSLContext`) connects over TLS, for a broker with
+    ``tls_cert``/``tls_key`` set; the server name checked is ``host`` unless
+    ``server_hostname`` says otherwise.
+
     ``timeout`` (seconds) bounds the connect and every wait for an answer; None waits
     forever. Note that a ``tx`` may legitimately wait for its keys up to the broker's
     ``lock_wait_timeout_ms`` (and retry). When a timeout fires the client is closed, since
@@ -257,6 +262,8 @@ class Client:
         token: Optional[str] = None,
         timeout: Optional[float] = None,
         client_name: Optional[str] = None,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        server_hostname: Optional[str] = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -276,6 +283,14 @@ class Client:
         except OSError as exc:
             raise TxbrokerConnectionError(f"cannot connect to {host}:{port}: {exc}") from exc
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ssl_context is not None:
+            try:
+                self._sock = ssl_context.wrap_socket(
+                    self._sock, server_hostname=server_hostname or host
+                )
+            except (ssl.SSLError, OSError) as exc:
+                self._sock = None
+                raise TxbrokerConnectionError(f"TLS handshake with {host}:{port} failed: {exc}") from exc
         self._sock.settimeout(timeout)
         self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=0)
         fields: Dict[str, Any] = {"client": client_name or f"txbroker-python/{__version__}"}
