@@ -25,6 +25,16 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Where the lock coordinator runs.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CoordinatorThread {
+    /// On the first session thread: grants and releases are same-thread messages.
+    WithSessions,
+    /// On a thread of its own.
+    Own,
+}
+
 /// A client token. Its `Debug` never shows the secret, so a config printed by mistake leaks
 /// nothing.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -100,6 +110,8 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// Threads running session actors; 0 means one per CPU core.
     pub session_threads: usize,
+    /// Where the lock coordinator runs: `with_sessions` or `own`.
+    pub coordinator_thread: CoordinatorThread,
     /// Requests read from one client before its answers are written; bounds a session's memory.
     pub max_pipelined_requests: usize,
     /// How long a client may leave a partial frame without sending more, in milliseconds.
@@ -133,7 +145,8 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             shutdown_grace_ms: 10_000,
-            session_threads: 0,
+            session_threads: 1,
+            coordinator_thread: CoordinatorThread::WithSessions,
             max_pipelined_requests: 64,
             client_read_timeout_ms: 30_000,
             max_keys_per_request: 1024,
