@@ -103,9 +103,9 @@ struct Options {
     /// Use the broker at this address instead of starting one in-process.
     #[arg(long)]
     broker_addr: Option<String>,
-    /// Session threads of the in-process broker (0: one per core, the broker's default).
-    #[arg(long, default_value_t = 0)]
-    broker_session_threads: usize,
+    /// Session threads of the in-process broker (0: one per core); default: the broker's own.
+    #[arg(long)]
+    broker_session_threads: Option<usize>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -351,7 +351,10 @@ impl Bench {
                 listen: "127.0.0.1:0".to_string(),
                 database_url: self.db.url.clone(),
                 max_sessions: self.options.clients + 16,
-                session_threads: self.options.broker_session_threads,
+                session_threads: self
+                    .options
+                    .broker_session_threads
+                    .unwrap_or(Config::default().session_threads),
                 shutdown_grace_ms: 1_000,
                 ..Config::default()
             };
