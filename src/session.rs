@@ -60,7 +60,8 @@ type Incoming = (Result<BytesMut, FrameError>, OwnedSemaphorePermit);
 /// What is waiting to be answered, in arrival order.
 enum Pending {
     Request(RequestFrame, OwnedSemaphorePermit),
-    Rejected(RejectedRequest),
+    /// Holds its permit like a request, so that undecodable frames are bounded too.
+    Rejected(RejectedRequest, OwnedSemaphorePermit),
     /// A framing error: answered in turn, then the connection is closed.
     Fatal(BrokerError),
 }
@@ -195,7 +196,7 @@ impl Session {
                 return;
             };
             match next {
-                Pending::Rejected(rejected) if self.auth == Auth::AwaitingHello => {
+                Pending::Rejected(rejected, _permit) if self.auth == Auth::AwaitingHello => {
                     let error = BrokerError::Unauthenticated(
                         "authentication is required: send hello with a token first".into(),
                     );
@@ -203,7 +204,7 @@ impl Session {
                     self.write(Response::failure(rejected.id, &error));
                     self.phase = Phase::Closing;
                 }
-                Pending::Rejected(rejected) => {
+                Pending::Rejected(rejected, _permit) => {
                     info!(self.log, "request failed"; "code" => %rejected.error.code());
                     debug!(self.log, "bad request"; "message" => %rejected.error);
                     self.write(Response::failure(rejected.id, &rejected.error));
@@ -414,7 +415,7 @@ impl StreamHandler<Incoming> for Session {
         match item {
             Ok(body) => match RequestFrame::decode(&body) {
                 Ok(frame) => self.pending.push_back(Pending::Request(frame, permit)),
-                Err(rejected) => self.pending.push_back(Pending::Rejected(rejected)),
+                Err(rejected) => self.pending.push_back(Pending::Rejected(rejected, permit)),
             },
             Err(FrameError::Empty) => {
                 self.pending
