@@ -54,21 +54,26 @@ where
     R: tokio::io::AsyncRead + Unpin,
 {
     use futures_util::StreamExt;
+    // Looking four times per period bounds the detection to 1.25 periods after the last byte.
+    let look_every = (patience / 4).max(std::time::Duration::from_millis(1));
     let mut buffered_at_last_look = 0;
+    let mut last_progress = std::time::Instant::now();
     loop {
         // `next` on a FramedRead keeps its buffer when cancelled, so a timeout loses nothing.
-        match tokio::time::timeout(patience, framed.next()).await {
+        match tokio::time::timeout(look_every, framed.next()).await {
             Ok(item) => return item,
             Err(_) => {
                 let buffered = framed.read_buffer().len();
-                if FrameCodec::is_mid_frame(framed.read_buffer())
-                    && buffered == buffered_at_last_look
+                if buffered != buffered_at_last_look {
+                    buffered_at_last_look = buffered;
+                    last_progress = std::time::Instant::now();
+                } else if FrameCodec::is_mid_frame(framed.read_buffer())
+                    && last_progress.elapsed() >= patience
                 {
                     return Some(Err(FrameError::Stalled {
                         waited_ms: patience.as_millis() as u64,
                     }));
                 }
-                buffered_at_last_look = buffered;
             }
         }
     }

@@ -21,16 +21,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use bytes::BytesMut;
+use futures_util::SinkExt;
 use slog::{debug, info, o, Logger};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::acceptor::{Acceptor, SessionEnded};
@@ -42,13 +42,14 @@ use crate::frame::{self, FrameCodec, FrameError};
 use crate::protocol::{RejectedRequest, Request, RequestFrame, Response};
 use crate::txn::ServerPhase;
 
-/// Written answers buffered beyond this pause the session until the client reads them.
-const WRITE_BUFFER_HIGH: usize = 1024 * 1024;
-const WRITE_BUFFER_LOW: usize = 64 * 1024;
-
 /// How long a closing session waits for its last answers to reach a client that is not
 /// reading, before it drops the connection anyway.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// An answer on its way to the socket, with the permit of the request it answers: the permit
+/// is released only once the bytes are flushed, so a client that does not read stops the
+/// session from reading more.
+type Outgoing = (Response, Option<OwnedSemaphorePermit>);
 
 /// The client's socket halves, plain TCP or TLS.
 type ClientReader = Box<dyn AsyncRead + Unpin + Send>;
@@ -93,9 +94,11 @@ pub struct Session {
     config: Arc<Config>,
     engine: EngineSlot,
     pending: VecDeque<Pending>,
-    /// Set once the connection is ready (after the TLS handshake, when TLS is on); nothing is
-    /// read, so nothing is answered, before.
-    writer: Option<FramedWrite<Response, ClientWriter, FrameCodec>>,
+    /// To the writer task, set once the connection is ready (after the TLS handshake, when
+    /// TLS is on); nothing is read, so nothing is answered, before. Dropping it lets the task
+    /// flush what is queued and close the socket.
+    writer: Option<mpsc::UnboundedSender<Outgoing>>,
+    writer_task: Option<actix_rt::task::JoinHandle<()>>,
     /// The accepted socket and the TLS acceptor, until `started()` sets the connection up.
     connection: Option<(TcpStream, Option<TlsAcceptor>)>,
     permits: Arc<Semaphore>,
@@ -139,6 +142,7 @@ impl Session {
             engine: EngineSlot::Ready(Box::new(parts.engine)),
             pending: VecDeque::new(),
             writer: None,
+            writer_task: None,
             connection: Some((stream, parts.tls)),
             auth,
             phase: Phase::Serving,
@@ -151,10 +155,14 @@ impl Session {
 
     /// Starts reading frames and writing answers on a ready connection.
     fn attach(&mut self, reader: ClientReader, writer: ClientWriter, ctx: &mut Context<Self>) {
-        let mut writer =
-            FramedWrite::new(writer, FrameCodec::new(self.config.max_frame_bytes), ctx);
-        writer.set_buffer_capacity(WRITE_BUFFER_LOW, WRITE_BUFFER_HIGH);
-        self.writer = Some(writer);
+        let (outgoing, queued) = mpsc::unbounded_channel();
+        self.writer = Some(outgoing);
+        self.writer_task = Some(actix_rt::spawn(write_answers(
+            writer,
+            queued,
+            self.config.client_read_timeout(),
+            ctx.address(),
+        )));
         let framed = FramedRead::new(reader, FrameCodec::new(self.config.max_frame_bytes));
         let patience = self.config.client_read_timeout();
         let frames = futures_util::stream::unfold(
@@ -169,8 +177,14 @@ impl Session {
     }
 
     fn write(&mut self, response: Response) {
-        if let Some(writer) = &mut self.writer {
-            writer.write(response);
+        self.send(response, None);
+    }
+
+    /// Queues an answer; `permit` goes with it until it is on the wire.
+    fn send(&mut self, response: Response, permit: Option<OwnedSemaphorePermit>) {
+        if let Some(writer) = &self.writer {
+            // A closed channel means the writer task failed; it has told the session so.
+            let _ = writer.send((response, permit));
         }
     }
 
@@ -285,8 +299,7 @@ impl Session {
                     Response::failure(Some(id), &error)
                 }
             };
-            session.write(response);
-            drop(permit);
+            session.send(response, Some(permit));
             session.pump(ctx);
         }));
     }
@@ -348,17 +361,17 @@ impl Session {
             return;
         };
         self.pending.clear();
-        let work = async move { engine.close().await };
-        ctx.spawn(
-            work.into_actor(self)
-                .map(|(), session, ctx| match &mut session.writer {
-                    Some(writer) => {
-                        writer.close();
-                        ctx.run_later(CLOSE_FLUSH_TIMEOUT, |_, ctx| ctx.stop());
-                    }
-                    None => ctx.stop(),
-                }),
-        );
+        // The writer task flushes what is queued, then closes the socket; a client that does
+        // not read gets `CLOSE_FLUSH_TIMEOUT` for it.
+        self.writer = None;
+        let flushed = self.writer_task.take();
+        let work = async move {
+            engine.close().await;
+            if let Some(flushed) = flushed {
+                let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, flushed).await;
+            }
+        };
+        ctx.spawn(work.into_actor(self).map(|(), _, ctx| ctx.stop()));
     }
 }
 
@@ -454,16 +467,63 @@ impl StreamHandler<Incoming> for Session {
     }
 }
 
-impl WriteHandler<FrameError> for Session {
-    fn error(&mut self, error: FrameError, ctx: &mut Context<Self>) -> Running {
-        debug!(self.log, "client write failed"; "error" => %error);
-        self.close(ctx);
-        Running::Continue
-    }
+/// Sender: the session's writer task, when the client cannot be written to (an error, or
+/// answers not taken for `client_read_timeout_ms`).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WriteFailed {
+    reason: String,
+}
 
-    fn finished(&mut self, ctx: &mut Context<Self>) {
-        ctx.stop();
+impl Handler<WriteFailed> for Session {
+    type Result = ();
+
+    fn handle(&mut self, message: WriteFailed, ctx: &mut Context<Self>) {
+        debug!(self.log, "client write failed"; "reason" => message.reason);
+        self.writer = None;
+        self.close(ctx);
     }
+}
+
+/// The session's writer: writes answers in order, coalescing what is queued into one flush,
+/// and releases each answer's pipeline permit only once it is flushed. Ends, closing the
+/// socket, when the session drops its sender; tells the session when writing fails.
+async fn write_answers(
+    writer: ClientWriter,
+    mut queued: mpsc::UnboundedReceiver<Outgoing>,
+    patience: Duration,
+    session: Addr<Session>,
+) {
+    let mut sink = FramedWrite::new(writer, FrameCodec::new(usize::MAX));
+    let mut flushed_permits = Vec::new();
+    while let Some(first) = queued.recv().await {
+        let mut next = Some(first);
+        while let Some((response, permit)) = next.take().or_else(|| queued.try_recv().ok()) {
+            if let Err(error) = sink.feed(response).await {
+                session.do_send(WriteFailed {
+                    reason: error.to_string(),
+                });
+                return;
+            }
+            flushed_permits.push(permit);
+        }
+        match tokio::time::timeout(patience, SinkExt::<Response>::flush(&mut sink)).await {
+            Ok(Ok(())) => flushed_permits.clear(),
+            Ok(Err(error)) => {
+                session.do_send(WriteFailed {
+                    reason: error.to_string(),
+                });
+                return;
+            }
+            Err(_) => {
+                session.do_send(WriteFailed {
+                    reason: format!("answers not read for {} ms", patience.as_millis()),
+                });
+                return;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(patience, SinkExt::<Response>::close(&mut sink)).await;
 }
 
 /// Sender: the acceptor, when the broker starts draining. Answered once the session has no
