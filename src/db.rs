@@ -314,7 +314,14 @@ impl DbConnection {
                 };
                 return outcome.map_err(|error| self.failed(error));
             }
-            Err(error) => return Err(self.failed(error)),
+            // A statement that could not even be prepared never ran: say "unavailable", not
+            // "lost", so that nobody has to wonder whether it took effect.
+            Err(error) => {
+                return Err(match self.failed(error) {
+                    DbError::ConnectionLost(message) => DbError::Unavailable(message),
+                    other => other,
+                })
+            }
         };
         // The driver closes the connection on a parameter count it refuses, so the count is
         // checked here, before anything is sent.

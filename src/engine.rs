@@ -330,7 +330,13 @@ impl SessionEngine {
         sql_guard::check(&statement.sql, false)
             .map_err(|refusal| BrokerError::BadRequest(refusal.message()))?;
         self.db.ensure_connected().await.map_err(db_error)?;
-        match self.db.execute(statement, TxMode::Autocommit).await {
+        let mut outcome = self.db.execute(statement, TxMode::Autocommit).await;
+        if let Err(DbError::Unavailable(_)) = outcome {
+            // The connection died before the statement was sent; one reconnect is safe.
+            self.db.ensure_connected().await.map_err(db_error)?;
+            outcome = self.db.execute(statement, TxMode::Autocommit).await;
+        }
+        match outcome {
             Ok(result) => Ok(Reply::Exec { result }),
             // An autocommit statement is its own commit: if the connection died under it,
             // nobody knows whether it took effect.

@@ -545,6 +545,19 @@ async fn a_killed_idle_connection_is_replaced_on_the_next_transaction() {
         db.scalar("SELECT balance FROM accounts WHERE id = 1").await,
         1
     );
+
+    // An autocommit statement on a connection killed a moment ago: it cannot have run, so
+    // the session reconnects and runs it instead of answering commit_unknown.
+    let id = connection_id(&client).await;
+    db.run(&[&format!("KILL CONNECTION {id}")]).await;
+    client
+        .exec("UPDATE accounts SET balance = 2 WHERE id = 1", vec![])
+        .await
+        .expect("a fresh connection runs the statement");
+    assert_eq!(
+        db.scalar("SELECT balance FROM accounts WHERE id = 1").await,
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
