@@ -268,7 +268,8 @@ struct Bench {
     options: Options,
     db: BenchDb,
     generator: Generator,
-    broker: Option<InProcessBroker>,
+    /// The in-process brokers, started on first use: one per value of `batch_transactions`.
+    brokers: HashMap<bool, InProcessBroker>,
 }
 
 const WARMUP: u8 = 0;
@@ -331,22 +332,28 @@ impl Bench {
             options,
             db,
             generator,
-            broker: None,
+            brokers: HashMap::new(),
         })
     }
 
     async fn stop(self) {
-        if let Some(broker) = self.broker {
+        for (_, broker) in self.brokers {
             broker.stop().await;
         }
     }
 
     /// The broker's address, starting the in-process one the first time.
-    fn broker_address(&mut self) -> Result<String, String> {
+    fn broker_address(&mut self, target: Target) -> Result<String, String> {
+        let batch_transactions = target != Target::BrokerStepwise;
         if let Some(address) = &self.options.broker_addr {
+            if !batch_transactions {
+                return Err(
+                    "broker-stepwise needs the in-process broker (no --broker-addr)".into(),
+                );
+            }
             return Ok(address.clone());
         }
-        if self.broker.is_none() {
+        if !self.brokers.contains_key(&batch_transactions) {
             let config = Config {
                 listen: "127.0.0.1:0".to_string(),
                 database_url: self.db.url.clone(),
@@ -356,23 +363,21 @@ impl Bench {
                     .broker_session_threads
                     .unwrap_or(Config::default().session_threads),
                 shutdown_grace_ms: 1_000,
+                batch_transactions,
                 ..Config::default()
             };
-            self.broker = Some(InProcessBroker::start(config)?);
+            self.brokers
+                .insert(batch_transactions, InProcessBroker::start(config)?);
         }
-        Ok(self
-            .broker
-            .as_ref()
-            .map(|b| b.address.clone())
-            .unwrap_or_default())
+        Ok(self.brokers[&batch_transactions].address.clone())
     }
 
     async fn run(&mut self, target: Target, round: u32, label: &str) -> Result<RunResult, String> {
         let o = self.options.clone();
         self.db.reset().await?;
         let broker = match target {
-            Target::Broker => {
-                let address = self.broker_address()?;
+            Target::Broker | Target::BrokerStepwise => {
+                let address = self.broker_address(target)?;
                 let stats = Client::connect(address.as_str())
                     .await
                     .map_err(|error| format!("cannot reach the broker at {address}: {error}"))?;
@@ -388,7 +393,7 @@ impl Bench {
         let mut sessions = Vec::with_capacity(o.clients);
         for _ in 0..o.clients {
             let session = match (target, &broker) {
-                (Target::Broker, Some((address, _))) => {
+                (Target::Broker | Target::BrokerStepwise, Some((address, _))) => {
                     Session::broker(address, &self.db, o.retries)
                         .await
                         .map_err(|error| format!("cannot connect to the broker: {error}"))?
