@@ -85,7 +85,7 @@ async fn a_batched_tx_stores_every_value_as_a_bound_parameter_does() {
             1u64.into(),
             3.4e38f32.into(),
             f64::MIN_POSITIVE.into(),
-            123_456_789.123_456_79_f64.into(),
+            123456789.123456789f64.into(),
             "".into(),
             Value::Bytes(Vec::new()),
             Value::Null,
@@ -203,8 +203,7 @@ async fn what_a_batch_cannot_spell_takes_the_statement_path() {
         );
     }
     let mut conn = db.conn().await;
-    type IdTextBytes = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
-    let texts: Vec<IdTextBytes> = conn
+    let texts: Vec<(i64, Option<Vec<u8>>, Option<Vec<u8>>)> = conn
         .query("SELECT id, t, b FROM v ORDER BY id")
         .await
         .expect("select");
