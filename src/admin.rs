@@ -160,7 +160,7 @@ mod tests {
     fn stats_render_as_json_with_every_counter() {
         let json: serde_json::Value =
             serde_json::from_str(&render_stats(&Stats::default(), true)).expect("valid json");
-        assert_eq!(json.as_object().map(|o| o.len()), Some(10));
-        assert!(render_stats(&Stats::default(), false).contains("transactions_batched"));
+        assert_eq!(json.as_object().map(|o| o.len()), Some(9));
+        assert!(render_stats(&Stats::default(), false).contains("lock_waiters"));
     }
 }

@@ -122,9 +122,6 @@ pub struct Config {
     pub max_statements_per_tx: usize,
     /// Longest SQL text of one statement, in bytes.
     pub max_sql_bytes: usize,
-    /// Whether a `tx` of plain data changes goes to the database as one multi-statement batch
-    /// (MariaDB 10.2 and later), one round trip instead of one per statement.
-    pub batch_transactions: bool,
     /// `innodb_lock_wait_timeout` set on every database connection, in seconds; 0 keeps the server's.
     pub innodb_lock_wait_timeout_s: u64,
     /// Log level: `error`, `warning`, `info`, `debug` or `trace`.
@@ -155,7 +152,6 @@ impl Default for Config {
             max_keys_per_request: 1024,
             max_statements_per_tx: 1000,
             max_sql_bytes: 1024 * 1024,
-            batch_transactions: true,
             innodb_lock_wait_timeout_s: 10,
             log_level: "info".to_string(),
         }

@@ -16,7 +16,6 @@ use thiserror::Error;
 
 use crate::error::DbFailure;
 use crate::protocol::{Isolation, QueryResult, Statement, Value};
-use crate::sql_guard;
 
 /// MySQL error numbers the broker reacts to.
 pub mod codes {
@@ -154,9 +153,6 @@ enum Link {
         /// The session-level isolation of the connection, which the next transaction uses.
         isolation: Isolation,
         last_used: Instant,
-        /// Whether the server runs `EXECUTE IMMEDIATE ... USING` (MariaDB 10.2 and later),
-        /// which a batched transaction is made of.
-        batching: bool,
     },
 }
 
@@ -211,20 +207,13 @@ impl DbConnection {
             }
             self.link = Link::Closed;
         }
-        let mut conn = Conn::new(self.database.opts.clone())
+        let conn = Conn::new(self.database.opts.clone())
             .await
             .map_err(|error| unavailable(&self.database, error))?;
-        let version: Option<String> = conn
-            .query_first("SELECT VERSION()")
-            .await
-            .map_err(|error| unavailable(&self.database, error))?;
-        let batching = version.is_some_and(|version| version.contains("MariaDB"))
-            && conn.server_version() >= (10, 2, 0);
         self.link = Link::Open {
             conn: Box::new(conn),
             isolation: self.database.default_isolation,
             last_used: Instant::now(),
-            batching,
         };
         Ok(())
     }
@@ -235,12 +224,6 @@ impl DbConnection {
         isolation: Option<Isolation>,
         read_only: bool,
     ) -> Result<(), DbError> {
-        self.use_isolation(isolation).await?;
-        self.run_bounded(start_transaction(read_only)).await
-    }
-
-    /// Makes `isolation` (or the configured default) the level of the next transaction.
-    pub async fn use_isolation(&mut self, isolation: Option<Isolation>) -> Result<(), DbError> {
         let wanted = isolation.unwrap_or(self.database.default_isolation);
         let current = match &self.link {
             Link::Open { isolation, .. } => *isolation,
@@ -256,150 +239,12 @@ impl DbConnection {
                 *isolation = wanted;
             }
         }
-        Ok(())
-    }
-
-    /// The statements of a transaction and its `COMMIT` as one multi-statement text for the
-    /// server, `EXECUTE IMMEDIATE '<sql>' USING <params>; ...; COMMIT`, when every statement
-    /// can go in one. `START TRANSACTION` stays a round trip of its own, sent while the keys
-    /// are awaited: a connection found dead there is replaced safely, since nothing ran. The server stops a multi-statement at its first error, so nothing after a failed
-    /// statement runs, `COMMIT` included; that is what makes one round trip safe.
-    ///
-    /// A statement qualifies when it is a plain data change (it cannot commit implicitly, so no
-    /// status check is needed between statements), the server prepares it (one statement,
-    /// cached per connection) with no result columns and as many parameters as given, and its
-    /// SQL and parameters have a spelling as literals that means the same in every `sql_mode`.
-    /// Anything else returns `None` and runs statement by statement.
-    pub async fn batch(&mut self, statements: &[Statement]) -> Option<String> {
-        let Link::Open {
-            conn,
-            batching: true,
-            ..
-        } = &mut self.link
-        else {
-            return None;
-        };
-        let mut batch = String::new();
-        for statement in statements {
-            if !sql_guard::is_plain_dml(&statement.sql) {
-                return None;
-            }
-            let prepared = match conn.prep(statement.sql.as_str()).await {
-                Ok(prepared) => prepared,
-                Err(mysql_async::Error::Server(_)) => return None,
-                Err(_) => {
-                    self.link = Link::Closed;
-                    return None;
-                }
-            };
-            if usize::from(prepared.num_params()) != statement.params.len()
-                || !prepared.columns().is_empty()
-            {
-                return None;
-            }
-            batch.push_str("EXECUTE IMMEDIATE ");
-            push_quoted(&mut batch, &statement.sql)?;
-            for (index, param) in statement.params.iter().enumerate() {
-                batch.push_str(if index == 0 { " USING " } else { "," });
-                push_literal(&mut batch, param)?;
-            }
-            batch.push(';');
-        }
-        batch.push_str("COMMIT");
-        Some(batch)
-    }
-
-    /// Sends a text made by `batch` for `statements` statements and reads every answer.
-    pub async fn run_batch(&mut self, batch: &str, statements: usize) -> Attempt {
-        let deadline = self.deadline;
-        let outcome = match within(deadline, self.send_batch(batch, statements)).await {
-            Some(outcome) => outcome,
-            None => {
-                self.abandon();
-                return Attempt::CommitUnknown(
-                    "the transaction was still running at max_tx_duration_ms and was killed".into(),
-                );
-            }
-        };
-        let (part, error) = match outcome {
-            Ok(results) => return Attempt::Committed(results),
-            Err(BatchFailure::NotConnected) => {
-                return Attempt::Failed {
-                    statement: None,
-                    error: not_connected(),
-                }
-            }
-            Err(BatchFailure::Driver { part, error }) => (part, self.failed(error)),
-            Err(BatchFailure::Count { answered }) => {
-                self.link = Link::Closed;
-                return Attempt::CommitUnknown(format!(
-                    "the server answered {answered} results to a batch of {}",
-                    statements + 1
-                ));
-            }
-        };
-        match error {
-            DbError::Server(_) => Attempt::Failed {
-                statement: Some(part).filter(|index| *index < statements),
-                error,
-            },
-            // `COMMIT` was on its way: whether it ran, nobody can tell.
-            DbError::ConnectionLost(message) | DbError::Unavailable(message) => {
-                Attempt::CommitUnknown(message)
-            }
-            other => Attempt::CommitUnknown(other.to_string()),
-        }
-    }
-
-    /// Reads one answer per part: each statement, then `COMMIT`.
-    ///
-    /// Finishing one answer makes the driver read the next one's header. A server error there
-    /// is kept back: the driver then shows no pending answer (`columns()` is `None`, as at the
-    /// end) and returns the error from the next read. So the part that failed is always the
-    /// one after the last answer read.
-    async fn send_batch(
-        &mut self,
-        batch: &str,
-        statements: usize,
-    ) -> Result<Vec<QueryResult>, BatchFailure> {
-        let conn = match &mut self.link {
-            Link::Open {
-                conn, last_used, ..
-            } => {
-                *last_used = Instant::now();
-                conn
-            }
-            Link::Closed => return Err(BatchFailure::NotConnected),
-        };
-        let failed_at = |part| move |error| BatchFailure::Driver { part, error };
-        let mut answers = conn.query_iter(batch).await.map_err(failed_at(0))?;
-        let mut results = Vec::with_capacity(statements);
-        let mut part = 0;
-        loop {
-            if answers.columns().is_none() {
-                // No further answer was read: an error kept back surfaces now, else the batch
-                // is over.
-                answers.collect::<Row>().await.map_err(failed_at(part))?;
-                break;
-            }
-            if part < statements {
-                results.push(QueryResult {
-                    affected: answers.affected_rows(),
-                    last_insert_id: answers.last_insert_id().filter(|id| *id != 0),
-                    columns: Vec::new(),
-                    rows: Vec::new(),
-                });
-            }
-            answers
-                .collect::<Row>()
-                .await
-                .map_err(failed_at(part + 1))?;
-            part += 1;
-        }
-        if part != statements + 1 {
-            return Err(BatchFailure::Count { answered: part });
-        }
-        Ok(results)
+        self.run_bounded(if read_only {
+            "START TRANSACTION READ ONLY"
+        } else {
+            "START TRANSACTION"
+        })
+        .await
     }
 
     pub async fn commit(&mut self) -> Result<(), DbError> {
@@ -542,85 +387,6 @@ impl DbConnection {
         }
         mapped
     }
-}
-
-fn start_transaction(read_only: bool) -> &'static str {
-    if read_only {
-        "START TRANSACTION READ ONLY"
-    } else {
-        "START TRANSACTION"
-    }
-}
-
-/// What one attempt of a `tx` came to.
-#[derive(Debug)]
-pub enum Attempt {
-    Committed(Vec<QueryResult>),
-    /// A statement (`statement` is its index) or `COMMIT` (`None`) failed: the statements
-    /// before it ran, none after it. The transaction may still be open on the server and must
-    /// be rolled back.
-    Failed {
-        statement: Option<usize>,
-        error: DbError,
-    },
-    /// The connection broke, or the deadline passed, with `COMMIT` already sent.
-    CommitUnknown(String),
-}
-
-enum BatchFailure {
-    /// Nothing was sent.
-    NotConnected,
-    Driver {
-        part: usize,
-        error: mysql_async::Error,
-    },
-    /// The server answered a different number of results than the batch has parts.
-    Count { answered: usize },
-}
-
-/// Appends `text` as a quoted SQL string. Only quotes are doubled, which reads the same with
-/// and without `NO_BACKSLASH_ESCAPES`; so a backslash (its meaning depends on that mode) or a
-/// NUL makes this give up.
-fn push_quoted(out: &mut String, text: &str) -> Option<()> {
-    if text.contains(['\\', '\0']) {
-        return None;
-    }
-    out.push('\'');
-    for part in text.split_inclusive('\'') {
-        out.push_str(part);
-        if part.ends_with('\'') {
-            out.push('\'');
-        }
-    }
-    out.push('\'');
-    Some(())
-}
-
-/// Appends `value` as a literal the server reads as the same value a bound parameter would
-/// carry: integers in decimal, floats in exponent form (an SQL `DOUBLE`, where plain `0.1`
-/// would be a `DECIMAL`), text as a quoted string. Non-finite floats, bytes that are not
-/// UTF-8 and strings `push_quoted` refuses give `None`.
-fn push_literal(out: &mut String, value: &Value) -> Option<()> {
-    match value {
-        Value::Null => out.push_str("NULL"),
-        Value::Bool(b) => out.push_str(if *b { "1" } else { "0" }),
-        Value::Int(n) => {
-            let _ = write!(out, "{n}");
-        }
-        Value::UInt(n) => {
-            let _ = write!(out, "{n}");
-        }
-        Value::Float(f) if f.is_finite() => {
-            let _ = write!(out, "{:e}", f64::from(*f));
-        }
-        Value::Double(f) if f.is_finite() => {
-            let _ = write!(out, "{f:e}");
-        }
-        Value::Float(_) | Value::Double(_) => return None,
-        Value::Text(text) => push_quoted(out, text)?,
-        Value::Bytes(bytes) => push_quoted(out, std::str::from_utf8(bytes).ok()?)?,
-    }
-    Some(())
 }
 
 /// `operation`'s outcome, or `None` when `deadline` passed first (the operation is dropped).
@@ -796,59 +562,5 @@ fn bytes_value(bytes: Vec<u8>, column: &Column) -> Value {
     match String::from_utf8(bytes) {
         Ok(text) => Value::Text(text),
         Err(error) => Value::Bytes(error.into_bytes()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn literal(value: Value) -> Option<String> {
-        let mut out = String::new();
-        push_literal(&mut out, &value).map(|()| out)
-    }
-
-    #[test]
-    fn literals_spell_what_a_bound_parameter_carries() {
-        assert_eq!(literal(Value::Null).as_deref(), Some("NULL"));
-        assert_eq!(literal(true.into()).as_deref(), Some("1"));
-        assert_eq!(
-            literal(i64::MIN.into()).as_deref(),
-            Some("-9223372036854775808")
-        );
-        assert_eq!(
-            literal(u64::MAX.into()).as_deref(),
-            Some("18446744073709551615")
-        );
-        // Exponent form makes a DOUBLE; a float is widened exactly, as the server widens it.
-        assert_eq!(literal(0.1f64.into()).as_deref(), Some("1e-1"));
-        assert_eq!(literal((-0.0f64).into()).as_deref(), Some("-0e0"));
-        assert_eq!(literal(0.5f32.into()).as_deref(), Some("5e-1"));
-        assert_eq!(
-            literal(0.1f32.into()).as_deref(),
-            Some("1.0000000149011612e-1")
-        );
-        assert_eq!(literal("it's".into()).as_deref(), Some("'it''s'"));
-        assert_eq!(literal("''".into()).as_deref(), Some("''''''"));
-        assert_eq!(literal("😀 ?".into()).as_deref(), Some("'😀 ?'"));
-        assert_eq!(
-            literal(Value::Bytes(b"a'b".to_vec())).as_deref(),
-            Some("'a''b'")
-        );
-    }
-
-    #[test]
-    fn what_has_no_mode_independent_spelling_is_refused() {
-        for value in [
-            Value::Double(f64::NAN),
-            Value::Double(f64::INFINITY),
-            Value::Float(f32::NEG_INFINITY),
-            Value::Text(r"a\b".into()),
-            Value::Text("a\0b".into()),
-            Value::Bytes(vec![0xff]),
-            Value::Bytes(b"\\".to_vec()),
-        ] {
-            assert_eq!(literal(value.clone()), None, "{value:?}");
-        }
     }
 }

@@ -21,11 +21,13 @@ use slog::{debug, Logger};
 
 use crate::config::Config;
 use crate::coordinator::{Coordinator, LockClient, LockFailure};
-use crate::db::{classify_conflict, Attempt, Conflict, Database, DbConnection, DbError, TxMode};
+use crate::db::{classify_conflict, Conflict, Database, DbConnection, DbError, TxMode};
 use crate::error::{AbortReason, BrokerError};
 use crate::locks::LockRequest;
 use crate::metrics::Metrics;
-use crate::protocol::{Reply, Request, Statement, Stats, TxOptions, TxRequest, PROTOCOL_VERSION};
+use crate::protocol::{
+    QueryResult, Reply, Request, Statement, Stats, TxOptions, TxRequest, PROTOCOL_VERSION,
+};
 use crate::sql_guard;
 use crate::txn::{ServerPhase, TxState};
 
@@ -199,7 +201,6 @@ impl SessionEngine {
             lock_timeouts: locks.lock_timeouts,
             locks_held: locks.table.locks_held,
             lock_waiters: locks.table.lock_waiters,
-            transactions_batched: counters.transactions_batched,
         })
     }
 
@@ -243,112 +244,80 @@ impl SessionEngine {
             })?;
         }
         let retries = tx.retries.unwrap_or(self.config.default_retries);
-        let batch = self.batch_for(&tx).await?;
         self.start_transaction(&tx.options).await?;
         let mut attempts: u32 = 0;
         loop {
             attempts += 1;
-            let outcome = match &batch {
-                Some(batch) => self.db.run_batch(batch, tx.statements.len()).await,
-                None => self.run_statements_and_commit(&tx.statements).await,
+            let failure = match self.run_statements(&tx.statements).await {
+                Ok(results) => match self.db.commit().await {
+                    Ok(()) => {
+                        self.transaction_over();
+                        self.metrics.committed();
+                        return Ok(Reply::Tx { results, attempts });
+                    }
+                    Err(DbError::ConnectionLost(message)) => {
+                        self.transaction_over();
+                        return Err(BrokerError::CommitUnknown(message));
+                    }
+                    Err(DbError::DeadlineExceeded) => {
+                        self.transaction_over();
+                        return Err(BrokerError::CommitUnknown(
+                            "COMMIT was still running at max_tx_duration_ms and was killed".into(),
+                        ));
+                    }
+                    Err(error) => (None, error),
+                },
+                Err(failure) => failure,
             };
-            let (statement, error) = match outcome {
-                Attempt::Committed(results) => {
-                    self.transaction_over();
-                    self.metrics.committed();
-                    return Ok(Reply::Tx { results, attempts });
-                }
-                Attempt::CommitUnknown(message) => {
-                    self.transaction_over();
-                    return Err(BrokerError::CommitUnknown(message));
-                }
-                Attempt::Failed { statement, error } => (statement, error),
-            };
-            self.retry_or_fail(attempts, retries, statement, error)
-                .await?;
-            if let Err(error) = self
-                .db
-                .begin(tx.options.isolation, tx.options.read_only)
-                .await
-            {
-                self.db.rollback().await.ok();
-                self.transaction_over();
-                self.metrics.rolled_back();
-                return Err(db_error(error));
+            let (index, error) = failure;
+            self.db.rollback().await.ok();
+            let conflict = error.conflict();
+            if conflict == Some(Conflict::Deadlock) {
+                self.metrics.deadlock_reported();
             }
+            let retry = conflict.is_some() && attempts <= retries && self.db.is_connected();
+            if retry {
+                self.metrics.retried();
+                debug!(self.log, "tx retry"; "attempt" => attempts, "error" => %error);
+                tokio::time::sleep(retry_backoff(attempts)).await;
+                if let Err(error) = self
+                    .db
+                    .begin(tx.options.isolation, tx.options.read_only)
+                    .await
+                {
+                    self.db.rollback().await.ok();
+                    self.transaction_over();
+                    self.metrics.rolled_back();
+                    return Err(db_error(error));
+                }
+                continue;
+            }
+            self.transaction_over();
+            self.metrics.rolled_back();
+            let error = match (index, error) {
+                (Some(index), DbError::Server(failure)) => {
+                    DbError::Server(failure.at_statement(index))
+                }
+                (_, error) => error,
+            };
+            return Err(db_error(error));
         }
     }
 
-    /// The statements and `COMMIT` of `tx` as one batch (see `DbConnection::batch`), when
-    /// batching is on and the transaction qualifies: the keys are then held for one round
-    /// trip and the commit's flush instead of one round trip per statement.
-    async fn batch_for(&mut self, tx: &TxRequest) -> Result<Option<String>, BrokerError> {
-        if !self.config.batch_transactions {
-            return Ok(None);
-        }
-        self.db.ensure_connected().await.map_err(db_error)?;
-        let batch = self.db.batch(&tx.statements).await;
-        if batch.is_some() {
-            self.metrics.batched();
-        }
-        Ok(batch)
-    }
-
-    /// One attempt of a `tx`, a statement at a time.
-    async fn run_statements_and_commit(&mut self, statements: &[Statement]) -> Attempt {
+    async fn run_statements(
+        &mut self,
+        statements: &[Statement],
+    ) -> Result<Vec<QueryResult>, (Option<usize>, DbError)> {
         let mut results = Vec::with_capacity(statements.len());
         for (index, statement) in statements.iter().enumerate() {
-            match self.db.execute(statement, TxMode::InTransaction).await {
-                Ok(result) => results.push(result),
-                Err(error) => {
-                    return Attempt::Failed {
-                        statement: Some(index),
-                        error,
-                    }
-                }
-            }
+            let result = self
+                .db
+                .execute(statement, TxMode::InTransaction)
+                .await
+                .map_err(|error| (Some(index), error))?;
+            results.push(result);
         }
-        match self.db.commit().await {
-            Ok(()) => Attempt::Committed(results),
-            Err(DbError::ConnectionLost(message)) => Attempt::CommitUnknown(message),
-            Err(DbError::DeadlineExceeded) => Attempt::CommitUnknown(
-                "COMMIT was still running at max_tx_duration_ms and was killed".into(),
-            ),
-            Err(error) => Attempt::Failed {
-                statement: None,
-                error,
-            },
-        }
-    }
-
-    /// Rolls back a failed attempt of a `tx`. `Ok` means run it again (after the back-off,
-    /// keys kept); otherwise the keys are released and the error is the answer, naming the
-    /// statement that failed.
-    async fn retry_or_fail(
-        &mut self,
-        attempts: u32,
-        retries: u32,
-        index: Option<usize>,
-        error: DbError,
-    ) -> Result<(), BrokerError> {
-        self.db.rollback().await.ok();
-        let conflict = error.conflict();
-        if conflict == Some(Conflict::Deadlock) {
-            self.metrics.deadlock_reported();
-        }
-        if conflict.is_some() && attempts <= retries && self.db.is_connected() {
-            self.metrics.retried();
-            debug!(self.log, "tx retry"; "attempt" => attempts, "error" => %error);
-            tokio::time::sleep(retry_backoff(attempts)).await;
-            return Ok(());
-        }
-        self.transaction_over();
-        self.metrics.rolled_back();
-        let error = match (index, error) {
-            (Some(index), DbError::Server(failure)) => DbError::Server(failure.at_statement(index)),
-            (_, error) => error,
-        };
-        Err(db_error(error))
+        Ok(results)
     }
 
     async fn begin(&mut self, options: TxOptions) -> Result<(), BrokerError> {

@@ -14,7 +14,6 @@ pub struct Metrics {
     transactions_rolled_back: AtomicU64,
     retries: AtomicU64,
     deadlocks: AtomicU64,
-    transactions_batched: AtomicU64,
 }
 
 /// The counters as read at one moment.
@@ -25,7 +24,6 @@ pub struct MetricsSnapshot {
     pub transactions_rolled_back: u64,
     pub retries: u64,
     pub deadlocks: u64,
-    pub transactions_batched: u64,
 }
 
 impl Metrics {
@@ -56,10 +54,6 @@ impl Metrics {
         self.deadlocks.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn batched(&self) {
-        self.transactions_batched.fetch_add(1, Ordering::Relaxed);
-    }
-
     pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
             sessions: self.sessions.load(Ordering::Relaxed),
@@ -67,7 +61,6 @@ impl Metrics {
             transactions_rolled_back: self.transactions_rolled_back.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             deadlocks: self.deadlocks.load(Ordering::Relaxed),
-            transactions_batched: self.transactions_batched.load(Ordering::Relaxed),
         }
     }
 }

@@ -636,13 +636,11 @@ pub struct Stats {
     pub lock_timeouts: u64,
     pub locks_held: u64,
     pub lock_waiters: u64,
-    /// Beyond the contract: `tx` requests sent to the database as one batch.
-    pub transactions_batched: u64,
 }
 
 impl Stats {
     /// Name and value of every counter, in the contract's order.
-    pub fn entries(&self) -> [(&'static str, u64); 10] {
+    pub fn entries(&self) -> [(&'static str, u64); 9] {
         [
             ("sessions", self.sessions),
             ("transactions_committed", self.transactions_committed),
@@ -653,7 +651,6 @@ impl Stats {
             ("lock_timeouts", self.lock_timeouts),
             ("locks_held", self.locks_held),
             ("lock_waiters", self.lock_waiters),
-            ("transactions_batched", self.transactions_batched),
         ]
     }
 
@@ -668,7 +665,6 @@ impl Stats {
             "lock_timeouts" => &mut self.lock_timeouts,
             "locks_held" => &mut self.locks_held,
             "lock_waiters" => &mut self.lock_waiters,
-            "transactions_batched" => &mut self.transactions_batched,
             _ => return None,
         })
     }

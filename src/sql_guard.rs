@@ -89,15 +89,6 @@ pub fn check(sql: &str, in_transaction: bool) -> Result<(), Refusal> {
     }
 }
 
-/// Whether `sql` is a plain data change (`INSERT`, `UPDATE`, `DELETE`, `REPLACE`): a
-/// statement that never commits or starts a transaction, implicitly or not.
-pub fn is_plain_dml(sql: &str) -> bool {
-    matches!(
-        words(sql).next().map(|(word, _)| word).as_deref(),
-        Some("insert" | "update" | "delete" | "replace")
-    )
-}
-
 /// The text after each occurrence of the word `word` in `sql`.
 fn words_after<'a>(sql: &'a str, word: &str) -> Vec<&'a str> {
     words(sql)

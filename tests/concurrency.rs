@@ -330,21 +330,9 @@ async fn a_key_not_granted_in_time_is_lock_timeout_and_releases_the_lower_keys()
 /// A transaction that declares no keys runs into a database deadlock it cannot avoid; the
 /// broker rolls back and runs it again, and it commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_deadlock_in_a_batched_tx_is_retried_to_success() {
-    database_deadlock_in_tx_is_retried_to_success("cc_deadlock_retry_batched", true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_deadlock_in_a_statement_by_statement_tx_is_retried_to_success() {
-    database_deadlock_in_tx_is_retried_to_success("cc_deadlock_retry_stepwise", false).await;
-}
-
-async fn database_deadlock_in_tx_is_retried_to_success(label: &str, batch_transactions: bool) {
-    let db = accounts(label, 200).await;
-    let broker = TestBroker::start(Config {
-        batch_transactions,
-        ..db.config()
-    });
+async fn a_database_deadlock_in_tx_is_retried_to_success() {
+    let db = accounts("cc_deadlock_retry", 200).await;
+    let broker = TestBroker::start(db.config());
     let client = broker.client().await;
     // The other party works directly on the database and changes many rows, so that InnoDB
     // picks the broker's lighter transaction as the deadlock victim.
@@ -389,7 +377,6 @@ async fn database_deadlock_in_tx_is_retried_to_success(label: &str, batch_transa
     let stats = client.stats().await.expect("stats");
     assert_eq!(stats.deadlocks, 1);
     assert_eq!(stats.retries, 1);
-    assert_eq!(stats.transactions_batched, u64::from(batch_transactions));
     assert_eq!(
         db.scalar("SELECT balance FROM accounts WHERE id = 1").await,
         100 + 1 - 5

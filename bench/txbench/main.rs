@@ -268,8 +268,7 @@ struct Bench {
     options: Options,
     db: BenchDb,
     generator: Generator,
-    /// The in-process brokers, started on first use: one per value of `batch_transactions`.
-    brokers: HashMap<bool, InProcessBroker>,
+    broker: Option<InProcessBroker>,
 }
 
 const WARMUP: u8 = 0;
@@ -332,28 +331,22 @@ impl Bench {
             options,
             db,
             generator,
-            brokers: HashMap::new(),
+            broker: None,
         })
     }
 
     async fn stop(self) {
-        for (_, broker) in self.brokers {
+        if let Some(broker) = self.broker {
             broker.stop().await;
         }
     }
 
     /// The broker's address, starting the in-process one the first time.
-    fn broker_address(&mut self, target: Target) -> Result<String, String> {
-        let batch_transactions = target != Target::BrokerStepwise;
+    fn broker_address(&mut self) -> Result<String, String> {
         if let Some(address) = &self.options.broker_addr {
-            if !batch_transactions {
-                return Err(
-                    "broker-stepwise needs the in-process broker (no --broker-addr)".into(),
-                );
-            }
             return Ok(address.clone());
         }
-        if !self.brokers.contains_key(&batch_transactions) {
+        if self.broker.is_none() {
             let config = Config {
                 listen: "127.0.0.1:0".to_string(),
                 database_url: self.db.url.clone(),
@@ -363,21 +356,23 @@ impl Bench {
                     .broker_session_threads
                     .unwrap_or(Config::default().session_threads),
                 shutdown_grace_ms: 1_000,
-                batch_transactions,
                 ..Config::default()
             };
-            self.brokers
-                .insert(batch_transactions, InProcessBroker::start(config)?);
+            self.broker = Some(InProcessBroker::start(config)?);
         }
-        Ok(self.brokers[&batch_transactions].address.clone())
+        Ok(self
+            .broker
+            .as_ref()
+            .map(|b| b.address.clone())
+            .unwrap_or_default())
     }
 
     async fn run(&mut self, target: Target, round: u32, label: &str) -> Result<RunResult, String> {
         let o = self.options.clone();
         self.db.reset().await?;
         let broker = match target {
-            Target::Broker | Target::BrokerStepwise => {
-                let address = self.broker_address(target)?;
+            Target::Broker => {
+                let address = self.broker_address()?;
                 let stats = Client::connect(address.as_str())
                     .await
                     .map_err(|error| format!("cannot reach the broker at {address}: {error}"))?;
@@ -393,7 +388,7 @@ impl Bench {
         let mut sessions = Vec::with_capacity(o.clients);
         for _ in 0..o.clients {
             let session = match (target, &broker) {
-                (Target::Broker | Target::BrokerStepwise, Some((address, _))) => {
+                (Target::Broker, Some((address, _))) => {
                     Session::broker(address, &self.db, o.retries)
                         .await
                         .map_err(|error| format!("cannot connect to the broker: {error}"))?

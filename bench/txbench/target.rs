@@ -17,9 +17,6 @@ const ER_LOCK_DEADLOCK: u16 = 1213;
 pub enum Target {
     /// Through txbroker over TCP with the project's Rust client, keys declared.
     Broker,
-    /// Like `broker`, with `batch_transactions = false`: one database round trip per
-    /// statement (the in-process broker only).
-    BrokerStepwise,
     /// mysql_async straight to MariaDB, statements in the order given, retry on 1213/1205.
     Direct,
     /// Like `direct`, statements in ascending id order.
@@ -30,7 +27,6 @@ impl Target {
     pub fn name(self) -> &'static str {
         match self {
             Target::Broker => "broker",
-            Target::BrokerStepwise => "broker-stepwise",
             Target::Direct => "direct",
             Target::DirectSorted => "direct-sorted",
         }
