@@ -79,6 +79,14 @@ fn signal(child: &Child, name: &str) {
     assert!(status.success());
 }
 
+/// The broker's exit code, waited for at most 20 s.
+async fn exit_code(mut child: Child) -> Option<i32> {
+    tokio::task::spawn_blocking(move || wait_with_deadline(&mut child, Duration::from_secs(20)))
+        .await
+        .expect("wait")
+        .code()
+}
+
 fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
     loop {
@@ -125,7 +133,7 @@ async fn without_a_database_the_broker_warns_serves_and_answers_db_unavailable()
         "no_db",
         "database_url = \"mysql://root@127.0.0.1:1/test?prefer_socket=false\"\n",
     );
-    let (mut child, address) = spawn_broker(&path);
+    let (child, address) = spawn_broker(&path);
     let client = Client::connect(address).await.expect("connect");
     client.ping().await.expect("serving");
     let error = client
@@ -134,12 +142,7 @@ async fn without_a_database_the_broker_warns_serves_and_answers_db_unavailable()
         .expect_err("no database");
     assert_eq!(error.code(), Some(ErrorCode::DbUnavailable));
     signal(&child, "INT");
-    let status = tokio::task::spawn_blocking(move || {
-        wait_with_deadline(&mut child, Duration::from_secs(20))
-    })
-    .await
-    .expect("wait");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(exit_code(child).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +153,7 @@ async fn sigterm_drains_open_transactions_and_exits_zero() {
         "sigterm",
         &format!("database_url = \"{}\"\nshutdown_grace_ms = 20000\n", db.url),
     );
-    let (mut child, address) = spawn_broker(&path);
+    let (child, address) = spawn_broker(&path);
     let client = Client::connect(address).await.expect("connect");
     let idle = Client::connect(address).await.expect("connect");
     client.begin(Default::default()).await.expect("begin");
@@ -175,12 +178,7 @@ async fn sigterm_drains_open_transactions_and_exits_zero() {
         .await
         .expect("the open transaction goes on");
     client.commit().await.expect("commit during the drain");
-    let status = tokio::task::spawn_blocking(move || {
-        wait_with_deadline(&mut child, Duration::from_secs(20))
-    })
-    .await
-    .expect("wait");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(exit_code(child).await, Some(0));
     assert_eq!(
         db.scalar("SELECT COUNT(*) FROM t").await,
         2,
@@ -194,7 +192,7 @@ async fn the_operator_commands_print_stats_and_rows() {
     db.run(&["CREATE TABLE t (id INT PRIMARY KEY, name VARCHAR(20))"])
         .await;
     let path = write_config("admin", &format!("database_url = \"{}\"\n", db.url));
-    let (mut child, address) = spawn_broker(&path);
+    let (child, address) = spawn_broker(&path);
     let address = address.to_string();
     let run = |args: &[&str]| {
         let output = broker_command().args(args).output().expect("run txbroker");
@@ -227,18 +225,13 @@ async fn the_operator_commands_print_stats_and_rows() {
     assert!(!failed.status.success());
     assert!(String::from_utf8_lossy(&failed.stderr).contains("sql:"));
     signal(&child, "TERM");
-    let status = tokio::task::spawn_blocking(move || {
-        wait_with_deadline(&mut child, Duration::from_secs(20))
-    })
-    .await
-    .expect("wait");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(exit_code(child).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_can_come_from_the_environment() {
     let path = write_config("env_tokens", "");
-    let (mut child, address, log) = spawn_broker_with_env(
+    let (child, address, log) = spawn_broker_with_env(
         &path,
         &[("TXBROKER_AUTH_TOKENS", "first-token, second-token")],
     );
@@ -252,12 +245,7 @@ async fn tokens_can_come_from_the_environment() {
         .expect("token from the environment");
     client.ping().await.expect("authenticated");
     signal(&child, "TERM");
-    let status = tokio::task::spawn_blocking(move || {
-        wait_with_deadline(&mut child, Duration::from_secs(20))
-    })
-    .await
-    .expect("wait");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(exit_code(child).await, Some(0));
     let read_all = || {
         log.lock()
             .expect("log lines")

@@ -56,21 +56,12 @@ impl TestDb {
 
     /// Runs statements on a fresh direct connection.
     pub async fn run(&self, statements: &[&str]) {
-        let mut conn = self.conn().await;
-        for sql in statements {
-            conn.query_drop(*sql)
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        }
-        conn.disconnect().await.ok();
+        run_and_disconnect(self.conn().await, statements).await;
     }
 
     /// One integer from a query, read directly from the database.
     pub async fn scalar(&self, sql: &str) -> i64 {
-        let mut conn = self.conn().await;
-        let value: Option<i64> = conn.query_first(sql).await.expect(sql);
-        conn.disconnect().await.ok();
-        value.expect("query returns a row")
+        scalar_and_disconnect(self.conn().await, sql).await
     }
 
     /// A broker configuration pointing at this database, on a free port.
@@ -82,6 +73,23 @@ impl TestDb {
             ..Config::default()
         }
     }
+}
+
+/// Runs `statements` on `conn`, then closes it.
+pub async fn run_and_disconnect(mut conn: mysql_async::Conn, statements: &[&str]) {
+    for sql in statements {
+        conn.query_drop(*sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    conn.disconnect().await.ok();
+}
+
+/// The integer `sql` returns on `conn`, which is then closed.
+pub async fn scalar_and_disconnect(mut conn: mysql_async::Conn, sql: &str) -> i64 {
+    let value: Option<i64> = conn.query_first(sql).await.expect(sql);
+    conn.disconnect().await.ok();
+    value.expect("query returns a row")
 }
 
 /// A broker running in a thread of its own, stopped (drained) when dropped.

@@ -184,21 +184,12 @@ impl PrivateMariaDb {
 
     /// Runs statements on a fresh root connection.
     pub async fn run(&self, statements: &[&str]) {
-        let mut conn = self.admin().await;
-        for sql in statements {
-            conn.query_drop(*sql)
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        }
-        conn.disconnect().await.ok();
+        crate::common::run_and_disconnect(self.admin().await, statements).await;
     }
 
     /// One integer from a query, on a fresh root connection.
     pub async fn scalar(&self, sql: &str) -> i64 {
-        let mut conn = self.admin().await;
-        let value: Option<i64> = conn.query_first(sql).await.expect(sql);
-        conn.disconnect().await.ok();
-        value.expect("query returns a row")
+        crate::common::scalar_and_disconnect(self.admin().await, sql).await
     }
 
     pub fn is_running(&mut self) -> bool {
