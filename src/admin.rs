@@ -33,6 +33,56 @@ pub fn render_stats(stats: &Stats, json: bool) -> String {
     render_table(&["counter".to_string(), "value".to_string()], &rows)
 }
 
+/// One line of `stats --every`: the gauges as they are now and every other counter as a rate
+/// per second since `before`, `seconds` ago. As a table row (see `rates_header`) or as one
+/// JSON object, a counter's rate named `<counter>_per_s`.
+pub fn render_rates(before: &Stats, now: &Stats, seconds: f64, json: bool) -> String {
+    let cells: Vec<(String, serde_json::Value)> = now
+        .entries()
+        .iter()
+        .zip(before.entries())
+        .map(|((name, value), (_, earlier))| {
+            if Stats::GAUGES.contains(name) {
+                (name.to_string(), serde_json::Value::from(*value))
+            } else {
+                let rate = value.saturating_sub(earlier) as f64 / seconds.max(f64::EPSILON);
+                let rate = (rate * 10.0).round() / 10.0;
+                (format!("{name}_per_s"), serde_json::Value::from(rate))
+            }
+        })
+        .collect();
+    if json {
+        return serde_json::Value::Object(cells.into_iter().collect()).to_string();
+    }
+    cells
+        .iter()
+        .zip(rate_columns())
+        .map(|((_, value), (_, width))| format!("{:>width$}", value.to_string()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The column titles above `render_rates` rows.
+pub fn rates_header() -> String {
+    rate_columns()
+        .map(|(title, width)| format!("{title:>width$}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Each counter's column title (`/s` marks a rate) and width.
+fn rate_columns() -> impl Iterator<Item = (String, usize)> {
+    Stats::default().entries().into_iter().map(|(name, _)| {
+        let title = if Stats::GAUGES.contains(&name) {
+            name.to_string()
+        } else {
+            format!("{name}/s")
+        };
+        let width = title.len().max(8);
+        (title, width)
+    })
+}
+
 /// Reads a command-line parameter: integers and decimals as numbers, `null` as NULL, the
 /// rest as text.
 pub fn parse_param(text: &str) -> Value {
@@ -154,6 +204,44 @@ mod tests {
             ..QueryResult::default()
         };
         assert_eq!(render_result(&write), "3 row(s) affected, last insert id 9");
+    }
+
+    #[test]
+    fn rates_are_per_second_differences_and_gauges_stay_as_they_are() {
+        let before = Stats {
+            sessions: 9,
+            transactions_committed: 100,
+            retries: 5,
+            locks_held: 7,
+            ..Stats::default()
+        };
+        let now = Stats {
+            sessions: 3,
+            transactions_committed: 350,
+            retries: 6,
+            locks_held: 2,
+            lock_waiters: 1,
+            ..Stats::default()
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&render_rates(&before, &now, 0.5, true)).expect("valid json");
+        assert_eq!(json["sessions"], 3);
+        assert_eq!(json["transactions_committed_per_s"], 500.0);
+        assert_eq!(json["retries_per_s"], 2.0);
+        assert_eq!(json["deadlocks_per_s"], 0.0);
+        assert_eq!(json["locks_held"], 2);
+        assert_eq!(json["lock_waiters"], 1);
+        assert_eq!(json.as_object().map(|o| o.len()), Some(9));
+
+        let header = rates_header();
+        let row = render_rates(&before, &now, 0.5, false);
+        assert!(header.contains("transactions_committed/s") && header.contains("locks_held"));
+        assert_eq!(header.len(), row.len(), "{header}\n{row}");
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            ["3", "500.0", "0.0", "2.0", "0.0", "0.0", "0.0", "2", "1"]
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use slog::{error, info};
@@ -46,9 +47,16 @@ enum Command {
         /// Token for `hello`, when the broker requires one
         #[arg(long, env = "TXBROKER_TOKEN", hide_env_values = true)]
         token: Option<String>,
-        /// Print one JSON object instead of a table
+        /// Print one JSON object instead of a table (with --every: one object per line)
         #[arg(long)]
         json: bool,
+        /// Keep watching: every SECONDS, print a line with the counters as rates per second
+        /// and the gauges (sessions, locks_held, lock_waiters) as they are
+        #[arg(long, value_name = "SECONDS", value_parser = positive_seconds)]
+        every: Option<f64>,
+        /// With --every, stop after this many lines (default: until interrupted)
+        #[arg(long, value_name = "N", requires = "every")]
+        count: Option<u64>,
     },
     /// Run one statement through a running broker (autocommit) and print its result
     Exec {
@@ -138,6 +146,39 @@ async fn wait_for_signal() -> &'static str {
     }
 }
 
+/// `stats --every`: a line per interval, until `count` lines or the broker goes away.
+async fn watch_stats(
+    client: &txbroker::client::Client,
+    interval: Duration,
+    count: Option<u64>,
+    json: bool,
+) -> Result<(), txbroker::client::ClientError> {
+    if !json {
+        println!("{}", admin::rates_header());
+    }
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    let mut before = (client.stats().await?, Instant::now());
+    let mut printed = 0;
+    while count.is_none_or(|count| printed < count) {
+        ticks.tick().await;
+        let now = (client.stats().await?, Instant::now());
+        let seconds = now.1.duration_since(before.1).as_secs_f64();
+        println!("{}", admin::render_rates(&before.0, &now.0, seconds, json));
+        before = now;
+        printed += 1;
+    }
+    Ok(())
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 => Ok(seconds),
+        _ => Err(format!("{text:?} is not a positive number of seconds")),
+    }
+}
+
 fn run_admin(command: Command) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -151,10 +192,27 @@ fn run_admin(command: Command) -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match command {
-            Command::Stats { addr, token, json } => {
+            Command::Stats {
+                addr,
+                token,
+                json,
+                every: None,
+                ..
+            } => {
                 let client = admin::connect(&addr, token.as_deref()).await?;
                 let stats = client.stats().await?;
                 Ok(admin::render_stats(&stats, json))
+            }
+            Command::Stats {
+                addr,
+                token,
+                json,
+                every: Some(seconds),
+                count,
+            } => {
+                let client = admin::connect(&addr, token.as_deref()).await?;
+                watch_stats(&client, Duration::from_secs_f64(seconds), count, json).await?;
+                Ok(String::new())
             }
             Command::Exec {
                 addr,
@@ -170,6 +228,7 @@ fn run_admin(command: Command) -> ExitCode {
         }
     });
     match outcome {
+        Ok(text) if text.is_empty() => ExitCode::SUCCESS,
         Ok(text) => {
             println!("{text}");
             ExitCode::SUCCESS

@@ -654,6 +654,9 @@ impl Stats {
         ]
     }
 
+    /// The counters that say how things are now; the others count up from server start.
+    pub const GAUGES: [&'static str; 3] = ["sessions", "locks_held", "lock_waiters"];
+
     fn field_mut(&mut self, name: &str) -> Option<&mut u64> {
         Some(match name {
             "sessions" => &mut self.sessions,

@@ -218,6 +218,68 @@ async fn the_operator_commands_print_stats_and_rows() {
         serde_json::from_str(&run(&["stats", "--addr", &address, "--json"])).expect("json");
     assert_eq!(stats["sessions"], 1);
     assert!(run(&["stats", "--addr", &address]).contains("transactions_committed"));
+    // Watching: three JSON lines 0.3 s apart while transactions commit the whole time.
+    let mut watcher = broker_command()
+        .args([
+            "stats", "--addr", &address, "--every", "0.3", "--count", "3", "--json",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run txbroker stats --every");
+    let client = Client::connect(address.as_str()).await.expect("connect");
+    let started = Instant::now();
+    let mut id = 100;
+    while watcher.try_wait().expect("try_wait").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the watch ends"
+        );
+        client
+            .tx()
+            .exec("INSERT INTO t VALUES (?, 'watched')", vec![id.into()])
+            .run()
+            .await
+            .expect("commit while watched");
+        id += 1;
+    }
+    let output = watcher.wait_with_output().expect("watch output");
+    assert!(output.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for line in &lines {
+        assert!(line["sessions"].as_u64() >= Some(2), "{line}");
+        assert_eq!(line["locks_held"], 0, "{line}");
+    }
+    // Each interval lasts at least 0.3 s, so rate x 0.3 s cannot exceed what was committed.
+    let seen: f64 = lines
+        .iter()
+        .map(|line| {
+            line["transactions_committed_per_s"]
+                .as_f64()
+                .expect("a rate")
+                * 0.3
+        })
+        .sum();
+    assert!(
+        seen > 0.0 && seen <= f64::from(id - 100) + 1.0,
+        "{seen} {lines:?}"
+    );
+    let table = run(&[
+        "stats", "--addr", &address, "--every", "0.1", "--count", "2",
+    ]);
+    let table: Vec<&str> = table.lines().collect();
+    assert_eq!(table.len(), 3, "{table:?}");
+    assert!(table[0].contains("transactions_committed/s"), "{table:?}");
+    let bad = broker_command()
+        .args(["stats", "--addr", &address, "--every", "0"])
+        .output()
+        .expect("run txbroker");
+    assert!(!bad.status.success());
+
     let failed = broker_command()
         .args(["exec", "--addr", &address, "SELEC 1"])
         .output()
