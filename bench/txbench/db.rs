@@ -40,6 +40,27 @@ impl Totals {
     }
 }
 
+/// What the server did, for commits per flush: InnoDB fits the commits that arrive while one
+/// redo-log flush runs into the next one (group commit).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServerCounters {
+    pub commits: u64,
+    pub fsyncs: u64,
+}
+
+impl ServerCounters {
+    /// Redo-log flushes per `COMMIT` between `self` and `later`; NaN when nothing committed.
+    pub fn fsyncs_per_commit(&self, later: &ServerCounters) -> f64 {
+        let commits = later.commits.saturating_sub(self.commits);
+        let fsyncs = later.fsyncs.saturating_sub(self.fsyncs);
+        if commits == 0 {
+            f64::NAN
+        } else {
+            fsyncs as f64 / commits as f64
+        }
+    }
+}
+
 impl BenchDb {
     /// Creates the database and the table when they are missing or the wrong size.
     pub async fn prepare(url: &str, accounts: u32) -> Result<BenchDb, String> {
@@ -145,6 +166,24 @@ impl BenchDb {
             .await;
         let _ = conn.disconnect().await;
         outcome.map_err(|error| format!("cannot reset {}: {error}", self.table))
+    }
+
+    /// Server-wide `Com_commit` and `Innodb_data_fsyncs`: every client of the server counts.
+    pub async fn server_counters(&self) -> Result<ServerCounters, String> {
+        let mut conn = self.connect().await.map_err(|e| e.to_string())?;
+        let rows: Result<Vec<(String, u64)>, _> = conn
+            .query("SHOW GLOBAL STATUS WHERE Variable_name IN ('Com_commit', 'Innodb_data_fsyncs')")
+            .await;
+        let _ = conn.disconnect().await;
+        let mut counters = ServerCounters::default();
+        for (name, value) in rows.map_err(|error| format!("cannot read the status: {error}"))? {
+            match name.as_str() {
+                "Com_commit" => counters.commits = value,
+                "Innodb_data_fsyncs" => counters.fsyncs = value,
+                _ => {}
+            }
+        }
+        Ok(counters)
     }
 
     pub async fn totals(&self) -> Result<Totals, String> {

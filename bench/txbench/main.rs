@@ -424,6 +424,7 @@ impl Bench {
             Some((_, stats)) => Some(broker_stats(stats).await?),
             None => None,
         };
+        let server_before = self.db.server_counters().await?;
         live.phase.store(MEASURE, Ordering::Relaxed);
         let started = Instant::now();
         tokio::time::sleep(o.duration).await;
@@ -433,6 +434,7 @@ impl Bench {
             Some((_, stats)) => Some(broker_stats(stats).await?),
             None => None,
         };
+        let server_after = self.db.server_counters().await?;
         let _ = progress.await;
 
         let mut tally = ClientTally::new();
@@ -485,6 +487,7 @@ impl Bench {
             failed: tally.failed,
             broker_retries: None,
             broker_lock_waits: None,
+            fsyncs_per_commit: server_before.fsyncs_per_commit(&server_after),
             errors,
             check: Check::default(),
         };
