@@ -201,7 +201,8 @@ fn run_admin(command: Command) -> ExitCode {
             } => {
                 let client = admin::connect(&addr, token.as_deref()).await?;
                 let stats = client.stats().await?;
-                Ok(admin::render_stats(&stats, json))
+                println!("{}", admin::render_stats(&stats, json));
+                Ok(())
             }
             Command::Stats {
                 addr,
@@ -211,8 +212,7 @@ fn run_admin(command: Command) -> ExitCode {
                 count,
             } => {
                 let client = admin::connect(&addr, token.as_deref()).await?;
-                watch_stats(&client, Duration::from_secs_f64(seconds), count, json).await?;
-                Ok(String::new())
+                watch_stats(&client, Duration::from_secs_f64(seconds), count, json).await
             }
             Command::Exec {
                 addr,
@@ -223,16 +223,13 @@ fn run_admin(command: Command) -> ExitCode {
                 let client = admin::connect(&addr, token.as_deref()).await?;
                 let params = params.iter().map(|p| admin::parse_param(p)).collect();
                 let result = client.exec(&sql, params).await?;
-                Ok(admin::render_result(&result))
+                println!("{}", admin::render_result(&result));
+                Ok(())
             }
         }
     });
     match outcome {
-        Ok(text) if text.is_empty() => ExitCode::SUCCESS,
-        Ok(text) => {
-            println!("{text}");
-            ExitCode::SUCCESS
-        }
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let error: txbroker::client::ClientError = error;
             eprintln!("txbroker: {error}");
