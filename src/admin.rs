@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::client::{Client, ClientError};
-use crate::protocol::{QueryResult, Stats, Value};
+use crate::protocol::{QueryResult, StatKind, Stats, Value};
 
 /// Connects, authenticating when a token is given.
 pub async fn connect(address: &str, token: Option<&str>) -> Result<Client, ClientError> {
@@ -38,13 +38,12 @@ pub fn render_stats(stats: &Stats, json: bool) -> String {
 /// JSON object, a counter's rate named `<counter>_per_s`.
 pub fn render_rates(before: &Stats, now: &Stats, seconds: f64, json: bool) -> String {
     let cells: Vec<(String, serde_json::Value)> = now
-        .entries()
-        .iter()
-        .zip(before.entries())
-        .map(|((name, value), (_, earlier))| {
-            if Stats::GAUGES.contains(name) {
-                (name.to_string(), serde_json::Value::from(*value))
-            } else {
+        .counters()
+        .into_iter()
+        .zip(before.counters())
+        .map(|((name, value, kind), (_, earlier, _))| match kind {
+            StatKind::Gauge => (name.to_string(), serde_json::Value::from(value)),
+            StatKind::Total => {
                 let rate = value.saturating_sub(earlier) as f64 / seconds.max(f64::EPSILON);
                 let rate = (rate * 10.0).round() / 10.0;
                 (format!("{name}_per_s"), serde_json::Value::from(rate))
@@ -72,15 +71,17 @@ pub fn rates_header() -> String {
 
 /// Each counter's column title (`/s` marks a rate) and width.
 fn rate_columns() -> impl Iterator<Item = (String, usize)> {
-    Stats::default().entries().into_iter().map(|(name, _)| {
-        let title = if Stats::GAUGES.contains(&name) {
-            name.to_string()
-        } else {
-            format!("{name}/s")
-        };
-        let width = title.len().max(8);
-        (title, width)
-    })
+    Stats::default()
+        .counters()
+        .into_iter()
+        .map(|(name, _, kind)| {
+            let title = match kind {
+                StatKind::Gauge => name.to_string(),
+                StatKind::Total => format!("{name}/s"),
+            };
+            let width = title.len().max(8);
+            (title, width)
+        })
 }
 
 /// Reads a command-line parameter: integers and decimals as numbers, `null` as NULL, the

@@ -159,14 +159,16 @@ async fn watch_stats(
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
-    let mut before = (client.stats().await?, Instant::now());
+    let mut before = client.stats().await?;
+    let mut before_at = Instant::now();
     let mut printed = 0;
     while count.is_none_or(|count| printed < count) {
         ticks.tick().await;
-        let now = (client.stats().await?, Instant::now());
-        let seconds = now.1.duration_since(before.1).as_secs_f64();
-        println!("{}", admin::render_rates(&before.0, &now.0, seconds, json));
-        before = now;
+        let now = client.stats().await?;
+        let now_at = Instant::now();
+        let seconds = now_at.duration_since(before_at).as_secs_f64();
+        println!("{}", admin::render_rates(&before, &now, seconds, json));
+        (before, before_at) = (now, now_at);
         printed += 1;
     }
     Ok(())
@@ -196,23 +198,20 @@ fn run_admin(command: Command) -> ExitCode {
                 addr,
                 token,
                 json,
-                every: None,
-                ..
-            } => {
-                let client = admin::connect(&addr, token.as_deref()).await?;
-                let stats = client.stats().await?;
-                println!("{}", admin::render_stats(&stats, json));
-                Ok(())
-            }
-            Command::Stats {
-                addr,
-                token,
-                json,
-                every: Some(seconds),
+                every,
                 count,
             } => {
                 let client = admin::connect(&addr, token.as_deref()).await?;
-                watch_stats(&client, Duration::from_secs_f64(seconds), count, json).await
+                match every {
+                    Some(seconds) => {
+                        watch_stats(&client, Duration::from_secs_f64(seconds), count, json).await
+                    }
+                    None => {
+                        let stats = client.stats().await?;
+                        println!("{}", admin::render_stats(&stats, json));
+                        Ok(())
+                    }
+                }
             }
             Command::Exec {
                 addr,

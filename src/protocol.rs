@@ -638,24 +638,40 @@ pub struct Stats {
     pub lock_waiters: u64,
 }
 
+/// What a `stats` counter measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatKind {
+    /// How things are now (sessions open, keys held, requests waiting).
+    Gauge,
+    /// A count since the server started.
+    Total,
+}
+
 impl Stats {
     /// Name and value of every counter, in the contract's order.
     pub fn entries(&self) -> [(&'static str, u64); 9] {
-        [
-            ("sessions", self.sessions),
-            ("transactions_committed", self.transactions_committed),
-            ("transactions_rolled_back", self.transactions_rolled_back),
-            ("retries", self.retries),
-            ("deadlocks", self.deadlocks),
-            ("lock_waits", self.lock_waits),
-            ("lock_timeouts", self.lock_timeouts),
-            ("locks_held", self.locks_held),
-            ("lock_waiters", self.lock_waiters),
-        ]
+        self.counters().map(|(name, value, _)| (name, value))
     }
 
-    /// The counters that say how things are now; the others count up from server start.
-    pub const GAUGES: [&'static str; 3] = ["sessions", "locks_held", "lock_waiters"];
+    /// Name, value and kind of every counter, in the contract's order.
+    pub fn counters(&self) -> [(&'static str, u64, StatKind); 9] {
+        use StatKind::{Gauge, Total};
+        [
+            ("sessions", self.sessions, Gauge),
+            ("transactions_committed", self.transactions_committed, Total),
+            (
+                "transactions_rolled_back",
+                self.transactions_rolled_back,
+                Total,
+            ),
+            ("retries", self.retries, Total),
+            ("deadlocks", self.deadlocks, Total),
+            ("lock_waits", self.lock_waits, Total),
+            ("lock_timeouts", self.lock_timeouts, Total),
+            ("locks_held", self.locks_held, Gauge),
+            ("lock_waiters", self.lock_waiters, Gauge),
+        ]
+    }
 
     fn field_mut(&mut self, name: &str) -> Option<&mut u64> {
         Some(match name {
