@@ -124,6 +124,8 @@ pub struct Config {
     pub max_sql_bytes: usize,
     /// `innodb_lock_wait_timeout` set on every database connection, in seconds; 0 keeps the server's.
     pub innodb_lock_wait_timeout_s: u64,
+    /// Whether a `tx` of one INSERT, UPDATE, DELETE or REPLACE runs as one autocommit statement.
+    pub single_write_autocommit: bool,
     /// Log level: `error`, `warning`, `info`, `debug` or `trace`.
     pub log_level: String,
 }
@@ -153,6 +155,7 @@ impl Default for Config {
             max_statements_per_tx: 1000,
             max_sql_bytes: 1024 * 1024,
             innodb_lock_wait_timeout_s: 10,
+            single_write_autocommit: true,
             log_level: "info".to_string(),
         }
     }
@@ -318,6 +321,7 @@ mod tests {
         assert_eq!(config.default_isolation, Isolation::RepeatableRead);
         assert!(config.auth_tokens.is_empty());
         assert_eq!(config.shutdown_grace_ms, 10000);
+        assert!(config.single_write_autocommit);
     }
 
     #[test]

@@ -197,11 +197,16 @@ impl DbConnection {
     /// Connects if there is no connection, or if the one there has been idle a while and no
     /// longer answers a ping. Only ever called between transactions.
     pub async fn ensure_connected(&mut self) -> Result<(), DbError> {
+        self.ensure_live(STALE_AFTER).await
+    }
+
+    /// Like `ensure_connected`, pinging a connection idle for longer than `idle_limit`.
+    pub async fn ensure_live(&mut self, idle_limit: Duration) -> Result<(), DbError> {
         if let Link::Open {
             conn, last_used, ..
         } = &mut self.link
         {
-            if last_used.elapsed() < STALE_AFTER || conn.ping().await.is_ok() {
+            if last_used.elapsed() < idle_limit || conn.ping().await.is_ok() {
                 *last_used = Instant::now();
                 return Ok(());
             }
@@ -224,6 +229,18 @@ impl DbConnection {
         isolation: Option<Isolation>,
         read_only: bool,
     ) -> Result<(), DbError> {
+        self.set_isolation(isolation).await?;
+        self.run_bounded(if read_only {
+            "START TRANSACTION READ ONLY"
+        } else {
+            "START TRANSACTION"
+        })
+        .await
+    }
+
+    /// Sets the session's isolation level for the next transaction, when it differs from
+    /// the level the connection has (`None`: the configured default).
+    pub async fn set_isolation(&mut self, isolation: Option<Isolation>) -> Result<(), DbError> {
         let wanted = isolation.unwrap_or(self.database.default_isolation);
         let current = match &self.link {
             Link::Open { isolation, .. } => *isolation,
@@ -239,12 +256,7 @@ impl DbConnection {
                 *isolation = wanted;
             }
         }
-        self.run_bounded(if read_only {
-            "START TRANSACTION READ ONLY"
-        } else {
-            "START TRANSACTION"
-        })
-        .await
+        Ok(())
     }
 
     pub async fn commit(&mut self) -> Result<(), DbError> {

@@ -37,6 +37,40 @@ pub const SERVER_NAME: &str = concat!("txbroker ", env!("CARGO_PKG_VERSION"));
 /// Longest pause between two attempts of a `tx`; retries hold the keys, so keep it short.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_millis(20);
 
+/// A one-statement `tx` pings its connection first when it has been idle this long. The
+/// statement carries its own commit, so a connection that died unnoticed would turn a statement
+/// that never ran into `commit_unknown`; under load a session's gap between transactions is a
+/// few milliseconds and never pays the round trip.
+const SINGLE_WRITE_PING_AFTER: Duration = Duration::from_millis(50);
+
+/// How a `tx` reaches the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TxShape {
+    /// `START TRANSACTION`, the statements, `COMMIT`: protocol step 2.
+    Explicit,
+    /// One `INSERT`, `UPDATE`, `DELETE` or `REPLACE`, run alone in autocommit mode. InnoDB
+    /// makes a single statement atomic and durable by itself, so this is the same transaction
+    /// in one round trip instead of three. A connection lost while it runs leaves its outcome
+    /// unknown (`commit_unknown`, where the explicit shape could say `db_unavailable`), which
+    /// is why `single_write_autocommit = false` turns it off.
+    SingleWrite,
+}
+
+impl TxShape {
+    fn of(tx: &TxRequest, config: &Config) -> TxShape {
+        match tx.statements.as_slice() {
+            [only]
+                if config.single_write_autocommit
+                    && !tx.options.read_only
+                    && sql_guard::is_single_data_change(&only.sql) =>
+            {
+                TxShape::SingleWrite
+            }
+            _ => TxShape::Explicit,
+        }
+    }
+}
+
 /// What every session of one broker shares, and the one place where sessions' engines are
 /// made, for TCP and embedded sessions alike.
 #[derive(Clone)]
@@ -244,17 +278,24 @@ impl SessionEngine {
             })?;
         }
         let retries = tx.retries.unwrap_or(self.config.default_retries);
+        match TxShape::of(&tx, &self.config) {
+            TxShape::Explicit => self.run_explicit_tx(&tx, retries).await,
+            TxShape::SingleWrite => self.run_single_write(&tx, retries).await,
+        }
+    }
+
+    async fn run_explicit_tx(
+        &mut self,
+        tx: &TxRequest,
+        retries: u32,
+    ) -> Result<Reply, BrokerError> {
         self.start_transaction(&tx.options).await?;
         let mut attempts: u32 = 0;
         loop {
             attempts += 1;
             let failure = match self.run_statements(&tx.statements).await {
                 Ok(results) => match self.db.commit().await {
-                    Ok(()) => {
-                        self.transaction_over();
-                        self.metrics.committed();
-                        return Ok(Reply::Tx { results, attempts });
-                    }
+                    Ok(()) => return Ok(self.committed(results, attempts)),
                     Err(DbError::ConnectionLost(message)) => {
                         self.transaction_over();
                         return Err(BrokerError::CommitUnknown(message));
@@ -271,37 +312,116 @@ impl SessionEngine {
             };
             let (index, error) = failure;
             self.db.rollback().await.ok();
-            let conflict = error.conflict();
-            if conflict == Some(Conflict::Deadlock) {
-                self.metrics.deadlock_reported();
+            if !self.retry_after_conflict(&error, attempts, retries).await {
+                return Err(self.failed(index, error));
             }
-            let retry = conflict.is_some() && attempts <= retries && self.db.is_connected();
-            if retry {
-                self.metrics.retried();
-                debug!(self.log, "tx retry"; "attempt" => attempts, "error" => %error);
-                tokio::time::sleep(retry_backoff(attempts)).await;
-                if let Err(error) = self
-                    .db
-                    .begin(tx.options.isolation, tx.options.read_only)
-                    .await
-                {
-                    self.db.rollback().await.ok();
-                    self.transaction_over();
-                    self.metrics.rolled_back();
-                    return Err(db_error(error));
-                }
-                continue;
+            if let Err(error) = self
+                .db
+                .begin(tx.options.isolation, tx.options.read_only)
+                .await
+            {
+                self.db.rollback().await.ok();
+                return Err(self.failed(None, error));
             }
-            self.transaction_over();
-            self.metrics.rolled_back();
-            let error = match (index, error) {
-                (Some(index), DbError::Server(failure)) => {
-                    DbError::Server(failure.at_statement(index))
-                }
-                (_, error) => error,
-            };
-            return Err(db_error(error));
         }
+    }
+
+    /// Runs a `tx` of one data change as one autocommit statement (see `TxShape`).
+    async fn run_single_write(
+        &mut self,
+        tx: &TxRequest,
+        retries: u32,
+    ) -> Result<Reply, BrokerError> {
+        let statement = &tx.statements[0];
+        self.db
+            .ensure_live(SINGLE_WRITE_PING_AFTER)
+            .await
+            .map_err(db_error)?;
+        self.db.set_deadline(
+            self.config
+                .max_tx_duration()
+                .map(|limit| Instant::now() + limit),
+        );
+        if let Some(keys) = tx.options.locks.clone() {
+            if let Err(failure) = self.locks.acquire(keys).await {
+                self.transaction_over();
+                return Err(lock_error(failure));
+            }
+        }
+        let mut attempts: u32 = 0;
+        loop {
+            attempts += 1;
+            let mut outcome = self.single_write_attempt(tx, statement).await;
+            if let Err(DbError::Unavailable(_)) = outcome {
+                // Nothing was sent on the dead connection; one reconnect is safe.
+                outcome = match self.db.ensure_connected().await {
+                    Ok(()) => self.single_write_attempt(tx, statement).await,
+                    Err(error) => Err(error),
+                };
+            }
+            let error = match outcome {
+                Ok(result) => return Ok(self.committed(vec![result], attempts)),
+                Err(DbError::ConnectionLost(message)) => {
+                    self.transaction_over();
+                    return Err(BrokerError::CommitUnknown(format!(
+                        "{message}; the statement ran as its own autocommit transaction, so it may have committed"
+                    )));
+                }
+                Err(DbError::DeadlineExceeded) => {
+                    self.transaction_over();
+                    return Err(BrokerError::CommitUnknown(
+                        "the statement was still running at max_tx_duration_ms and was killed; it ran as its own autocommit transaction, so it may have committed".into(),
+                    ));
+                }
+                Err(error) => error,
+            };
+            if !self.retry_after_conflict(&error, attempts, retries).await {
+                return Err(self.failed(Some(0), error));
+            }
+        }
+    }
+
+    async fn single_write_attempt(
+        &mut self,
+        tx: &TxRequest,
+        statement: &Statement,
+    ) -> Result<QueryResult, DbError> {
+        self.db.set_isolation(tx.options.isolation).await?;
+        self.db.execute(statement, TxMode::Autocommit).await
+    }
+
+    fn committed(&mut self, results: Vec<QueryResult>, attempts: u32) -> Reply {
+        self.transaction_over();
+        self.metrics.committed();
+        Reply::Tx { results, attempts }
+    }
+
+    /// Counts a conflict the database reported and, when the `tx` may run again, waits the
+    /// back-off and says so. The keys stay held across the retry.
+    async fn retry_after_conflict(&mut self, error: &DbError, attempts: u32, retries: u32) -> bool {
+        let conflict = error.conflict();
+        if conflict == Some(Conflict::Deadlock) {
+            self.metrics.deadlock_reported();
+        }
+        let retry = conflict.is_some() && attempts <= retries && self.db.is_connected();
+        if retry {
+            self.metrics.retried();
+            debug!(self.log, "tx retry"; "attempt" => attempts, "error" => %error);
+            tokio::time::sleep(retry_backoff(attempts)).await;
+        }
+        retry
+    }
+
+    /// Ends a `tx` that will not commit (already rolled back) with the answer for `error`,
+    /// which names the failing statement's index when there is one.
+    fn failed(&mut self, index: Option<usize>, error: DbError) -> BrokerError {
+        self.transaction_over();
+        self.metrics.rolled_back();
+        let error = match (index, error) {
+            (Some(index), DbError::Server(failure)) => DbError::Server(failure.at_statement(index)),
+            (_, error) => error,
+        };
+        db_error(error)
     }
 
     async fn run_statements(
@@ -547,4 +667,50 @@ fn retry_backoff(attempt: u32) -> Duration {
     let cap = Duration::from_millis(1u64 << attempt.min(5)).min(MAX_RETRY_BACKOFF);
     let micros = cap.as_micros() as u64;
     Duration::from_micros(rand::thread_rng().gen_range(micros / 2..=micros))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tx(statements: &[&str], read_only: bool) -> TxRequest {
+        TxRequest {
+            statements: statements
+                .iter()
+                .map(|sql| Statement::new(*sql, Vec::new()))
+                .collect(),
+            options: TxOptions {
+                read_only,
+                ..TxOptions::default()
+            },
+            retries: None,
+        }
+    }
+
+    #[test]
+    fn only_a_lone_data_change_skips_start_transaction() {
+        let on = Config::default();
+        let off = Config {
+            single_write_autocommit: false,
+            ..Config::default()
+        };
+        let update = "UPDATE t SET v = 1 WHERE id = 1";
+        assert_eq!(
+            TxShape::of(&tx(&[update], false), &on),
+            TxShape::SingleWrite
+        );
+        assert_eq!(TxShape::of(&tx(&[update], false), &off), TxShape::Explicit);
+        assert_eq!(TxShape::of(&tx(&[update], true), &on), TxShape::Explicit);
+        assert_eq!(
+            TxShape::of(&tx(&[update, update], false), &on),
+            TxShape::Explicit
+        );
+        for single in ["SELECT v FROM t", "CALL p()", "SELECT v FROM t FOR UPDATE"] {
+            assert_eq!(
+                TxShape::of(&tx(&[single], false), &on),
+                TxShape::Explicit,
+                "{single}"
+            );
+        }
+    }
 }

@@ -3,6 +3,9 @@
 //! `exec`, the session would believe a transaction is open while the next statement runs in
 //! autocommit mode. Transactions are driven by `begin`/`commit`/`rollback` and `tx` only.
 //!
+//! It also tells which statements are a whole transaction on their own in autocommit mode
+//! (`is_single_data_change`), for the one-statement `tx` shortcut.
+//!
 //! This is a cheap look at the statement's first words, not a parser. The session also checks
 //! the server's in-transaction status flag after every statement, which catches whatever
 //! slips past this list.
@@ -87,6 +90,17 @@ pub fn check(sql: &str, in_transaction: bool) -> Result<(), Refusal> {
         | "install" | "uninstall" => implicit("an administrative statement"),
         _ => Ok(()),
     }
+}
+
+/// Whether `sql` is one `INSERT`, `UPDATE`, `DELETE` or `REPLACE`: a statement that InnoDB
+/// makes atomic and durable on its own, triggers and cascades included, so that in autocommit
+/// mode it is a whole transaction. `CALL` is not one (each statement of a procedure commits on
+/// its own in autocommit mode), nor is anything this cheap look cannot vouch for.
+pub fn is_single_data_change(sql: &str) -> bool {
+    matches!(
+        words(sql).next().as_ref().map(|(word, _)| word.as_str()),
+        Some("insert" | "update" | "delete" | "replace")
+    )
 }
 
 /// The text after each occurrence of the word `word` in `sql`.
@@ -205,6 +219,32 @@ mod tests {
             cases.push((sql, false, None));
         }
         check_all(&cases);
+    }
+
+    #[test]
+    fn only_plain_data_changes_are_single_data_changes() {
+        for sql in [
+            "UPDATE t SET v = 1 WHERE id = 2",
+            "  insert into t values (1)",
+            "/* note */ DELETE FROM t WHERE id = 1",
+            "-- note\nREPLACE INTO t VALUES (1)",
+            "INSERT INTO t SELECT * FROM u",
+        ] {
+            assert!(is_single_data_change(sql), "{sql}");
+        }
+        for sql in [
+            "CALL move_money(1, 2)",
+            "/*!50000 CALL p() */",
+            "SELECT * FROM t FOR UPDATE",
+            "WITH x AS (SELECT 1) UPDATE t SET v = 1",
+            "EXECUTE IMMEDIATE 'UPDATE t SET v = 1'",
+            "BEGIN NOT ATOMIC UPDATE t SET v = 1; END",
+            "SET STATEMENT max_statement_time = 1 FOR UPDATE t SET v = 1",
+            "DO 1",
+            "",
+        ] {
+            assert!(!is_single_data_change(sql), "{sql}");
+        }
     }
 
     #[test]

@@ -529,6 +529,54 @@ async fn a_connection_lost_before_commit_answers_commit_unknown_and_the_session_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_write_tx_whose_connection_dies_under_it_answers_commit_unknown() {
+    let db = accounts("cc_single_write_lost", 1).await;
+    let broker = TestBroker::start(db.config());
+    let client = broker.client().await;
+    let slow_write = "UPDATE accounts SET balance = 7 + SLEEP(30) WHERE id = 1";
+    let running = format!(
+        "SELECT COALESCE(MAX(ID), 0) FROM information_schema.PROCESSLIST WHERE DB = '{}' AND INFO = '{}'",
+        db.name, slow_write
+    );
+    let killer = async {
+        eventually("the write is running", PATIENCE, || async {
+            db.scalar(&running).await > 0
+        })
+        .await;
+        let id = db.scalar(&running).await;
+        db.run(&[&format!("KILL CONNECTION {id}")]).await;
+    };
+    let (outcome, ()) = tokio::join!(
+        client
+            .tx()
+            .lock("accounts:1")
+            .exec(slow_write, vec![])
+            .run(),
+        killer
+    );
+    let error = outcome.expect_err("the connection was killed");
+    assert_eq!(error.code(), Some(ErrorCode::CommitUnknown), "{error}");
+    assert!(!error.is_retryable());
+    assert!(error.to_string().contains("autocommit"), "{error}");
+    assert_eq!(
+        db.scalar("SELECT balance FROM accounts WHERE id = 1").await,
+        100,
+        "killed before it finished, so InnoDB rolled it back"
+    );
+    assert_eq!(client.stats().await.expect("stats").locks_held, 0);
+    client
+        .tx()
+        .exec("UPDATE accounts SET balance = 8 WHERE id = 1", vec![])
+        .run()
+        .await
+        .expect("the session reconnects");
+    assert_eq!(
+        db.scalar("SELECT balance FROM accounts WHERE id = 1").await,
+        8
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_idle_connection_is_replaced_on_the_next_transaction() {
     let db = accounts("cc_reconnect", 1).await;
     let broker = TestBroker::start(db.config());

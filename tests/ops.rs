@@ -17,6 +17,7 @@ use txbroker::client::{Client, ClientError};
 use txbroker::error::ErrorCode;
 use txbroker::locks::LockRequest;
 use txbroker::protocol::{ErrorReply, Isolation, Reply, Request, Statement, TxOptions, Value};
+use txbroker::Config;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -465,6 +466,110 @@ async fn a_read_only_tx_rejects_a_write_with_sql_error() {
         .await
         .expect("a read-write tx after a read-only one");
     assert_eq!(count(&db, "t").await, 2);
+}
+
+/// `@@in_transaction` as the statement saw it, from the row a `tx` just inserted.
+async fn last_in_transaction(db: &TestDb) -> i64 {
+    db.scalar("SELECT in_tx FROM probe ORDER BY id DESC LIMIT 1")
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_write_tx_runs_as_one_autocommit_statement_unless_configured_off() {
+    let (db, _broker, client) = setup(
+        "ops_single_write",
+        &["CREATE TABLE probe (id INT AUTO_INCREMENT PRIMARY KEY, in_tx INT NOT NULL)"],
+    )
+    .await;
+    let insert = "INSERT INTO probe (in_tx) SELECT @@in_transaction";
+
+    let outcome = client
+        .tx()
+        .lock("probe")
+        .exec(insert, vec![])
+        .run()
+        .await
+        .expect("one write");
+    assert_eq!((outcome.attempts, outcome.results[0].affected), (1, 1));
+    assert_eq!(last_in_transaction(&db).await, 0, "ran in autocommit mode");
+
+    client
+        .tx()
+        .exec(insert, vec![])
+        .exec("SELECT 1", vec![])
+        .run()
+        .await
+        .expect("two statements");
+    assert_eq!(
+        last_in_transaction(&db).await,
+        1,
+        "two statements: START TRANSACTION"
+    );
+
+    client
+        .tx()
+        .isolation(Isolation::ReadCommitted)
+        .exec(insert, vec![])
+        .run()
+        .await
+        .expect("one write at another isolation level");
+    assert_eq!(last_in_transaction(&db).await, 0);
+    let level = client
+        .tx()
+        .isolation(Isolation::ReadCommitted)
+        .exec("SELECT @@tx_isolation", vec![])
+        .run()
+        .await
+        .expect("read the level");
+    assert_eq!(text(&level.results[0].rows[0][0]), "READ-COMMITTED");
+
+    let explicit_broker = TestBroker::start(Config {
+        single_write_autocommit: false,
+        ..db.config()
+    });
+    explicit_broker
+        .client()
+        .await
+        .tx()
+        .exec(insert, vec![])
+        .run()
+        .await
+        .expect("one write, explicit");
+    assert_eq!(
+        last_in_transaction(&db).await,
+        1,
+        "switched off: START TRANSACTION"
+    );
+    assert_eq!(count(&db, "probe").await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_write_tx_that_fails_names_statement_0_and_changes_nothing() {
+    let (db, _broker, client) = setup(
+        "ops_single_write_fails",
+        &[
+            "CREATE TABLE t (id INT PRIMARY KEY)",
+            "INSERT INTO t VALUES (1)",
+        ],
+    )
+    .await;
+    let error = expect_code(
+        client
+            .tx()
+            .lock("t")
+            .exec("INSERT INTO t VALUES (5), (1)", vec![])
+            .run()
+            .await,
+        ErrorCode::Sql,
+    );
+    assert_eq!((error.mysql_code, error.statement), (Some(1062), Some(0)));
+    assert_eq!(
+        count(&db, "t").await,
+        1,
+        "the row before the duplicate is gone too"
+    );
+    let stats = client.stats().await.expect("stats");
+    assert_eq!((stats.locks_held, stats.transactions_rolled_back), (0, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
