@@ -487,7 +487,7 @@ impl Bench {
             failed: tally.failed,
             broker_retries: None,
             broker_lock_waits: None,
-            fsyncs_per_commit: server_before.fsyncs_per_commit(&server_after),
+            fsyncs_per_tx: server_before.fsyncs_per_tx(&server_after, tally.committed),
             errors,
             check: Check::default(),
         };

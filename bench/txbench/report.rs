@@ -79,9 +79,9 @@ pub struct RunResult {
     pub broker_retries: Option<u64>,
     /// The broker's `stats.lock_waits` difference; absent for direct targets.
     pub broker_lock_waits: Option<u64>,
-    /// Redo-log fsyncs per `COMMIT` on the server during the window (server-wide counters):
-    /// below 1, InnoDB flushed several commits at once. NaN when nothing committed.
-    pub fsyncs_per_commit: f64,
+    /// Redo-log fsyncs on the server during the window (server-wide) per transaction committed
+    /// in it: below 1, InnoDB flushed several commits at once. NaN when nothing committed.
+    pub fsyncs_per_tx: f64,
     /// One error message per distinct kind, with its count.
     pub errors: Vec<(String, u64)>,
     pub check: Check,
@@ -123,8 +123,8 @@ pub fn print_run(result: &RunResult) {
     let _ = writeln!(text, "  failed tx        {:>10}", result.failed);
     let _ = writeln!(
         text,
-        "  fsyncs/commit    {:>10.3} (server-wide)",
-        result.fsyncs_per_commit
+        "  fsyncs/tx        {:>10.3} (server-wide)",
+        result.fsyncs_per_tx
     );
     if let (Some(retries), Some(waits)) = (result.broker_retries, result.broker_lock_waits) {
         let _ = writeln!(text, "  broker retries   {retries:>10}  lock waits {waits}");
@@ -212,9 +212,9 @@ const FIGURES: &[Figure] = &[
         decimals: 0,
     },
     Figure {
-        name: "fsyncs/commit",
-        json: "fsyncs_per_commit",
-        read: |r| r.fsyncs_per_commit,
+        name: "fsyncs/tx",
+        json: "fsyncs_per_tx",
+        read: |r| r.fsyncs_per_tx,
         decimals: 3,
     },
 ];
