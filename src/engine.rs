@@ -26,7 +26,8 @@ use crate::error::{AbortReason, BrokerError};
 use crate::locks::LockRequest;
 use crate::metrics::Metrics;
 use crate::protocol::{
-    QueryResult, Reply, Request, Statement, Stats, TxOptions, TxRequest, PROTOCOL_VERSION,
+    Isolation, QueryResult, Reply, Request, Statement, Stats, TxOptions, TxRequest,
+    PROTOCOL_VERSION,
 };
 use crate::sql_guard;
 use crate::txn::{ServerPhase, TxState};
@@ -351,15 +352,7 @@ impl SessionEngine {
         let mut attempts: u32 = 0;
         loop {
             attempts += 1;
-            let mut outcome = self.single_write_attempt(tx, statement).await;
-            if let Err(DbError::Unavailable(_)) = outcome {
-                // Nothing was sent on the dead connection; one reconnect is safe.
-                outcome = match self.db.ensure_connected().await {
-                    Ok(()) => self.single_write_attempt(tx, statement).await,
-                    Err(error) => Err(error),
-                };
-            }
-            let error = match outcome {
+            let error = match self.execute_alone(statement, tx.options.isolation).await {
                 Ok(result) => return Ok(self.committed(vec![result], attempts)),
                 Err(DbError::ConnectionLost(message)) => {
                     self.transaction_over();
@@ -381,12 +374,33 @@ impl SessionEngine {
         }
     }
 
-    async fn single_write_attempt(
+    /// Runs `statement` alone in autocommit mode at `isolation` (`None`: the configured
+    /// default). A connection found dead before the statement was sent on it is replaced once.
+    async fn execute_alone(
         &mut self,
-        tx: &TxRequest,
         statement: &Statement,
+        isolation: Option<Isolation>,
     ) -> Result<QueryResult, DbError> {
-        self.db.set_isolation(tx.options.isolation).await?;
+        match self.try_execute_alone(statement, isolation).await {
+            Err(DbError::Unavailable(_)) => {
+                self.db.ensure_connected().await?;
+                self.try_execute_alone(statement, isolation).await
+            }
+            outcome => outcome,
+        }
+    }
+
+    async fn try_execute_alone(
+        &mut self,
+        statement: &Statement,
+        isolation: Option<Isolation>,
+    ) -> Result<QueryResult, DbError> {
+        match self.db.set_isolation(isolation).await {
+            // The statement itself was not sent.
+            Err(DbError::ConnectionLost(message)) => return Err(DbError::Unavailable(message)),
+            Err(error) => return Err(error),
+            Ok(()) => {}
+        }
         self.db.execute(statement, TxMode::Autocommit).await
     }
 
@@ -450,13 +464,7 @@ impl SessionEngine {
         sql_guard::check(&statement.sql, false)
             .map_err(|refusal| BrokerError::BadRequest(refusal.message()))?;
         self.db.ensure_connected().await.map_err(db_error)?;
-        let mut outcome = self.db.execute(statement, TxMode::Autocommit).await;
-        if let Err(DbError::Unavailable(_)) = outcome {
-            // The connection died before the statement was sent; one reconnect is safe.
-            self.db.ensure_connected().await.map_err(db_error)?;
-            outcome = self.db.execute(statement, TxMode::Autocommit).await;
-        }
-        match outcome {
+        match self.execute_alone(statement, None).await {
             Ok(result) => Ok(Reply::Exec { result }),
             // An autocommit statement is its own commit: if the connection died under it,
             // nobody knows whether it took effect.

@@ -522,6 +522,15 @@ async fn a_one_write_tx_runs_as_one_autocommit_statement_unless_configured_off()
         .await
         .expect("read the level");
     assert_eq!(text(&level.results[0].rows[0][0]), "READ-COMMITTED");
+    let level = client
+        .exec("SELECT @@tx_isolation", vec![])
+        .await
+        .expect("autocommit read of the level");
+    assert_eq!(
+        text(&level.rows[0][0]),
+        "REPEATABLE-READ",
+        "an autocommit exec runs at default_isolation, whatever the tx before it used"
+    );
 
     let explicit_broker = TestBroker::start(Config {
         single_write_autocommit: false,
