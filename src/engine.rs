@@ -38,11 +38,11 @@ pub const SERVER_NAME: &str = concat!("txbroker ", env!("CARGO_PKG_VERSION"));
 /// Longest pause between two attempts of a `tx`; retries hold the keys, so keep it short.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_millis(20);
 
-/// A one-statement `tx` pings its connection first when it has been idle this long. The
-/// statement carries its own commit, so a connection that died unnoticed would turn a statement
-/// that never ran into `commit_unknown`; under load a session's gap between transactions is a
-/// few milliseconds and never pays the round trip.
-const SINGLE_WRITE_PING_AFTER: Duration = Duration::from_millis(50);
+/// A statement that carries its own commit (an autocommit `exec`, a one-write `tx`) pings its
+/// connection first when it has been idle this long: a connection that died unnoticed would
+/// otherwise turn a statement that never ran into `commit_unknown`. Under load a session's gap
+/// between requests is a few milliseconds and never pays the round trip.
+const AUTOCOMMIT_PING_AFTER: Duration = Duration::from_millis(50);
 
 /// How a `tx` reaches the database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -335,7 +335,7 @@ impl SessionEngine {
     ) -> Result<Reply, BrokerError> {
         let statement = &tx.statements[0];
         self.db
-            .ensure_live(SINGLE_WRITE_PING_AFTER)
+            .ensure_live(AUTOCOMMIT_PING_AFTER)
             .await
             .map_err(db_error)?;
         self.db.set_deadline(
@@ -463,7 +463,10 @@ impl SessionEngine {
     async fn exec_autocommit(&mut self, statement: &Statement) -> Result<Reply, BrokerError> {
         sql_guard::check(&statement.sql, false)
             .map_err(|refusal| BrokerError::BadRequest(refusal.message()))?;
-        self.db.ensure_connected().await.map_err(db_error)?;
+        self.db
+            .ensure_live(AUTOCOMMIT_PING_AFTER)
+            .await
+            .map_err(db_error)?;
         match self.execute_alone(statement, None).await {
             Ok(result) => Ok(Reply::Exec { result }),
             // An autocommit statement is its own commit: if the connection died under it,

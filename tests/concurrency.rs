@@ -577,6 +577,39 @@ async fn a_one_write_tx_whose_connection_dies_under_it_answers_commit_unknown() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_write_tx_on_a_connection_that_died_while_idle_runs_on_a_fresh_one() {
+    let db = accounts("cc_single_write_idle", 1).await;
+    let broker = TestBroker::start(db.config());
+    let client = broker.client().await;
+    let write = |balance: i64| {
+        client
+            .tx()
+            .exec(
+                "UPDATE accounts SET balance = ? WHERE id = 1",
+                vec![Value::Int(balance)],
+            )
+            .run()
+    };
+    // The statement is now prepared on the connection, so sending it again needs no prepare
+    // round trip that would notice a dead connection.
+    write(1).await.expect("first write");
+    let id = connection_id(&client).await;
+    db.run(&[&format!("KILL CONNECTION {id}")]).await;
+    // The broker pings a connection idle for over 50 ms before a statement that carries its
+    // own commit; being idle that long is the condition under test.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let outcome = write(2)
+        .await
+        .expect("the dead connection is replaced, not answered commit_unknown");
+    assert_eq!(outcome.attempts, 1);
+    assert_eq!(
+        db.scalar("SELECT balance FROM accounts WHERE id = 1").await,
+        2
+    );
+    assert_ne!(connection_id(&client).await, id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_idle_connection_is_replaced_on_the_next_transaction() {
     let db = accounts("cc_reconnect", 1).await;
     let broker = TestBroker::start(db.config());
