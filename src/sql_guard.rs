@@ -95,12 +95,16 @@ pub fn check(sql: &str, in_transaction: bool) -> Result<(), Refusal> {
 /// Whether `sql` is one `INSERT`, `UPDATE`, `DELETE` or `REPLACE`: a statement that InnoDB
 /// makes atomic and durable on its own, triggers and cascades included, so that in autocommit
 /// mode it is a whole transaction. `CALL` is not one (each statement of a procedure commits on
-/// its own in autocommit mode), nor is anything this cheap look cannot vouch for.
+/// its own in autocommit mode), nor is anything this cheap look cannot vouch for: a statement
+/// with an executable comment (`/*!50000 ... */`) is left out, because whether the server runs
+/// the comment depends on its version.
 pub fn is_single_data_change(sql: &str) -> bool {
-    matches!(
-        words(sql).next().as_ref().map(|(word, _)| word.as_str()),
-        Some("insert" | "update" | "delete" | "replace")
-    )
+    let versioned_code = sql.contains("/*!") || sql.contains("/*M!");
+    !versioned_code
+        && matches!(
+            words(sql).next().as_ref().map(|(word, _)| word.as_str()),
+            Some("insert" | "update" | "delete" | "replace")
+        )
 }
 
 /// The text after each occurrence of the word `word` in `sql`.
@@ -235,6 +239,7 @@ mod tests {
         for sql in [
             "CALL move_money(1, 2)",
             "/*!50000 CALL p() */",
+            "/*!99999 UPDATE t SET v = 1 */ CALL p()",
             "SELECT * FROM t FOR UPDATE",
             "WITH x AS (SELECT 1) UPDATE t SET v = 1",
             "EXECUTE IMMEDIATE 'UPDATE t SET v = 1'",
