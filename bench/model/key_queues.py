@@ -15,6 +15,9 @@ Variants:
                 with row locks (direct-sorted); unsafe for broker keys (see bench/README.md)
   strict-fifo   as broker, but a transaction joins the queue of every key it asks for
                 when it arrives (no later request ever goes first on any key)
+  admission     as broker, behind an arrival-ordered admission queue: a transaction enters
+                its keys' queues only when each has fewer than ADMIT_BELOW waiters and no
+                earlier transaction still in admission shares a key with it (not built)
 
 Standard library only; deterministic for a given --seed.
 """
@@ -24,8 +27,12 @@ import heapq
 import random
 
 
+ADMIT_BELOW = 2
+
+
 def simulate(variant, clients, hot, statements_ms, fsync_ms, duration_ms, seed):
     rng = random.Random(seed)
+    admission = collections.deque()
     queues = {key: collections.deque() for key in range(hot)}
     holder = {}
     transactions = {}
@@ -47,11 +54,24 @@ def simulate(variant, clients, hot, statements_ms, fsync_ms, duration_ms, seed):
         sequence += 1
         low, high = sorted(rng.sample(range(hot), 2))
         transactions[sequence] = {"client": client, "keys": (low, high), "held": 0, "start": now}
+        if variant == "admission":
+            admission.append(sequence)
+            return
         queues[low].append(sequence)
         if variant == "strict-fifo":
             queues[high].append(sequence)
 
+    def admit():
+        shared_with_earlier = set()
+        for tx_id in list(admission):
+            keys = set(transactions[tx_id]["keys"])
+            if not keys & shared_with_earlier and all(len(queues[k]) < ADMIT_BELOW for k in keys):
+                admission.remove(tx_id)
+                queues[transactions[tx_id]["keys"][0]].append(tx_id)
+            shared_with_earlier |= keys
+
     def grant(now):
+        admit()
         progress = True
         while progress:
             progress = False
@@ -70,6 +90,7 @@ def simulate(variant, clients, hot, statements_ms, fsync_ms, duration_ms, seed):
                     schedule(now + statements_ms, "commit", tx_id)
                 elif variant != "strict-fifo":
                     queues[tx["keys"][1]].append(tx_id)
+                admit()
 
     def release(tx_id, now):
         for key in transactions[tx_id]["keys"]:
@@ -132,7 +153,7 @@ def main():
     args = parser.parse_args()
     print(f"{'clients':>7} {'variant':<12} {'tx/s':>7} {'fsyncs/s':>8} {'commits/fsync':>13} {'p50 ms':>7} {'p99 ms':>7}")
     for clients in args.clients:
-        for variant in ("broker", "strict-fifo", "early"):
+        for variant in ("broker", "strict-fifo", "admission", "early"):
             figures = simulate(variant, clients, args.hot, args.statements_ms, args.fsync_ms,
                                args.seconds * 1000, args.seed)
             print(f"{clients:>7} {variant:<12} {figures['tx/s']:>7.0f} {figures['fsyncs/s']:>8.0f} "
