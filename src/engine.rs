@@ -241,15 +241,30 @@ impl SessionEngine {
 
     /// Grants the keys and starts the database transaction at the same time: `START
     /// TRANSACTION` takes no row locks and no snapshot, so overlapping it with the wait keeps
-    /// one round trip out of the time the keys are held.
-    async fn start_transaction(&mut self, options: &TxOptions) -> Result<(), BrokerError> {
-        self.db.ensure_connected().await.map_err(db_error)?;
+    /// one round trip out of the time the keys are held. A single write starts nothing: its
+    /// statement carries its own commit, so its connection is checked for life beforehand.
+    async fn start_transaction(
+        &mut self,
+        options: &TxOptions,
+        shape: TxShape,
+    ) -> Result<(), BrokerError> {
+        match shape {
+            TxShape::Explicit => self.db.ensure_connected().await,
+            TxShape::SingleWrite => self.db.ensure_live(AUTOCOMMIT_PING_AFTER).await,
+        }
+        .map_err(db_error)?;
         self.db.set_deadline(
             self.config
                 .max_tx_duration()
                 .map(|limit| Instant::now() + limit),
         );
-        let begin = begin_on_live_connection(&mut self.db, options);
+        let db = &mut self.db;
+        let begin = async move {
+            match shape {
+                TxShape::Explicit => begin_on_live_connection(db, options).await,
+                TxShape::SingleWrite => Ok(()),
+            }
+        };
         let (granted, begun) = match options.locks.clone() {
             Some(keys) => {
                 let (granted, begun) = futures_util::join!(self.locks.acquire(keys), begin);
@@ -265,7 +280,9 @@ impl SessionEngine {
                 Err(db_error(error))
             }
             (Err(failure), Ok(())) => {
-                self.db.rollback().await.ok();
+                if shape == TxShape::Explicit {
+                    self.db.rollback().await.ok();
+                }
                 self.transaction_over();
                 Err(lock_error(failure))
             }
@@ -290,7 +307,8 @@ impl SessionEngine {
         tx: &TxRequest,
         retries: u32,
     ) -> Result<Reply, BrokerError> {
-        self.start_transaction(&tx.options).await?;
+        self.start_transaction(&tx.options, TxShape::Explicit)
+            .await?;
         let mut attempts: u32 = 0;
         loop {
             attempts += 1;
@@ -334,21 +352,8 @@ impl SessionEngine {
         retries: u32,
     ) -> Result<Reply, BrokerError> {
         let statement = &tx.statements[0];
-        self.db
-            .ensure_live(AUTOCOMMIT_PING_AFTER)
-            .await
-            .map_err(db_error)?;
-        self.db.set_deadline(
-            self.config
-                .max_tx_duration()
-                .map(|limit| Instant::now() + limit),
-        );
-        if let Some(keys) = tx.options.locks.clone() {
-            if let Err(failure) = self.locks.acquire(keys).await {
-                self.transaction_over();
-                return Err(lock_error(failure));
-            }
-        }
+        self.start_transaction(&tx.options, TxShape::SingleWrite)
+            .await?;
         let mut attempts: u32 = 0;
         loop {
             attempts += 1;
@@ -455,7 +460,7 @@ impl SessionEngine {
     }
 
     async fn begin(&mut self, options: TxOptions) -> Result<(), BrokerError> {
-        self.start_transaction(&options).await?;
+        self.start_transaction(&options, TxShape::Explicit).await?;
         self.state = TxState::Active;
         Ok(())
     }

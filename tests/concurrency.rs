@@ -45,17 +45,21 @@ async fn accounts(label: &str, rows: u32) -> TestDb {
     db
 }
 
+/// Waits until `statement` is running in the test's database and returns the id of the
+/// connection running it.
+async fn running(db: &TestDb, what: &str, statement: &str) -> i64 {
+    let probe = format!(
+        "SELECT COALESCE(MAX(ID), 0) FROM information_schema.PROCESSLIST WHERE DB = '{}' AND INFO = '{}'",
+        db.name, statement
+    );
+    eventually(what, PATIENCE, || async { db.scalar(&probe).await > 0 }).await;
+    db.scalar(&probe).await
+}
+
 /// Waits until `statement` is running in the test's database. Used for a statement that can
 /// only be running because it waits for a row lock another transaction holds.
 async fn blocked_on_row_lock(db: &TestDb, statement: &str) {
-    let probe = format!(
-        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = '{}' AND INFO = '{}'",
-        db.name, statement
-    );
-    eventually("the statement waits for a row lock", PATIENCE, || async {
-        db.scalar(&probe).await > 0
-    })
-    .await;
+    running(db, "the statement waits for a row lock", statement).await;
 }
 
 const ROW_2_UPDATE: &str = "UPDATE accounts SET balance = balance + 5 WHERE id = 2";
@@ -534,16 +538,8 @@ async fn a_one_write_tx_whose_connection_dies_under_it_answers_commit_unknown() 
     let broker = TestBroker::start(db.config());
     let client = broker.client().await;
     let slow_write = "UPDATE accounts SET balance = 7 + SLEEP(30) WHERE id = 1";
-    let running = format!(
-        "SELECT COALESCE(MAX(ID), 0) FROM information_schema.PROCESSLIST WHERE DB = '{}' AND INFO = '{}'",
-        db.name, slow_write
-    );
     let killer = async {
-        eventually("the write is running", PATIENCE, || async {
-            db.scalar(&running).await > 0
-        })
-        .await;
-        let id = db.scalar(&running).await;
+        let id = running(&db, "the write is running", slow_write).await;
         db.run(&[&format!("KILL CONNECTION {id}")]).await;
     };
     let (outcome, ()) = tokio::join!(
