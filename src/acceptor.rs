@@ -1,6 +1,7 @@
-//! The acceptor is an actor; it owns the TCP listener and the registry of live TCP sessions. It enforces `max_sessions` (refusing the extra client with
-//! `busy`), starts one session actor per client on the session arbiters, round robin, and
-//! runs the drain at shutdown.
+//! The acceptor is an actor; it owns the TCP listener and the registry of live TCP sessions.
+//! It enforces `max_sessions` (refusing the extra client with `busy`), starts one session
+//! actor per client on the session arbiters, round robin, and runs the drain at shutdown.
+//! Session ids come from the `SessionFactory`, which embedded sessions share.
 //!
 //! **Invariant:** `sessions` holds exactly the sessions that were started and have not yet
 //! reported `SessionEnded`; its size is what `max_sessions` is checked against.
@@ -32,7 +33,7 @@ const BUSY_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
+enum AcceptorPhase {
     Accepting,
     Draining,
 }
@@ -45,7 +46,7 @@ pub struct Acceptor {
     session_arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
     sessions: HashMap<u64, Addr<Session>>,
-    phase: Phase,
+    phase: AcceptorPhase,
     all_ended: Vec<oneshot::Sender<()>>,
 }
 
@@ -64,7 +65,7 @@ impl Acceptor {
             session_arbiters,
             next_arbiter: 0,
             sessions: HashMap::new(),
-            phase: Phase::Accepting,
+            phase: AcceptorPhase::Accepting,
             all_ended: Vec::new(),
         }
     }
@@ -103,13 +104,9 @@ impl Acceptor {
         self.next_arbiter = self.next_arbiter.wrapping_add(1);
         let shared = &self.shared;
         let parts = SessionParts {
-            id,
-            peer,
             engine,
             config: shared.config.clone(),
-            coordinator: shared.coordinator.clone(),
             acceptor: ctx.address(),
-            log: shared.log.clone(),
             tls: self.tls.clone(),
         };
         let session = Session::start_in_arbiter(arbiter, move |_| {
@@ -145,7 +142,7 @@ impl StreamHandler<std::io::Result<(TcpStream, SocketAddr)>> for Acceptor {
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                if self.phase == Phase::Draining {
+                if self.phase == AcceptorPhase::Draining {
                     return;
                 }
                 if self.sessions.len() >= self.shared.config.max_sessions {
@@ -196,7 +193,7 @@ impl Handler<Shutdown> for Acceptor {
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
         info!(self.shared.log, "draining"; "sessions" => self.sessions.len(), "grace_ms" => self.shared.config.shutdown_grace_ms);
-        self.phase = Phase::Draining;
+        self.phase = AcceptorPhase::Draining;
         if let Some(handle) = self.listener_handle.take() {
             ctx.cancel_future(handle);
         }

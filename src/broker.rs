@@ -105,10 +105,12 @@ impl BrokerBuilder {
             listener,
         } = self;
         let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::default());
         let database = Database::new(
             &config.database_url,
             config.default_isolation,
             config.innodb_lock_wait_timeout_s,
+            metrics.clone(),
         )
         .map_err(|error| StartError::Database(error.to_string()))?;
         let tls = match (&config.tls_cert, &config.tls_key) {
@@ -144,13 +146,13 @@ impl BrokerBuilder {
         let coordinator = Coordinator::start_in_arbiter(&coordinator_home, move |_| {
             Coordinator::new(lock_wait_timeout)
         });
-        let sessions = SessionFactory {
-            config: config.clone(),
+        let sessions = SessionFactory::new(
+            config.clone(),
             database,
-            coordinator: coordinator.clone(),
-            metrics: Arc::new(Metrics::default()),
-            log: log.clone(),
-        };
+            coordinator.clone(),
+            metrics,
+            log.clone(),
+        );
         let (acceptor, local_addr) = match listener {
             Some((listener, local_addr)) => {
                 let handles = arbiters

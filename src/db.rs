@@ -7,6 +7,7 @@
 //! itself and this module never reconnects on its own in the middle of one.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mysql_async::consts::{ColumnType, StatusFlags};
@@ -14,19 +15,10 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Column, Conn, Opts, OptsBuilder, Params, Row};
 use thiserror::Error;
 
-use crate::error::DbFailure;
+use crate::error::{mysql_codes as codes, Conflict, DbFailure};
+use crate::metrics::Metrics;
 use crate::protocol::{Isolation, QueryResult, Statement, Value};
-
-/// MySQL error numbers the broker reacts to.
-pub mod codes {
-    pub const LOCK_WAIT_TIMEOUT: u16 = 1205;
-    pub const DEADLOCK: u16 = 1213;
-    pub const TOO_MANY_CONNECTIONS: u16 = 1040;
-    pub const SERVER_SHUTDOWN: u16 = 1053;
-    pub const CONNECTION_KILLED: u16 = 1927;
-    pub const UNSUPPORTED_IN_PREPARED: u16 = 1295;
-    pub const SERIALIZATION_FAILURE_STATE: &str = "40001";
-}
+use crate::txn::TxMode;
 
 /// The `binary` character set: columns in it hold bytes, not text.
 const BINARY_CHARSET: u16 = 63;
@@ -61,38 +53,13 @@ pub enum DbError {
     DeadlineExceeded,
 }
 
-/// Whether a statement is meant to run inside the open transaction or on its own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TxMode {
-    InTransaction,
-    Autocommit,
-}
-
-/// Whether a server error asks for the whole transaction to run again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Conflict {
-    Deadlock,
-    LockWaitTimeout,
-}
-
 impl DbError {
+    /// Whether this error asks for the whole transaction to run again.
     pub fn conflict(&self) -> Option<Conflict> {
         match self {
-            DbError::Server(failure) => classify_conflict(failure),
+            DbError::Server(failure) => failure.conflict(),
             _ => None,
         }
-    }
-}
-
-pub fn classify_conflict(failure: &DbFailure) -> Option<Conflict> {
-    if failure.mysql_code == codes::DEADLOCK
-        || failure.sqlstate == codes::SERIALIZATION_FAILURE_STATE
-    {
-        Some(Conflict::Deadlock)
-    } else if failure.mysql_code == codes::LOCK_WAIT_TIMEOUT {
-        Some(Conflict::LockWaitTimeout)
-    } else {
-        None
     }
 }
 
@@ -101,6 +68,8 @@ pub fn classify_conflict(failure: &DbFailure) -> Option<Conflict> {
 pub struct Database {
     opts: Opts,
     default_isolation: Isolation,
+    /// Counts every deadlock the database reports, once, where its answer is read.
+    metrics: Arc<Metrics>,
 }
 
 impl Database {
@@ -109,6 +78,7 @@ impl Database {
         url: &str,
         default_isolation: Isolation,
         innodb_lock_wait_timeout_s: u64,
+        metrics: Arc<Metrics>,
     ) -> Result<Database, DbError> {
         let opts = Opts::from_url(url)
             .map_err(|error| DbError::Unavailable(format!("bad database_url: {error}")))?;
@@ -128,6 +98,7 @@ impl Database {
         Ok(Database {
             opts,
             default_isolation,
+            metrics,
         })
     }
 
@@ -153,7 +124,18 @@ enum Link {
         /// The session-level isolation of the connection, which the next transaction uses.
         isolation: Isolation,
         last_used: Instant,
+        transaction: ServerTransaction,
     },
+}
+
+/// Whether a transaction may be open on the server: set by `START TRANSACTION` (or by a
+/// statement found to have opened one), cleared by `COMMIT` or `ROLLBACK`. `rollback` sends
+/// nothing when none may be open, so that ending a transaction that never started (an
+/// autocommit statement, a wait for keys that failed) costs no round trip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServerTransaction {
+    None,
+    MaybeOpen,
 }
 
 /// One session's exclusive database connection, connected on demand.
@@ -219,6 +201,7 @@ impl DbConnection {
             conn: Box::new(conn),
             isolation: self.database.default_isolation,
             last_used: Instant::now(),
+            transaction: ServerTransaction::None,
         };
         Ok(())
     }
@@ -230,12 +213,26 @@ impl DbConnection {
         read_only: bool,
     ) -> Result<(), DbError> {
         self.set_isolation(isolation).await?;
+        self.set_server_transaction(ServerTransaction::MaybeOpen);
         self.run_bounded(if read_only {
             "START TRANSACTION READ ONLY"
         } else {
             "START TRANSACTION"
         })
         .await
+    }
+
+    fn set_server_transaction(&mut self, state: ServerTransaction) {
+        if let Link::Open { transaction, .. } = &mut self.link {
+            *transaction = state;
+        }
+    }
+
+    fn server_transaction(&self) -> ServerTransaction {
+        match &self.link {
+            Link::Open { transaction, .. } => *transaction,
+            Link::Closed => ServerTransaction::None,
+        }
     }
 
     /// Sets the session's isolation level for the next transaction, when it differs from
@@ -260,18 +257,24 @@ impl DbConnection {
     }
 
     pub async fn commit(&mut self) -> Result<(), DbError> {
-        self.run_bounded("COMMIT").await
+        self.run_bounded("COMMIT").await?;
+        self.set_server_transaction(ServerTransaction::None);
+        Ok(())
     }
 
-    /// `ROLLBACK`; a connection already gone counts as rolled back, since the server
-    /// rolls back what a lost connection had open.
+    /// `ROLLBACK`, when a transaction may be open; a connection already gone counts as rolled
+    /// back, since the server rolls back what a lost connection had open.
     pub async fn rollback(&mut self) -> Result<(), DbError> {
-        if !self.is_connected() {
+        if self.server_transaction() == ServerTransaction::None {
             return Ok(());
         }
         match self.run("ROLLBACK").await {
             Err(DbError::ConnectionLost(_)) => Ok(()),
-            other => other,
+            Err(error) => Err(error),
+            Ok(()) => {
+                self.set_server_transaction(ServerTransaction::None);
+                Ok(())
+            }
         }
     }
 
@@ -305,6 +308,7 @@ impl DbConnection {
             (TxMode::InTransaction, true) | (TxMode::Autocommit, false) => Ok(result),
             (TxMode::InTransaction, false) => Err(DbError::TransactionEnded),
             (TxMode::Autocommit, true) => {
+                self.set_server_transaction(ServerTransaction::MaybeOpen);
                 self.rollback().await?;
                 Err(DbError::Rejected(
                     "the statement opened a transaction; it was rolled back: use the begin op"
@@ -391,11 +395,16 @@ impl DbConnection {
         }
     }
 
-    /// Maps a driver error and forgets the connection when the error broke it.
+    /// Maps a driver error, counts a deadlock, and forgets the connection when the error
+    /// broke it.
     fn failed(&mut self, error: mysql_async::Error) -> DbError {
         let mapped = map_error(error);
-        if matches!(mapped, DbError::ConnectionLost(_)) {
-            self.link = Link::Closed;
+        match &mapped {
+            DbError::ConnectionLost(_) => self.link = Link::Closed,
+            error if error.conflict() == Some(Conflict::Deadlock) => {
+                self.database.metrics.deadlock_reported()
+            }
+            _ => {}
         }
         mapped
     }

@@ -1,12 +1,30 @@
 //! The broker's errors: one enum whose variants map one to one onto the protocol's error
 //! codes, so that every failure a client can see has exactly one spelling on the wire.
 //!
-//! Lower layers keep their own error types (`db::DbError`, `frame::FrameError`); they are
-//! turned into a `BrokerError` where the session decides what the client is told.
+//! Lower layers keep their own error types (`db::DbError`, `frame::FrameError`,
+//! `coordinator::LockFailure`). Every translation of a lower layer's error into what a client
+//! is told lives here, once: `From<DbError>` and `From<LockFailure>` for `BrokerError`,
+//! `AbortReason::caused_by` for what a database error does to an interactive transaction,
+//! `BrokerError::commit_unknown` for a connection lost while a commit was in flight, and
+//! `DbFailure::conflict` for the errors that ask for the whole transaction to run again.
 
 use std::fmt;
 
 use thiserror::Error;
+
+use crate::coordinator::LockFailure;
+use crate::db::DbError;
+
+/// MySQL error numbers the broker reacts to.
+pub mod mysql_codes {
+    pub const LOCK_WAIT_TIMEOUT: u16 = 1205;
+    pub const DEADLOCK: u16 = 1213;
+    pub const TOO_MANY_CONNECTIONS: u16 = 1040;
+    pub const SERVER_SHUTDOWN: u16 = 1053;
+    pub const CONNECTION_KILLED: u16 = 1927;
+    pub const UNSUPPORTED_IN_PREPARED: u16 = 1295;
+    pub const SERIALIZATION_FAILURE_STATE: &str = "40001";
+}
 
 /// The `code` strings of protocol v1, in the order of the contract's table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -107,10 +125,31 @@ pub struct DbFailure {
     pub statement: Option<usize>,
 }
 
+/// A database error that asks for the whole transaction to run again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conflict {
+    /// 1213, or SQLSTATE 40001: the database rolled the whole transaction back.
+    Deadlock,
+    /// 1205: only the statement was rolled back; the transaction is still open.
+    LockWaitTimeout,
+}
+
 impl DbFailure {
     pub fn at_statement(mut self, index: usize) -> DbFailure {
         self.statement = Some(index);
         self
+    }
+
+    pub fn conflict(&self) -> Option<Conflict> {
+        if self.mysql_code == mysql_codes::DEADLOCK
+            || self.sqlstate == mysql_codes::SERIALIZATION_FAILURE_STATE
+        {
+            Some(Conflict::Deadlock)
+        } else if self.mysql_code == mysql_codes::LOCK_WAIT_TIMEOUT {
+            Some(Conflict::LockWaitTimeout)
+        } else {
+            None
+        }
     }
 }
 
@@ -145,6 +184,25 @@ pub enum AbortReason {
     CommitFailed,
     /// Open longer than `max_tx_duration_ms`; a statement still running was killed.
     MaxDuration,
+}
+
+impl AbortReason {
+    /// What `error`, met inside an open interactive transaction, does to it: `None` when the
+    /// transaction stays open (an ordinary SQL error, as in MySQL), else why it is over.
+    pub fn caused_by(error: &DbError) -> Option<AbortReason> {
+        match error {
+            DbError::Server(failure) => failure.conflict().map(|conflict| match conflict {
+                Conflict::Deadlock => AbortReason::Deadlock,
+                Conflict::LockWaitTimeout => AbortReason::DbLockWaitTimeout,
+            }),
+            DbError::ConnectionLost(_) | DbError::Unavailable(_) => {
+                Some(AbortReason::ConnectionLost)
+            }
+            DbError::TransactionEnded => Some(AbortReason::EndedByStatement),
+            DbError::DeadlineExceeded => Some(AbortReason::MaxDuration),
+            DbError::Rejected(_) => None,
+        }
+    }
 }
 
 impl fmt::Display for AbortReason {
@@ -208,9 +266,43 @@ pub enum BrokerError {
     Internal(String),
 }
 
+/// What carried the commit whose connection was lost, for the `commit_unknown` message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitCarrier {
+    /// A `COMMIT` statement.
+    Commit,
+    /// A statement run alone in autocommit mode, which is its own commit.
+    AutocommitStatement,
+}
+
 impl BrokerError {
     pub fn bad_request(message: impl Into<String>) -> BrokerError {
         BrokerError::BadRequest(message.into())
+    }
+
+    /// The answer for `error` met while a commit was in flight: the connection was lost or the
+    /// operation killed at the deadline (`commit_unknown`), or `Err(error)` back when the
+    /// database answered and so the outcome is known.
+    pub fn commit_unknown(error: DbError, carrier: CommitCarrier) -> Result<BrokerError, DbError> {
+        let cause = match error {
+            DbError::ConnectionLost(message) => message,
+            DbError::DeadlineExceeded => match carrier {
+                CommitCarrier::Commit => {
+                    "COMMIT was still running at max_tx_duration_ms and was killed".to_string()
+                }
+                CommitCarrier::AutocommitStatement => {
+                    "the statement was still running at max_tx_duration_ms and was killed"
+                        .to_string()
+                }
+            },
+            known => return Err(known),
+        };
+        Ok(BrokerError::CommitUnknown(match carrier {
+            CommitCarrier::Commit => cause,
+            CommitCarrier::AutocommitStatement => format!(
+                "{cause}; the statement ran as its own autocommit transaction, so it may have committed"
+            ),
+        }))
     }
 
     pub fn code(&self) -> ErrorCode {
@@ -245,6 +337,47 @@ impl BrokerError {
             | BrokerError::Deadlock(failure)
             | BrokerError::DbLockTimeout(failure) => Some(failure),
             _ => None,
+        }
+    }
+}
+
+impl From<DbError> for BrokerError {
+    fn from(error: DbError) -> BrokerError {
+        match error {
+            DbError::Server(failure) => match failure.conflict() {
+                Some(Conflict::Deadlock) => BrokerError::Deadlock(failure),
+                Some(Conflict::LockWaitTimeout) => BrokerError::DbLockTimeout(failure),
+                None => BrokerError::Sql(failure),
+            },
+            DbError::Unavailable(message) | DbError::ConnectionLost(message) => {
+                BrokerError::DbUnavailable(message)
+            }
+            DbError::Rejected(message) => BrokerError::BadRequest(message),
+            DbError::DeadlineExceeded => BrokerError::TxAborted(AbortReason::MaxDuration),
+            DbError::TransactionEnded => BrokerError::BadRequest(
+                "the statement ended the transaction on the database; it was rolled back where possible"
+                    .into(),
+            ),
+        }
+    }
+}
+
+impl From<LockFailure> for BrokerError {
+    fn from(failure: LockFailure) -> BrokerError {
+        match failure {
+            LockFailure::Timeout { key, waited_ms } => BrokerError::LockTimeout { key, waited_ms },
+            LockFailure::Conflict { key } => BrokerError::LockConflict { key },
+            LockFailure::Cancelled => BrokerError::Internal("the lock wait was cancelled".into()),
+        }
+    }
+}
+
+impl From<&LockFailure> for AbortReason {
+    fn from(failure: &LockFailure) -> AbortReason {
+        match failure {
+            LockFailure::Conflict { key } => AbortReason::LockConflict { key: key.clone() },
+            LockFailure::Timeout { key, .. } => AbortReason::LockTimeout { key: key.clone() },
+            LockFailure::Cancelled => AbortReason::ConnectionLost,
         }
     }
 }

@@ -6,9 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// The last session id handed out; ids are shared by TCP and embedded sessions because
-    /// they are the sessions' owner ids in the lock table.
-    last_session_id: AtomicU64,
     sessions: AtomicU64,
     transactions_committed: AtomicU64,
     transactions_rolled_back: AtomicU64,
@@ -27,10 +24,8 @@ pub struct MetricsSnapshot {
 }
 
 impl Metrics {
-    /// Counts a new session and returns its id.
-    pub fn session_started(&self) -> u64 {
+    pub fn session_started(&self) {
         self.sessions.fetch_add(1, Ordering::Relaxed);
-        self.last_session_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     pub fn session_ended(&self) {

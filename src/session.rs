@@ -1,8 +1,9 @@
 //! A session is an actor, one per TCP client. It owns the client's socket (a framed reader
-//! feeding it requests and a framed writer for its answers) and a `SessionEngine`, which owns
-//! the session's one database connection and its transaction. It talks to the lock
-//! coordinator (through the engine, and directly to cancel a wait when its client vanishes)
-//! and to the acceptor (which started it and tells it to drain or close).
+//! feeding it requests and a writer task for its answers) and a `SessionEngine`, which owns
+//! the session's one database connection, its transaction and its keys. It talks to the
+//! acceptor (which started it and tells it to drain or close); it reaches the lock
+//! coordinator only through its engine, whose `LockClient` cancels a wait for keys when the
+//! client vanishes and releases every key when the engine is dropped.
 //!
 //! Requests are handled strictly one at a time and answered in the order they arrived: the
 //! engine is moved into the future of the request in flight and put back when it is done,
@@ -13,18 +14,17 @@
 //! the reader waits for a permit before reading the next frame, so a client that floods the
 //! socket is slowed by TCP instead of filling memory.
 //!
-//! **Invariant:** when the actor stops, for whatever reason, it asks the coordinator to
-//! release every key of its owner id, so no key outlives its session.
+//! **Invariant:** when the actor stops, for whatever reason, its engine is closed or dropped,
+//! and with it the `LockClient` that releases every key, so no key outlives its session.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::BytesMut;
 use futures_util::SinkExt;
-use slog::{debug, info, o, Logger};
+use slog::{debug, info, Logger};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -35,7 +35,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::acceptor::{Acceptor, SessionEnded};
 use crate::config::Config;
-use crate::coordinator::{Coordinator, ReleaseAll};
 use crate::engine::SessionEngine;
 use crate::error::BrokerError;
 use crate::frame::{self, FrameCodec, FrameError};
@@ -67,10 +66,14 @@ enum Pending {
     Fatal(BrokerError),
 }
 
-/// The engine is either home or out serving a request.
+/// Where the session's engine is.
 enum EngineSlot {
+    /// Home: the next request may start.
     Ready(Box<SessionEngine>),
+    /// Out serving a request (or aborting a stale transaction); it comes back when done.
     Busy,
+    /// Taken by the closing session, which rolls back and stops; it never comes back.
+    Closing,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +84,7 @@ enum Auth {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
+enum SessionPhase {
     Serving,
     Draining,
     /// The session answers nothing more; it ends its transaction and stops.
@@ -103,23 +106,18 @@ pub struct Session {
     connection: Option<(TcpStream, Option<TlsAcceptor>)>,
     permits: Arc<Semaphore>,
     auth: Auth,
-    phase: Phase,
+    phase: SessionPhase,
     idle_timer: Option<SpawnHandle>,
     drain_waiters: Vec<oneshot::Sender<()>>,
-    coordinator: Addr<Coordinator>,
     acceptor: Addr<Acceptor>,
     client_gone: CancellationToken,
 }
 
 /// What a session needs from the broker besides its socket.
 pub struct SessionParts {
-    pub id: u64,
-    pub peer: SocketAddr,
     pub engine: SessionEngine,
     pub config: Arc<Config>,
-    pub coordinator: Addr<Coordinator>,
     pub acceptor: Addr<Acceptor>,
-    pub log: Logger,
     pub tls: Option<TlsAcceptor>,
 }
 
@@ -133,10 +131,8 @@ impl Session {
         let client_gone = parts.engine.cancellation();
         Session {
             client_gone,
-            id: parts.id,
-            log: parts
-                .log
-                .new(o!("session" => parts.id, "peer" => parts.peer.to_string())),
+            id: parts.engine.session_id(),
+            log: parts.engine.log().clone(),
             permits: Arc::new(Semaphore::new(parts.config.max_pipelined_requests)),
             config: parts.config,
             engine: EngineSlot::Ready(Box::new(parts.engine)),
@@ -145,10 +141,9 @@ impl Session {
             writer_task: None,
             connection: Some((stream, parts.tls)),
             auth,
-            phase: Phase::Serving,
+            phase: SessionPhase::Serving,
             idle_timer: None,
             drain_waiters: Vec::new(),
-            coordinator: parts.coordinator,
             acceptor: parts.acceptor,
         }
     }
@@ -190,15 +185,15 @@ impl Session {
 
     fn server_phase(&self) -> ServerPhase {
         match self.phase {
-            Phase::Serving => ServerPhase::Serving,
-            Phase::Draining | Phase::Closing => ServerPhase::Draining,
+            SessionPhase::Serving => ServerPhase::Serving,
+            SessionPhase::Draining | SessionPhase::Closing => ServerPhase::Draining,
         }
     }
 
     /// Starts the next request if the engine is home, answering what needs no engine.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         loop {
-            if self.phase == Phase::Closing {
+            if self.phase == SessionPhase::Closing {
                 self.finish(ctx);
                 return;
             }
@@ -216,7 +211,7 @@ impl Session {
                     );
                     info!(self.log, "request failed"; "code" => %error.code());
                     self.write(Response::failure(rejected.id, &error));
-                    self.phase = Phase::Closing;
+                    self.phase = SessionPhase::Closing;
                 }
                 Pending::Rejected(rejected, _permit) => {
                     info!(self.log, "request failed"; "code" => %rejected.error.code());
@@ -226,13 +221,13 @@ impl Session {
                 Pending::Fatal(error) => {
                     info!(self.log, "request failed"; "code" => %error.code());
                     self.write(Response::failure(None, &error));
-                    self.phase = Phase::Closing;
+                    self.phase = SessionPhase::Closing;
                 }
                 Pending::Request(frame, permit) => {
                     if let Err(error) = self.authenticate(&frame.request) {
                         info!(self.log, "request failed"; "op" => frame.request.op(), "code" => %error.code());
                         self.write(Response::failure(Some(frame.id), &error));
-                        self.phase = Phase::Closing;
+                        self.phase = SessionPhase::Closing;
                         continue;
                     }
                     self.start_request(frame, permit, ctx);
@@ -347,7 +342,7 @@ impl Session {
 
     /// The client is gone or must be dropped: end the transaction, then stop.
     fn close(&mut self, ctx: &mut Context<Self>) {
-        self.phase = Phase::Closing;
+        self.phase = SessionPhase::Closing;
         // Ends a wait for keys at once; the request then rolls back and comes home.
         self.client_gone.cancel();
         if let EngineSlot::Ready(_) = self.engine {
@@ -356,7 +351,8 @@ impl Session {
     }
 
     fn finish(&mut self, ctx: &mut Context<Self>) {
-        let EngineSlot::Ready(mut engine) = std::mem::replace(&mut self.engine, EngineSlot::Busy)
+        let EngineSlot::Ready(mut engine) =
+            std::mem::replace(&mut self.engine, EngineSlot::Closing)
         else {
             return;
         };
@@ -414,7 +410,6 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        self.coordinator.do_send(ReleaseAll { owner: self.id });
         self.acceptor.do_send(SessionEnded { id: self.id });
         info!(self.log, "session end");
     }
@@ -422,7 +417,7 @@ impl Actor for Session {
 
 impl StreamHandler<Incoming> for Session {
     fn handle(&mut self, (item, permit): Incoming, ctx: &mut Context<Self>) {
-        if self.phase == Phase::Closing {
+        if self.phase == SessionPhase::Closing {
             return;
         }
         match item {
@@ -538,8 +533,8 @@ impl Handler<Drain> for Session {
     type Result = ();
 
     fn handle(&mut self, message: Drain, ctx: &mut Context<Self>) {
-        if self.phase == Phase::Serving {
-            self.phase = Phase::Draining;
+        if self.phase == SessionPhase::Serving {
+            self.phase = SessionPhase::Draining;
         }
         self.drain_waiters.push(message.at_boundary);
         if self.pending.is_empty() {
@@ -562,6 +557,7 @@ impl Handler<Close> for Session {
         match self.engine {
             EngineSlot::Busy => ctx.stop(),
             EngineSlot::Ready(_) => self.close(ctx),
+            EngineSlot::Closing => {}
         }
     }
 }

@@ -10,6 +10,8 @@
 //! the server's in-transaction status flag after every statement, which catches whatever
 //! slips past this list.
 
+use crate::txn::TxMode;
+
 /// Why a statement is refused, for the `bad_request` message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -44,15 +46,15 @@ const TRANSACTION_VARIABLES: [&str; 7] = [
     "completion_type",
 ];
 
-/// Checks `sql`, to be run inside a transaction when `in_transaction`, else in autocommit mode.
-pub fn check(sql: &str, in_transaction: bool) -> Result<(), Refusal> {
+/// Checks `sql`, to be run in `mode`.
+pub fn check(sql: &str, mode: TxMode) -> Result<(), Refusal> {
     let mut next_words = words(sql).map(|(word, _)| word);
     let Some(first) = next_words.next() else {
         return Ok(());
     };
     let control = |what| Err(Refusal::TransactionControl(what));
     let implicit = |what| {
-        if in_transaction {
+        if mode == TxMode::InTransaction {
             Err(Refusal::ImplicitCommit(what))
         } else {
             Ok(())
@@ -72,7 +74,7 @@ pub fn check(sql: &str, in_transaction: bool) -> Result<(), Refusal> {
         // a `for` word is checked; a false alarm only refuses an odd statement.
         "set" if next_words.next().as_deref() == Some("statement") => words_after(sql, "for")
             .into_iter()
-            .try_for_each(|rest| check(rest, in_transaction)),
+            .try_for_each(|rest| check(rest, mode)),
         "set" => {
             if words(sql).any(|(word, _)| TRANSACTION_VARIABLES.contains(&word.as_str())) {
                 control("setting transaction variables")
@@ -158,11 +160,14 @@ mod tests {
 
     type Expected = Option<fn(&'static str) -> Refusal>;
 
-    fn check_all(cases: &[(&str, bool, Expected)]) {
-        for (sql, in_transaction, want) in cases {
-            let got = check(sql, *in_transaction);
+    const IN_TX: TxMode = TxMode::InTransaction;
+    const AUTOCOMMIT: TxMode = TxMode::Autocommit;
+
+    fn check_all(cases: &[(&str, TxMode, Expected)]) {
+        for (sql, mode, want) in cases {
+            let got = check(sql, *mode);
             match want {
-                None => assert_eq!(got, Ok(()), "{sql:?} in_transaction={in_transaction}"),
+                None => assert_eq!(got, Ok(()), "{sql:?} in {mode:?}"),
                 Some(kind) => {
                     let refusal = got.expect_err(sql);
                     assert_eq!(
@@ -199,8 +204,8 @@ mod tests {
             "set statement x='for select' for commit",
             "UNLOCK TABLES",
         ] {
-            cases.push((sql, true, control));
-            cases.push((sql, false, control));
+            cases.push((sql, IN_TX, control));
+            cases.push((sql, AUTOCOMMIT, control));
         }
         check_all(&cases);
     }
@@ -219,8 +224,8 @@ mod tests {
             "ANALYZE TABLE t",
             "SET STATEMENT max_statement_time=1 FOR CREATE TABLE x (id INT)",
         ] {
-            cases.push((sql, true, implicit));
-            cases.push((sql, false, None));
+            cases.push((sql, IN_TX, implicit));
+            cases.push((sql, AUTOCOMMIT, None));
         }
         check_all(&cases);
     }
@@ -270,8 +275,8 @@ mod tests {
             "",
             "(SELECT 1)",
         ] {
-            cases.push((sql, true, None));
-            cases.push((sql, false, None));
+            cases.push((sql, IN_TX, None));
+            cases.push((sql, AUTOCOMMIT, None));
         }
         check_all(&cases);
     }

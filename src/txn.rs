@@ -17,6 +17,13 @@ pub enum TxState {
     Aborted(AbortReason),
 }
 
+/// Whether a statement is meant to run inside the open transaction or on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxMode {
+    InTransaction,
+    Autocommit,
+}
+
 /// Whether the server is draining for shutdown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServerPhase {

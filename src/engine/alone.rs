@@ -1,0 +1,69 @@
+//! A statement run alone in autocommit mode, as its own transaction: `exec` outside a
+//! transaction, and the one-write `tx` (`TxShape::SingleWrite`). Both set the isolation level
+//! first and both replace a connection found dead before the statement was sent on it.
+
+use std::time::Duration;
+
+use super::SessionEngine;
+use crate::db::DbError;
+use crate::error::{BrokerError, CommitCarrier};
+use crate::protocol::{Isolation, QueryResult, Reply, Statement};
+use crate::sql_guard;
+use crate::txn::TxMode;
+
+/// A statement that carries its own commit (an autocommit `exec`, a one-write `tx`) pings its
+/// connection first when it has been idle this long: a connection that died unnoticed would
+/// otherwise turn a statement that never ran into `commit_unknown`. Under load a session's gap
+/// between requests is a few milliseconds and never pays the round trip.
+pub(super) const AUTOCOMMIT_PING_AFTER: Duration = Duration::from_millis(50);
+
+impl SessionEngine {
+    pub(super) async fn exec_autocommit(
+        &mut self,
+        statement: &Statement,
+    ) -> Result<Reply, BrokerError> {
+        sql_guard::check(&statement.sql, TxMode::Autocommit)
+            .map_err(|refusal| BrokerError::BadRequest(refusal.message()))?;
+        self.db.ensure_live(AUTOCOMMIT_PING_AFTER).await?;
+        match self.execute_alone(statement, None).await {
+            Ok(result) => Ok(Reply::Exec { result }),
+            // An autocommit statement is its own commit: if the connection died under it,
+            // nobody knows whether it took effect.
+            Err(error) => Err(BrokerError::commit_unknown(
+                error,
+                CommitCarrier::AutocommitStatement,
+            )
+            .unwrap_or_else(BrokerError::from)),
+        }
+    }
+
+    /// Runs `statement` alone in autocommit mode at `isolation` (`None`: the configured
+    /// default). A connection found dead before the statement was sent on it is replaced once.
+    pub(super) async fn execute_alone(
+        &mut self,
+        statement: &Statement,
+        isolation: Option<Isolation>,
+    ) -> Result<QueryResult, DbError> {
+        match self.try_execute_alone(statement, isolation).await {
+            Err(DbError::Unavailable(_)) => {
+                self.db.ensure_connected().await?;
+                self.try_execute_alone(statement, isolation).await
+            }
+            outcome => outcome,
+        }
+    }
+
+    async fn try_execute_alone(
+        &mut self,
+        statement: &Statement,
+        isolation: Option<Isolation>,
+    ) -> Result<QueryResult, DbError> {
+        match self.db.set_isolation(isolation).await {
+            // The statement itself was not sent.
+            Err(DbError::ConnectionLost(message)) => return Err(DbError::Unavailable(message)),
+            Err(error) => return Err(error),
+            Ok(()) => {}
+        }
+        self.db.execute(statement, TxMode::Autocommit).await
+    }
+}

@@ -1,0 +1,85 @@
+//! Interactive transactions: `begin`, `exec` inside the open transaction, `lock`, `commit`
+//! and `rollback`. Nothing here is retried: a conflict the database reports, a lock the
+//! coordinator refuses or a lost connection aborts the transaction, and the session answers
+//! `tx_aborted` until its client acknowledges with `rollback`.
+
+use super::ending::TxEnd;
+use super::tx::TxShape;
+use super::SessionEngine;
+use crate::db::DbError;
+use crate::error::{AbortReason, BrokerError, CommitCarrier};
+use crate::locks::LockRequest;
+use crate::protocol::{Reply, Statement, TxOptions};
+use crate::sql_guard;
+use crate::txn::{TxMode, TxState};
+
+impl SessionEngine {
+    pub(super) async fn begin(&mut self, options: TxOptions) -> Result<(), BrokerError> {
+        self.start_transaction(&options, TxShape::Explicit).await?;
+        self.state = TxState::Active;
+        Ok(())
+    }
+
+    pub(super) async fn exec_in_transaction(
+        &mut self,
+        statement: &Statement,
+    ) -> Result<Reply, BrokerError> {
+        sql_guard::check(&statement.sql, TxMode::InTransaction)
+            .map_err(|refusal| BrokerError::BadRequest(refusal.message()))?;
+        let error = match self.db.execute(statement, TxMode::InTransaction).await {
+            Ok(result) => return Ok(Reply::Exec { result }),
+            Err(error) => error,
+        };
+        // A plain SQL error leaves the transaction open, as MySQL does.
+        let Some(reason) = AbortReason::caused_by(&error) else {
+            return Err(BrokerError::from(error));
+        };
+        self.end_transaction(TxEnd::Aborted(reason.clone())).await;
+        Err(match error {
+            DbError::TransactionEnded | DbError::DeadlineExceeded => BrokerError::TxAborted(reason),
+            other => BrokerError::from(other),
+        })
+    }
+
+    pub(super) async fn lock(&mut self, keys: LockRequest) -> Result<(), BrokerError> {
+        let failure = match self.keys.acquire(keys).await {
+            Ok(()) => return Ok(()),
+            Err(failure) => failure,
+        };
+        self.end_transaction(TxEnd::Aborted(AbortReason::from(&failure)))
+            .await;
+        Err(BrokerError::from(failure))
+    }
+
+    pub(super) async fn commit(&mut self) -> Result<(), BrokerError> {
+        let error = match self.db.commit().await {
+            Ok(()) => {
+                self.end_transaction(TxEnd::Committed).await;
+                return Ok(());
+            }
+            Err(error) => error,
+        };
+        match BrokerError::commit_unknown(error, CommitCarrier::Commit) {
+            Ok(unknown) => {
+                self.end_transaction(TxEnd::CommitUnknown).await;
+                Err(unknown)
+            }
+            Err(error) => {
+                let reason = AbortReason::caused_by(&error).unwrap_or(AbortReason::CommitFailed);
+                self.end_transaction(TxEnd::Aborted(reason)).await;
+                Err(BrokerError::from(error))
+            }
+        }
+    }
+
+    /// Rolls back an open transaction; in the aborted state it is the client's
+    /// acknowledgement, and with nothing open it does nothing: `rollback` always succeeds.
+    pub(super) async fn rollback(&mut self) -> Result<(), BrokerError> {
+        match self.state {
+            TxState::Active => self.end_transaction(TxEnd::RolledBack).await,
+            TxState::Aborted(_) => self.state = TxState::Idle,
+            TxState::Idle => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,249 @@
+//! The `tx` op: a whole transaction in one request. Its keys are taken (`start.rs`), its
+//! statements run, it commits, and a conflict the database reports (1213, 1205, SQLSTATE
+//! 40001) runs it again, keeping the keys, up to its retries.
+
+use std::time::Duration;
+
+use rand::Rng;
+use slog::debug;
+
+use super::ending::TxEnd;
+use super::SessionEngine;
+use crate::config::Config;
+use crate::db::DbError;
+use crate::error::{BrokerError, CommitCarrier};
+use crate::protocol::{QueryResult, Reply, Statement, TxRequest};
+use crate::sql_guard;
+use crate::txn::TxMode;
+
+/// Longest pause between two attempts of a `tx`; retries hold the keys, so keep it short.
+const MAX_RETRY_BACKOFF: Duration = Duration::from_millis(20);
+
+/// How a `tx` reaches the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum TxShape {
+    /// `START TRANSACTION`, the statements, `COMMIT`: protocol step 2.
+    Explicit,
+    /// One `INSERT`, `UPDATE`, `DELETE` or `REPLACE`, run alone in autocommit mode. InnoDB
+    /// makes a single statement atomic and durable by itself, so this is the same transaction
+    /// in one round trip instead of three. A connection lost while it runs leaves its outcome
+    /// unknown (`commit_unknown`, where the explicit shape could say `db_unavailable`), which
+    /// is why `single_write_autocommit = false` turns it off.
+    SingleWrite,
+}
+
+impl TxShape {
+    fn of(tx: &TxRequest, config: &Config) -> TxShape {
+        match tx.statements.as_slice() {
+            [only]
+                if config.single_write_autocommit
+                    && !tx.options.read_only
+                    && sql_guard::is_single_data_change(&only.sql) =>
+            {
+                TxShape::SingleWrite
+            }
+            _ => TxShape::Explicit,
+        }
+    }
+}
+
+/// A statement of a `tx` that failed, and where.
+struct TxFailure {
+    /// The failing statement's index, when a statement failed (not `COMMIT`).
+    statement: Option<usize>,
+    error: DbError,
+}
+
+impl TxFailure {
+    fn into_answer(self) -> BrokerError {
+        let error = match (self.statement, self.error) {
+            (Some(index), DbError::Server(failure)) => DbError::Server(failure.at_statement(index)),
+            (_, error) => error,
+        };
+        BrokerError::from(error)
+    }
+}
+
+impl SessionEngine {
+    pub(super) async fn run_tx(&mut self, tx: TxRequest) -> Result<Reply, BrokerError> {
+        for (index, statement) in tx.statements.iter().enumerate() {
+            sql_guard::check(&statement.sql, TxMode::InTransaction).map_err(|refusal| {
+                BrokerError::BadRequest(format!("statements[{index}]: {}", refusal.message()))
+            })?;
+        }
+        let retries = tx.retries.unwrap_or(self.config.default_retries);
+        let shape = TxShape::of(&tx, &self.config);
+        self.start_transaction(&tx.options, shape).await?;
+        let mut attempts: u32 = 0;
+        loop {
+            attempts += 1;
+            let attempt = match shape {
+                TxShape::Explicit => self.attempt_explicit(&tx.statements).await,
+                TxShape::SingleWrite => self.attempt_single_write(&tx).await,
+            };
+            let failure = match attempt {
+                Ok(results) => {
+                    self.end_transaction(TxEnd::Committed).await;
+                    return Ok(Reply::Tx { results, attempts });
+                }
+                Err(AttemptFailure::CommitUnknown(answer)) => {
+                    self.end_transaction(TxEnd::CommitUnknown).await;
+                    return Err(answer);
+                }
+                Err(AttemptFailure::Failed(failure)) => failure,
+            };
+            if !self
+                .retry_after_conflict(&failure.error, attempts, retries)
+                .await
+            {
+                self.end_transaction(TxEnd::RolledBack).await;
+                return Err(failure.into_answer());
+            }
+            if shape == TxShape::Explicit {
+                if let Err(error) = self
+                    .db
+                    .begin(tx.options.isolation, tx.options.read_only)
+                    .await
+                {
+                    self.end_transaction(TxEnd::RolledBack).await;
+                    return Err(BrokerError::from(error));
+                }
+            }
+        }
+    }
+
+    /// The statements, then `COMMIT`, in the transaction `start_transaction` began.
+    async fn attempt_explicit(
+        &mut self,
+        statements: &[Statement],
+    ) -> Result<Vec<QueryResult>, AttemptFailure> {
+        let mut results = Vec::with_capacity(statements.len());
+        for (index, statement) in statements.iter().enumerate() {
+            let result = self
+                .db
+                .execute(statement, TxMode::InTransaction)
+                .await
+                .map_err(|error| {
+                    AttemptFailure::Failed(TxFailure {
+                        statement: Some(index),
+                        error,
+                    })
+                })?;
+            results.push(result);
+        }
+        match self.db.commit().await {
+            Ok(()) => Ok(results),
+            Err(error) => Err(AttemptFailure::of_commit(
+                error,
+                CommitCarrier::Commit,
+                None,
+            )),
+        }
+    }
+
+    /// The one statement, alone in autocommit mode: its own commit.
+    async fn attempt_single_write(
+        &mut self,
+        tx: &TxRequest,
+    ) -> Result<Vec<QueryResult>, AttemptFailure> {
+        match self
+            .execute_alone(&tx.statements[0], tx.options.isolation)
+            .await
+        {
+            Ok(result) => Ok(vec![result]),
+            Err(error) => Err(AttemptFailure::of_commit(
+                error,
+                CommitCarrier::AutocommitStatement,
+                Some(0),
+            )),
+        }
+    }
+
+    /// When the `tx` may run again after `error`: rolls back, waits the back-off and says so.
+    /// The keys stay held across the retry.
+    async fn retry_after_conflict(&mut self, error: &DbError, attempts: u32, retries: u32) -> bool {
+        let retry = error.conflict().is_some() && attempts <= retries && self.db.is_connected();
+        if retry {
+            // 1205 leaves the transaction open and 1213 may too on other engines.
+            if self.db.rollback().await.is_err() {
+                return false;
+            }
+            self.metrics.retried();
+            debug!(self.log, "tx retry"; "attempt" => attempts, "error" => %error);
+            tokio::time::sleep(retry_backoff(attempts)).await;
+        }
+        retry
+    }
+}
+
+/// Why an attempt of a `tx` did not commit.
+enum AttemptFailure {
+    /// It did not commit: the database said so, or nothing was sent that could have.
+    Failed(TxFailure),
+    /// The connection was lost while its commit was in flight.
+    CommitUnknown(BrokerError),
+}
+
+impl AttemptFailure {
+    fn of_commit(error: DbError, carrier: CommitCarrier, statement: Option<usize>) -> Self {
+        match BrokerError::commit_unknown(error, carrier) {
+            Ok(unknown) => AttemptFailure::CommitUnknown(unknown),
+            Err(error) => AttemptFailure::Failed(TxFailure { statement, error }),
+        }
+    }
+}
+
+/// A random pause in [cap/2, cap], with cap doubling per attempt up to `MAX_RETRY_BACKOFF`,
+/// so that transactions that collided once do not collide again in step.
+fn retry_backoff(attempt: u32) -> Duration {
+    let cap = Duration::from_millis(1u64 << attempt.min(5)).min(MAX_RETRY_BACKOFF);
+    let micros = cap.as_micros() as u64;
+    Duration::from_micros(rand::thread_rng().gen_range(micros / 2..=micros))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::TxOptions;
+
+    fn tx(statements: &[&str], read_only: bool) -> TxRequest {
+        TxRequest {
+            statements: statements
+                .iter()
+                .map(|sql| Statement::new(*sql, Vec::new()))
+                .collect(),
+            options: TxOptions {
+                read_only,
+                ..TxOptions::default()
+            },
+            retries: None,
+        }
+    }
+
+    #[test]
+    fn only_a_lone_data_change_skips_start_transaction() {
+        let on = Config::default();
+        let off = Config {
+            single_write_autocommit: false,
+            ..Config::default()
+        };
+        let update = "UPDATE t SET v = 1 WHERE id = 1";
+        assert_eq!(
+            TxShape::of(&tx(&[update], false), &on),
+            TxShape::SingleWrite
+        );
+        assert_eq!(TxShape::of(&tx(&[update], false), &off), TxShape::Explicit);
+        assert_eq!(TxShape::of(&tx(&[update], true), &on), TxShape::Explicit);
+        assert_eq!(
+            TxShape::of(&tx(&[update, update], false), &on),
+            TxShape::Explicit
+        );
+        for single in ["SELECT v FROM t", "CALL p()", "SELECT v FROM t FOR UPDATE"] {
+            assert_eq!(
+                TxShape::of(&tx(&[single], false), &on),
+                TxShape::Explicit,
+                "{single}"
+            );
+        }
+    }
+}
