@@ -171,7 +171,8 @@ impl Client {
             let mut reader = FramedRead::new(read_half, FrameCodec::new(MAX_RESPONSE_BYTES));
             while let Some(frame) = reader.next().await {
                 let answer = match frame {
-                    Ok(body) => Response::decode(&body).map_err(ClientError::Protocol),
+                    Ok(body) => Response::decode(&body)
+                        .map_err(|error| ClientError::Protocol(error.to_string())),
                     Err(error) => Err(ClientError::Protocol(error.to_string())),
                 };
                 // Answers come in request order; one that arrives before any request (a
