@@ -124,6 +124,7 @@ impl BrokerBuilder {
         check_database(&database, &log).await;
 
         let lock_wait_timeout = config.lock_wait_timeout();
+        let max_group_size = config.max_group_size;
         let mut arbiters: Vec<Arbiter> = match listener {
             Some(_) => (0..config.session_thread_count())
                 .map(|_| Arbiter::new())
@@ -144,7 +145,7 @@ impl BrokerBuilder {
             }
         };
         let coordinator = Coordinator::start_in_arbiter(&coordinator_home, move |_| {
-            Coordinator::new(lock_wait_timeout)
+            Coordinator::new(lock_wait_timeout, max_group_size)
         });
         let sessions = SessionFactory::new(
             config.clone(),

@@ -126,6 +126,11 @@ pub struct Config {
     pub innodb_lock_wait_timeout_s: u64,
     /// Whether a `tx` of one INSERT, UPDATE, DELETE or REPLACE runs as one autocommit statement.
     pub single_write_autocommit: bool,
+    /// Whether keys pass to the next waiter as soon as `COMMIT` is sent (protocol 1.1).
+    pub handover_at_commit: bool,
+    /// Most requests in one group (its leader included) run in one database transaction;
+    /// 0 or 1 turns group execution off.
+    pub max_group_size: usize,
     /// Log level: `error`, `warning`, `info`, `debug` or `trace`.
     pub log_level: String,
 }
@@ -156,6 +161,8 @@ impl Default for Config {
             max_sql_bytes: 1024 * 1024,
             innodb_lock_wait_timeout_s: 10,
             single_write_autocommit: true,
+            handover_at_commit: true,
+            max_group_size: 16,
             log_level: "info".to_string(),
         }
     }

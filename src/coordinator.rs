@@ -1,22 +1,33 @@
-//! The lock coordinator is an actor; it owns the broker's one `LockTable` and the reply
-//! channels of the requests waiting in it, and it alone enforces `lock_wait_timeout_ms`.
+//! The lock coordinator is an actor; it owns the broker's one `LockTable`, the reply channels
+//! of the requests waiting in it, the inboxes of open groups and the watches of handed-over
+//! commits that have not settled, and it alone enforces `lock_wait_timeout_ms`.
 //!
-//! Sessions talk to it through a `LockClient`: `Acquire` carries a oneshot sender that the
-//! coordinator completes when every key is granted, when the wait times out, or when the
-//! wait is cancelled. Replies go straight to the waiting session's future, so a grant costs
-//! one message in and one wake-up out, and the coordinator never blocks on anyone.
+//! Sessions talk to it through their `keys::LockClient`: `Acquire` carries a oneshot sender
+//! that the coordinator completes with an `Admission` when every key is granted (or the
+//! request joined a group), or with a `LockFailure` when the wait times out or is cancelled.
+//! Replies go straight to the waiting session's future, so a grant costs one message in and
+//! one wake-up out, and the coordinator never blocks on anyone.
 //!
 //! **Invariant:** every reply channel in `waiters` belongs to an owner that is waiting in
 //! the table, and every waiting owner has exactly one reply channel and one timer.
+//!
+//! **Invariant:** `inboxes` holds a sender exactly for the owners whose group is open in the
+//! table; closing, handing over or releasing drops it, so a leader reading its inbox sees the
+//! end of its members once no more can join.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message, SpawnHandle};
-use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, SpawnHandle};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::locks::{AcquireOutcome, LockRequest, LockStats, LockTable, OwnerId};
+use crate::error::BrokerError;
+use crate::locks::{
+    AcquireOutcome, CommitTicket, Completed, Completion, Grant, Grouping, LockRequest, LockStats,
+    LockTable, OwnerId,
+};
+use crate::protocol::{Reply, TxRequest};
 
 /// Why keys were not granted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,40 +38,162 @@ pub enum LockFailure {
     Conflict { key: String },
     /// The wait was cancelled (the session is going away), or the coordinator is gone.
     Cancelled,
+    /// The request joined a group whose leader had just gone away; nothing of it ran, and it
+    /// holds nothing: ask again.
+    GroupGone,
 }
 
-type Reply = oneshot::Sender<Result<(), LockFailure>>;
+/// How a handed-over commit ended, as far as a successor's reads care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settlement {
+    /// `COMMIT` answered: its effects are visible to any read that starts now.
+    Committed,
+    /// It did not commit: it rolled back, and nothing of it will ever be visible.
+    RolledBack,
+    /// The outcome is unknown, but the connection is gone from the server: whatever it did
+    /// is settled there, one way or the other.
+    ConnectionGone,
+}
+
+/// The watch a handed-over commit publishes its settlement on; `None` until then.
+pub type CommitWatch = watch::Receiver<Option<Settlement>>;
+
+/// What statements that read without locking must wait for: the handed-over commits that had
+/// not settled when this session's keys were granted.
+#[derive(Debug, Default)]
+pub struct ReadGate {
+    pending: Vec<CommitWatch>,
+}
+
+impl ReadGate {
+    /// Whether a read may go ahead at once.
+    pub fn is_open(&self) -> bool {
+        self.pending
+            .iter()
+            .all(|watch| watch.borrow().is_some() || !watch.has_changed().is_ok())
+    }
+
+    /// Adds the commits of a later grant (a `lock` extension).
+    pub fn extend(&mut self, other: ReadGate) {
+        self.pending.extend(other.pending);
+    }
+
+    /// Waits until every commit has settled. A watch whose sender is gone without a
+    /// settlement counts as settled: its session settles it before letting go (see
+    /// `keys::CommitGate`), so that only happens when the whole broker is stopping.
+    pub async fn wait(&mut self) {
+        for watch in &mut self.pending {
+            let _ = watch.wait_for(Option::is_some).await;
+        }
+        self.pending.clear();
+    }
+}
+
+/// A request that joined a group, as its leader receives it.
+pub struct Member {
+    pub tx: Arc<TxRequest>,
+    /// Where the leader sends the request's answer once the group's commit has answered.
+    pub outcome: oneshot::Sender<Result<Reply, BrokerError>>,
+}
+
+/// How a request was admitted.
+pub enum Admission {
+    /// Every key is held; the session runs its transaction. `group` is the inbox of members
+    /// when it leads a group.
+    Granted {
+        read_gate: ReadGate,
+        group: Option<mpsc::UnboundedReceiver<Member>>,
+    },
+    /// The request joined a group; its leader runs it and answers here.
+    Joined(oneshot::Receiver<Result<Reply, BrokerError>>),
+}
+
+type AdmissionReply = oneshot::Sender<Result<Admission, LockFailure>>;
 
 struct Waiter {
-    reply: Reply,
+    reply: AdmissionReply,
     timer: SpawnHandle,
+    /// The request itself, for a leader to run, when it may be grouped.
+    member: Option<Arc<TxRequest>>,
 }
 
 pub struct Coordinator {
     table: LockTable,
     waiters: HashMap<OwnerId, Waiter>,
+    inboxes: HashMap<OwnerId, mpsc::UnboundedSender<Member>>,
+    commits: HashMap<CommitTicket, CommitWatch>,
     lock_wait_timeout: Duration,
     lock_timeouts: u64,
 }
 
 impl Coordinator {
-    pub fn new(lock_wait_timeout: Duration) -> Coordinator {
+    /// `max_group_size` 0 or 1 turns group execution off.
+    pub fn new(lock_wait_timeout: Duration, max_group_size: usize) -> Coordinator {
         Coordinator {
-            table: LockTable::new(),
+            table: LockTable::with_max_group_size(max_group_size),
             waiters: HashMap::new(),
+            inboxes: HashMap::new(),
+            commits: HashMap::new(),
             lock_wait_timeout,
             lock_timeouts: 0,
         }
     }
 
-    fn complete(&mut self, granted: Vec<OwnerId>, ctx: &mut Context<Self>) {
-        for owner in granted {
-            if let Some(waiter) = self.waiters.remove(&owner) {
-                ctx.cancel_future(waiter.timer);
-                // A session that stopped listening releases its keys itself when it stops.
-                let _ = waiter.reply.send(Ok(()));
+    fn complete(&mut self, completions: Vec<Completion>, ctx: &mut Context<Self>) {
+        for Completion { owner, completed } in completions {
+            let Some(waiter) = self.waiters.remove(&owner) else {
+                continue;
+            };
+            ctx.cancel_future(waiter.timer);
+            match completed {
+                Completed::Granted(grant) => {
+                    let admission = self.admit(owner, grant);
+                    // A session that stopped listening releases its keys itself when it stops.
+                    let _ = waiter.reply.send(Ok(admission));
+                }
+                Completed::Joined { leader } => {
+                    self.send_to_group(leader, waiter.member, waiter.reply)
+                }
             }
         }
+    }
+
+    /// What a granted owner is told: the commits its reads wait for, and its inbox if it
+    /// leads a group.
+    fn admit(&mut self, owner: OwnerId, grant: Grant) -> Admission {
+        let read_gate = ReadGate {
+            pending: grant
+                .read_after
+                .iter()
+                .filter_map(|ticket| self.commits.get(ticket).cloned())
+                .collect(),
+        };
+        let group = grant.leading.then(|| {
+            let (sender, inbox) = mpsc::unbounded_channel();
+            self.inboxes.insert(owner, sender);
+            inbox
+        });
+        Admission::Granted { read_gate, group }
+    }
+
+    fn send_to_group(
+        &mut self,
+        leader: OwnerId,
+        member: Option<Arc<TxRequest>>,
+        reply: AdmissionReply,
+    ) {
+        let (outcome, joined) = oneshot::channel();
+        let delivered = match (self.inboxes.get(&leader), member) {
+            (Some(inbox), Some(tx)) => inbox.send(Member { tx, outcome }).is_ok(),
+            _ => false,
+        };
+        let _ = reply.send(if delivered {
+            Ok(Admission::Joined(joined))
+        } else {
+            // The leader's session is gone and its release is on its way: the keys granted to
+            // it for this request go with it.
+            Err(LockFailure::GroupGone)
+        });
     }
 
     fn fail_waiter(&mut self, owner: OwnerId, failure: LockFailure, ctx: &mut Context<Self>) {
@@ -80,12 +213,12 @@ impl Coordinator {
             .unwrap_or_default()
             .to_string();
         self.lock_timeouts += 1;
-        let granted = self.table.release_all(owner);
+        let completions = self.table.release_all(owner);
         let _ = waiter.reply.send(Err(LockFailure::Timeout {
             key,
             waited_ms: self.lock_wait_timeout.as_millis() as u64,
         }));
-        self.complete(granted, ctx);
+        self.complete(completions, ctx);
     }
 }
 
@@ -93,13 +226,16 @@ impl Actor for Coordinator {
     type Context = Context<Self>;
 }
 
-/// Sender: a session's `LockClient`. Asks for `request`'s keys for `owner`.
+/// Sender: a session's `LockClient`. Asks for `request`'s keys for `owner`; `member` is the
+/// request itself when it may run in a group (`grouping` says of which class).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Acquire {
     pub owner: OwnerId,
     pub request: LockRequest,
-    pub reply: Reply,
+    pub grouping: Grouping,
+    pub member: Option<Arc<TxRequest>>,
+    pub reply: AdmissionReply,
 }
 
 impl Handler<Acquire> for Coordinator {
@@ -109,12 +245,16 @@ impl Handler<Acquire> for Coordinator {
         let Acquire {
             owner,
             request,
+            grouping,
+            member,
             reply,
         } = message;
-        match self.table.acquire(owner, request) {
-            AcquireOutcome::Granted => {
-                let _ = reply.send(Ok(()));
+        match self.table.acquire_as(owner, request, grouping) {
+            AcquireOutcome::Granted(grant) => {
+                let admission = self.admit(owner, grant);
+                let _ = reply.send(Ok(admission));
             }
+            AcquireOutcome::Joined { leader } => self.send_to_group(leader, member, reply),
             AcquireOutcome::Conflict { key } => {
                 let _ = reply.send(Err(LockFailure::Conflict { key }));
             }
@@ -122,14 +262,21 @@ impl Handler<Acquire> for Coordinator {
                 let timer = ctx.run_later(self.lock_wait_timeout, move |coordinator, ctx| {
                     coordinator.expire(owner, ctx)
                 });
-                self.waiters.insert(owner, Waiter { reply, timer });
+                self.waiters.insert(
+                    owner,
+                    Waiter {
+                        reply,
+                        timer,
+                        member,
+                    },
+                );
             }
         }
     }
 }
 
-/// Sender: a session's `LockClient`, when its transaction ends or the session stops.
-/// Releases every key of `owner` and drops its waiting request.
+/// Sender: a session's `LockClient`, when its transaction ends without a hand-over or the
+/// session stops. Releases every key of `owner` and drops its waiting request.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ReleaseAll {
@@ -141,14 +288,69 @@ impl Handler<ReleaseAll> for Coordinator {
 
     fn handle(&mut self, message: ReleaseAll, ctx: &mut Context<Self>) {
         self.fail_waiter(message.owner, LockFailure::Cancelled, ctx);
-        let granted = self.table.release_all(message.owner);
-        self.complete(granted, ctx);
+        self.inboxes.remove(&message.owner);
+        let completions = self.table.release_all(message.owner);
+        self.complete(completions, ctx);
     }
 }
 
-/// Sender: a session whose client went away while it waited for keys. Ends the wait
-/// (answered `Cancelled`) but keeps the keys held, which the session releases after its
-/// database rollback.
+/// Sender: a session's `LockClient`, once its transaction's statements all succeeded and it
+/// is about to send `COMMIT`. Passes `owner`'s keys on; successors' reads wait on `settled`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HandOver {
+    pub owner: OwnerId,
+    pub ticket: CommitTicket,
+    pub settled: CommitWatch,
+}
+
+impl Handler<HandOver> for Coordinator {
+    type Result = ();
+
+    fn handle(&mut self, message: HandOver, ctx: &mut Context<Self>) {
+        self.inboxes.remove(&message.owner);
+        self.commits.insert(message.ticket, message.settled);
+        let completions = self.table.hand_over(message.owner, message.ticket);
+        self.complete(completions, ctx);
+    }
+}
+
+/// Sender: the `CommitGate` of a handed-over commit, once it has settled.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Settled {
+    pub ticket: CommitTicket,
+}
+
+impl Handler<Settled> for Coordinator {
+    type Result = ();
+
+    fn handle(&mut self, message: Settled, _: &mut Context<Self>) {
+        self.commits.remove(&message.ticket);
+        self.table.settle(message.ticket);
+    }
+}
+
+/// Sender: a group's leader, when it has run the members it has and is about to commit.
+/// No one joins any more; dropping the inbox's sender ends the leader's reading.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseGroup {
+    pub owner: OwnerId,
+}
+
+impl Handler<CloseGroup> for Coordinator {
+    type Result = ();
+
+    fn handle(&mut self, message: CloseGroup, _: &mut Context<Self>) {
+        self.table.close_group(message.owner);
+        self.inboxes.remove(&message.owner);
+    }
+}
+
+/// Sender: a session's `LockClient` whose client went away while it waited for keys. Ends
+/// the wait (answered `Cancelled`) but keeps the keys held, which the session releases after
+/// its database rollback.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CancelWait {
@@ -163,8 +365,8 @@ impl Handler<CancelWait> for Coordinator {
             return;
         }
         self.fail_waiter(message.owner, LockFailure::Cancelled, ctx);
-        let granted = self.table.cancel_wait(message.owner);
-        self.complete(granted, ctx);
+        let completions = self.table.cancel_wait(message.owner);
+        self.complete(completions, ctx);
     }
 }
 
@@ -201,84 +403,5 @@ impl Handler<Stop> for Coordinator {
 
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
         ctx.stop();
-    }
-}
-
-/// Whether a session may hold keys right now; saves a message per keyless transaction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Holding {
-    Nothing,
-    MaybeKeys,
-}
-
-/// One session's handle on the coordinator: the owner id is the session's.
-pub struct LockClient {
-    coordinator: Addr<Coordinator>,
-    owner: OwnerId,
-    holding: Holding,
-    /// Cancelled by the session when its client has gone: no wait for keys may start or go on.
-    client_gone: CancellationToken,
-}
-
-impl LockClient {
-    pub fn new(coordinator: Addr<Coordinator>, owner: OwnerId) -> LockClient {
-        LockClient {
-            coordinator,
-            owner,
-            holding: Holding::Nothing,
-            client_gone: CancellationToken::new(),
-        }
-    }
-
-    pub fn owner(&self) -> OwnerId {
-        self.owner
-    }
-
-    /// A token that, once cancelled, ends any wait for keys and refuses new ones.
-    pub fn cancellation(&self) -> CancellationToken {
-        self.client_gone.clone()
-    }
-
-    /// Waits until every key of `request` is granted, or fails.
-    pub async fn acquire(&mut self, request: LockRequest) -> Result<(), LockFailure> {
-        if self.client_gone.is_cancelled() {
-            return Err(LockFailure::Cancelled);
-        }
-        let (reply, granted) = oneshot::channel();
-        self.holding = Holding::MaybeKeys;
-        self.coordinator.do_send(Acquire {
-            owner: self.owner,
-            request,
-            reply,
-        });
-        tokio::select! {
-            outcome = granted => outcome.unwrap_or(Err(LockFailure::Cancelled)),
-            () = self.client_gone.cancelled() => {
-                // A grant racing with this is fine: whatever was granted is released with
-                // the rest when the session ends.
-                self.coordinator.do_send(CancelWait { owner: self.owner });
-                Err(LockFailure::Cancelled)
-            }
-        }
-    }
-
-    /// Releases every key this session holds; does not wait.
-    pub fn release_all(&mut self) {
-        if self.holding == Holding::MaybeKeys {
-            self.coordinator.do_send(ReleaseAll { owner: self.owner });
-            self.holding = Holding::Nothing;
-        }
-    }
-
-    pub async fn stats(&self) -> Option<CoordinatorStats> {
-        self.coordinator.send(GetStats).await.ok()
-    }
-}
-
-/// Keys never outlive their client: a session dropped in the middle of a request (its future
-/// abandoned at shutdown, an embedded session dropped by the application) still lets go.
-impl Drop for LockClient {
-    fn drop(&mut self) {
-        self.release_all();
     }
 }

@@ -106,6 +106,47 @@ impl Database {
         format!("{}:{}", self.opts.ip_or_hostname(), self.opts.tcp_port())
     }
 
+    /// Completes once the connection `identity` is gone from the server: the server restarted
+    /// since, or no longer lists it (it is killed first, in case it still runs). Until the
+    /// database answers it keeps asking, so that what the connection did is settled on the
+    /// server when it completes, whatever it was.
+    pub async fn until_gone(&self, identity: ConnectionIdentity) {
+        let mut pause = Duration::from_millis(10);
+        loop {
+            if let Ok(true) = self.is_gone(identity).await {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(GONE_POLL_MAX);
+        }
+    }
+
+    async fn is_gone(&self, identity: ConnectionIdentity) -> Result<bool, mysql_async::Error> {
+        let mut admin = Conn::new(self.opts.clone()).await?;
+        let outcome = async {
+            let started = server_started(&mut admin).await?;
+            if (started - identity.server_started_s).abs() > SERVER_START_TOLERANCE_S {
+                return Ok(true);
+            }
+            let listed: Option<u32> = admin
+                .exec_first(
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE ID = ?",
+                    (identity.id,),
+                )
+                .await?;
+            if listed.is_some() {
+                // "Unknown thread id" if it went meanwhile: fine, the next look says so.
+                let _ = admin
+                    .query_drop(format!("KILL CONNECTION {}", identity.id))
+                    .await;
+            }
+            Ok(listed.is_none())
+        }
+        .await;
+        let _ = admin.disconnect().await;
+        outcome
+    }
+
     /// A session's connection slot, not yet connected.
     pub fn connection(&self) -> DbConnection {
         DbConnection {
@@ -116,11 +157,31 @@ impl Database {
     }
 }
 
+/// Which server connection a session had, so that it can be told gone after the session lost
+/// it: the server's id for it, and when that server started (ids start again after a restart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionIdentity {
+    id: u32,
+    server_started_s: i64,
+}
+
+/// How often `until_gone` looks again, at most.
+const GONE_POLL_MAX: Duration = Duration::from_secs(1);
+
+/// The server's start, in seconds since the epoch, by its own clock.
+const SERVER_STARTED_SQL: &str = "SELECT CAST(UNIX_TIMESTAMP() - VARIABLE_VALUE AS SIGNED) \
+     FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'";
+
+/// Two readings of the server's start differ by this much when the clock second turned
+/// between the two subtractions.
+const SERVER_START_TOLERANCE_S: i64 = 2;
+
 /// The connection and what the session knows of its settings.
 enum Link {
     Closed,
     Open {
         conn: Box<Conn>,
+        identity: ConnectionIdentity,
         /// The session-level isolation of the connection, which the next transaction uses.
         isolation: Isolation,
         last_used: Instant,
@@ -161,6 +222,29 @@ impl DbConnection {
         self.deadline
     }
 
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Which server connection this is, while there is one.
+    pub fn identity(&self) -> Option<ConnectionIdentity> {
+        match &self.link {
+            Link::Open { identity, .. } => Some(*identity),
+            Link::Closed => None,
+        }
+    }
+
+    /// `SAVEPOINT name`, inside the open transaction.
+    pub async fn savepoint(&mut self, name: &str) -> Result<(), DbError> {
+        self.run_bounded(&format!("SAVEPOINT {name}")).await
+    }
+
+    /// `ROLLBACK TO SAVEPOINT name`: undoes what ran since, the transaction stays open.
+    pub async fn rollback_to_savepoint(&mut self, name: &str) -> Result<(), DbError> {
+        self.run_bounded(&format!("ROLLBACK TO SAVEPOINT {name}"))
+            .await
+    }
+
     /// Drops the connection after an abandoned operation and kills what it was running.
     fn abandon(&mut self) {
         if let Link::Open { conn, .. } = std::mem::replace(&mut self.link, Link::Closed) {
@@ -194,10 +278,17 @@ impl DbConnection {
             }
             self.link = Link::Closed;
         }
-        let conn = Conn::new(self.database.opts.clone())
+        let mut conn = Conn::new(self.database.opts.clone())
+            .await
+            .map_err(|error| unavailable(&self.database, error))?;
+        let server_started_s = server_started(&mut conn)
             .await
             .map_err(|error| unavailable(&self.database, error))?;
         self.link = Link::Open {
+            identity: ConnectionIdentity {
+                id: conn.id(),
+                server_started_s,
+            },
             conn: Box::new(conn),
             isolation: self.database.default_isolation,
             last_used: Instant::now(),
@@ -421,6 +512,11 @@ async fn within<T>(
             .ok(),
         None => Some(operation.await),
     }
+}
+
+async fn server_started(conn: &mut Conn) -> Result<i64, mysql_async::Error> {
+    let started: Option<i64> = conn.query_first(SERVER_STARTED_SQL).await?;
+    Ok(started.unwrap_or_default())
 }
 
 fn not_connected() -> DbError {

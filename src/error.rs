@@ -368,6 +368,9 @@ impl From<LockFailure> for BrokerError {
             LockFailure::Timeout { key, waited_ms } => BrokerError::LockTimeout { key, waited_ms },
             LockFailure::Conflict { key } => BrokerError::LockConflict { key },
             LockFailure::Cancelled => BrokerError::Internal("the lock wait was cancelled".into()),
+            LockFailure::GroupGone => {
+                BrokerError::Internal("the group the request joined went away".into())
+            }
         }
     }
 }
@@ -377,7 +380,7 @@ impl From<&LockFailure> for AbortReason {
         match failure {
             LockFailure::Conflict { key } => AbortReason::LockConflict { key: key.clone() },
             LockFailure::Timeout { key, .. } => AbortReason::LockTimeout { key: key.clone() },
-            LockFailure::Cancelled => AbortReason::ConnectionLost,
+            LockFailure::Cancelled | LockFailure::GroupGone => AbortReason::ConnectionLost,
         }
     }
 }

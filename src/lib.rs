@@ -17,7 +17,10 @@
 //! - [`sql_guard`]: statements refused because they would change transaction state.
 //! - [`db`]: the session's database connection; the only module that uses `mysql_async`.
 //! - [`metrics`]: counters for `stats`.
-//! - [`coordinator`]: the lock coordinator actor around [`locks::LockTable`].
+//! - [`sql_class`]: what a statement does to row locks and to its session (hand-over, groups).
+//! - [`coordinator`]: the lock coordinator actor around [`locks::LockTable`], and what its
+//!   grants carry (read gates of handed-over commits, group inboxes).
+//! - [`keys`]: a session's handle on its keys: acquire, hand over at `COMMIT`, release.
 //! - [`engine`]: the rules of the protocol for one session, independent of transport.
 //! - [`session`]: the session actor, one per TCP client.
 //! - [`acceptor`]: the listener actor: session limit, session ids, drain.
@@ -38,12 +41,14 @@ pub mod db;
 pub mod engine;
 pub mod error;
 pub mod frame;
+pub mod keys;
 pub mod tls;
 pub mod locks;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod session;
+pub mod sql_class;
 pub mod sql_guard;
 pub mod txn;
 

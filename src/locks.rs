@@ -1,8 +1,10 @@
-//! The lock table: which owner holds which row-lock key in which mode, and who
-//! is queued for it.
+//! The lock table: which owner holds which row-lock key in which mode, who is
+//! queued for it, whose handed-over commit is still settling on it, and which
+//! requests run in another owner's group.
 //!
 //! It does no I/O and reads no clock, so the coordinator actor that wraps it
-//! owns every timing decision and the tests can drive it step by step.
+//! owns every timing decision and the tests (and the model check in
+//! `tests/model_check.rs`) can drive it step by step.
 //!
 //! Why declared transactions never deadlock: a request takes its keys one at a
 //! time in ascending byte order, and each key has a FIFO queue. An owner
@@ -15,6 +17,24 @@
 //! everything it holds. A lower key, or an upgrade from shared to exclusive, is
 //! granted at once or refused with [`AcquireOutcome::Conflict`]; the caller then
 //! releases everything and retries the whole transaction.
+//!
+//! **Hand-over** (protocol 1.1): an owner that has sent `COMMIT` after all its
+//! statements succeeded passes its keys on with [`LockTable::hand_over`]. Each
+//! key keeps the owner's [`CommitTicket`] until [`LockTable::settle`]; whoever
+//! is granted a key in a conflicting mode meanwhile gets the ticket in its
+//! [`Grant::read_after`], and must not read without locking before that commit
+//! has answered. Its locking statements go ahead: InnoDB orders them after the
+//! committing transaction, which waits for nothing, so no cycle can form.
+//!
+//! **Groups** (protocol 1.1): an owner granted its keys after waiting, whose
+//! request may be grouped, leads a group (`Grant::leading`). A request of the
+//! same [`GroupClass`] that holds nothing joins it ([`AcquireOutcome::Joined`]
+//! or [`Completed::Joined`]) when every key it asks for is held by the leader in
+//! a mode that covers it, or is free and granted to the leader at once; the
+//! leader then runs it in its own database transaction. The leader never waits
+//! for a key on a member's behalf, so groups add no wait to the graph. A joiner
+//! overtakes requests queued on the leader's keys that cannot join, at most
+//! `max_group_size - 1` of them per leader: the overtaking is bounded.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -31,6 +51,33 @@ pub type OwnerId = u64;
 pub enum LockMode {
     Shared,
     Exclusive,
+}
+
+impl LockMode {
+    fn conflicts_with(self, other: LockMode) -> bool {
+        self == LockMode::Exclusive || other == LockMode::Exclusive
+    }
+}
+
+/// Names one handed-over commit: its owner and the owner's own count of
+/// hand-overs, so that an owner whose earlier commit is still settling (its
+/// outcome unknown) can start and hand over another transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CommitTicket {
+    pub owner: OwnerId,
+    pub sequence: u64,
+}
+
+/// Requests of one class may share a database transaction; the engine makes
+/// one class per isolation level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GroupClass(pub u8);
+
+/// Whether a request may run in a group, its own or another's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grouping {
+    Alone,
+    Groupable(GroupClass),
 }
 
 /// The keys of one request: sorted ascending by bytes, duplicates merged (a
@@ -84,16 +131,44 @@ impl LockRequest {
     }
 }
 
+/// What a request that got its keys must know.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// Handed-over commits on the keys just granted, in a conflicting mode,
+    /// that had not settled at the grant: statements that read without locking
+    /// must wait until each has answered.
+    pub read_after: Vec<CommitTicket>,
+    /// The owner leads a group: requests may join it until it closes.
+    pub leading: bool,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum AcquireOutcome {
     /// Every key of the request is now held by the owner.
-    Granted,
-    /// The owner is queued; its completion is reported later by the return
-    /// value of `release_all` or `cancel_wait`.
+    Granted(Grant),
+    /// The owner is queued; its completion is reported later by
+    /// `release_all`, `hand_over` or `cancel_wait`.
     Waiting,
     /// The try-only rule refused this key: it is not greater than every key
     /// the owner holds (or it is an upgrade) and could not be granted at once.
     Conflict { key: String },
+    /// The request joined the group of `leader`, which holds its keys now; the
+    /// owner holds nothing and is not in the table.
+    Joined { leader: OwnerId },
+}
+
+/// How a waiting request ended well.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Completed {
+    Granted(Grant),
+    Joined { leader: OwnerId },
+}
+
+/// A waiting request that completed, as a consequence of another call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    pub owner: OwnerId,
+    pub completed: Completed,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -104,6 +179,8 @@ pub struct LockStats {
     pub lock_waiters: u64,
     /// Cumulative count of requests that had to wait, once per request.
     pub lock_waits: u64,
+    /// Cumulative count of requests that joined a group.
+    pub group_joins: u64,
 }
 
 /// A key is stored once and shared by the table, its holders' lists and its
@@ -146,6 +223,16 @@ impl Holders {
             _ => {}
         }
     }
+
+    /// The one owner whose hold covers `mode` for anyone in its group: the
+    /// exclusive holder, or the only shared holder when `mode` is shared.
+    fn sole_holder_covering(&self, mode: LockMode) -> Option<OwnerId> {
+        match (self, mode) {
+            (Holders::Exclusive(owner), _) => Some(*owner),
+            (Holders::Shared(owners), LockMode::Shared) if owners.len() == 1 => Some(owners[0]),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -159,6 +246,9 @@ struct KeyEntry {
     name: KeyName,
     holders: Holders,
     queue: VecDeque<QueuedRequest>,
+    /// Former holders that handed the key over and whose commit has not
+    /// settled yet, with the mode they held it in.
+    committing: Vec<(CommitTicket, LockMode)>,
 }
 
 impl KeyEntry {
@@ -167,6 +257,7 @@ impl KeyEntry {
             name,
             holders: Holders::Nobody,
             queue: VecDeque::new(),
+            committing: Vec::new(),
         }
     }
 
@@ -193,8 +284,21 @@ impl KeyEntry {
         granted
     }
 
-    fn is_unused(&self) -> bool {
+    /// Nobody holds it and nobody waits for it: a grant here overtakes no one.
+    fn is_free(&self) -> bool {
         matches!(self.holders, Holders::Nobody) && self.queue.is_empty()
+    }
+
+    fn is_unused(&self) -> bool {
+        self.is_free() && self.committing.is_empty()
+    }
+
+    /// The tickets a grant in `mode` must read after.
+    fn tickets_conflicting_with(&self, mode: LockMode) -> impl Iterator<Item = CommitTicket> + '_ {
+        self.committing
+            .iter()
+            .filter(move |(_, held)| held.conflicts_with(mode))
+            .map(|(ticket, _)| *ticket)
     }
 }
 
@@ -202,6 +306,8 @@ impl KeyEntry {
 struct WaitingRequest {
     /// The key this owner is queued on.
     key: KeyName,
+    /// Its mode in this request.
+    mode: LockMode,
     /// The keys after `key`, all greater than it, still to be taken.
     remaining_keys: std::vec::IntoIter<(String, LockMode)>,
 }
@@ -212,12 +318,27 @@ enum RequestState {
     Waiting(WaitingRequest),
 }
 
+/// Whether an owner takes members into its group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leadership {
+    /// Runs alone.
+    None,
+    /// Requests of `class` may join, up to the table's group size.
+    Open { class: GroupClass, members: usize },
+    /// Closed by its owner before committing; no one joins any more.
+    Closed { members: usize },
+}
+
 #[derive(Debug)]
 struct OwnerState {
     /// Sorted ascending by key, so the greatest held key is the last one and
     /// the extension rule is one binary search.
     held: Vec<(KeyName, LockMode)>,
     request: RequestState,
+    grouping: Grouping,
+    leadership: Leadership,
+    /// Tickets met on keys granted since the last grant was reported.
+    read_after: Vec<CommitTicket>,
 }
 
 impl OwnerState {
@@ -225,6 +346,9 @@ impl OwnerState {
         OwnerState {
             held: Vec::new(),
             request: RequestState::Idle,
+            grouping: Grouping::Alone,
+            leadership: Leadership::None,
+            read_after: Vec::new(),
         }
     }
 
@@ -239,6 +363,22 @@ impl OwnerState {
             Err(position) => self.held.insert(position, (key, mode)),
         }
     }
+
+    /// Remembers the unsettled commits `entry` carries against a grant in `mode`.
+    fn note_tickets(&mut self, entry: &KeyEntry, mode: LockMode) {
+        for ticket in entry.tickets_conflicting_with(mode) {
+            if !self.read_after.contains(&ticket) {
+                self.read_after.push(ticket);
+            }
+        }
+    }
+
+    fn take_grant(&mut self) -> Grant {
+        Grant {
+            read_after: std::mem::take(&mut self.read_after),
+            leading: matches!(self.leadership, Leadership::Open { .. }),
+        }
+    }
 }
 
 enum KeyChange {
@@ -251,21 +391,50 @@ enum AscendingOutcome {
     Queued,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LockTable {
     keys: HashMap<KeyName, KeyEntry>,
     owners: HashMap<OwnerId, OwnerState>,
+    /// Which keys carry each unsettled ticket, for `settle`.
+    commits: HashMap<CommitTicket, Vec<KeyName>>,
+    /// A leader and its members; 1 turns groups off.
+    max_group_size: usize,
     stats: LockStats,
 }
 
+impl Default for LockTable {
+    fn default() -> Self {
+        LockTable::new()
+    }
+}
+
 impl LockTable {
+    /// A table without groups.
     pub fn new() -> Self {
-        Self::default()
+        LockTable::with_max_group_size(1)
+    }
+
+    /// A table whose groups hold at most `max_group_size` requests, the
+    /// leader's included (0 and 1: no groups).
+    pub fn with_max_group_size(max_group_size: usize) -> Self {
+        LockTable {
+            keys: HashMap::new(),
+            owners: HashMap::new(),
+            commits: HashMap::new(),
+            max_group_size: max_group_size.max(1),
+            stats: LockStats::default(),
+        }
+    }
+
+    /// `acquire_as` for a request that runs alone.
+    pub fn acquire(&mut self, owner_id: OwnerId, request: LockRequest) -> AcquireOutcome {
+        self.acquire_as(owner_id, request, Grouping::Alone)
     }
 
     /// Takes the request's keys for `owner` in ascending order, applying the
     /// extension rule to keys the owner already holds or that lie below its
-    /// greatest held key.
+    /// greatest held key. A groupable request of an owner that holds nothing
+    /// joins an open group instead when it can.
     ///
     /// The caller never sends a request for an owner that is already waiting;
     /// if it does, the answer is `Conflict` on the request's first key and the
@@ -274,11 +443,30 @@ impl LockTable {
     ///
     /// After a `Conflict`, keys granted earlier in the same request stay held:
     /// the caller is expected to `release_all` and retry.
-    pub fn acquire(&mut self, owner_id: OwnerId, request: LockRequest) -> AcquireOutcome {
+    pub fn acquire_as(
+        &mut self,
+        owner_id: OwnerId,
+        request: LockRequest,
+        grouping: Grouping,
+    ) -> AcquireOutcome {
+        let holds_nothing = self
+            .owners
+            .get(&owner_id)
+            .is_none_or(|owner| owner.held.is_empty());
+        if let (true, Grouping::Groupable(class)) = (holds_nothing, grouping) {
+            if !self.is_waiting(owner_id) {
+                if let Some(leader) = self.leader_to_join(request.keys(), class) {
+                    self.owners.remove(&owner_id);
+                    self.join(leader, request.keys());
+                    return AcquireOutcome::Joined { leader };
+                }
+            }
+        }
         let LockTable {
             keys,
             owners,
             stats,
+            ..
         } = self;
         let owner = owners.entry(owner_id).or_insert_with(OwnerState::new);
         if let RequestState::Waiting(_) = owner.request {
@@ -286,6 +474,7 @@ impl LockTable {
                 key: request.into_first_key(),
             };
         }
+        owner.grouping = grouping;
         let mut remaining = request.keys.into_iter();
         while let Some((key, mode)) = remaining.next() {
             match owner.find_held(&key) {
@@ -295,7 +484,7 @@ impl LockTable {
                     }
                     // Waiting for an upgrade could deadlock with another
                     // reader of the same key doing the same, so it is try-only.
-                    if !try_upgrade(keys, owner_id, &key) {
+                    if !try_upgrade(keys, owner_id, owner, &key) {
                         return AcquireOutcome::Conflict { key };
                     }
                     owner.held[position].1 = LockMode::Exclusive;
@@ -303,7 +492,7 @@ impl LockTable {
                 Err(position) if position < owner.held.len() => {
                     // Waiting here would mean waiting for a key below one
                     // already held: the one shape of wait that can close a cycle.
-                    match try_grant_new_key_at_once(keys, owner_id, key, mode) {
+                    match try_grant_new_key_at_once(keys, owner_id, owner, key, mode) {
                         Ok(name) => {
                             owner.held.insert(position, (name, mode));
                             stats.locks_held += 1;
@@ -322,7 +511,7 @@ impl LockTable {
                         (key, mode),
                         remaining,
                     ) {
-                        AscendingOutcome::Complete => AcquireOutcome::Granted,
+                        AscendingOutcome::Complete => AcquireOutcome::Granted(owner.take_grant()),
                         AscendingOutcome::Queued => {
                             stats.lock_waits += 1;
                             AcquireOutcome::Waiting
@@ -331,33 +520,57 @@ impl LockTable {
                 }
             }
         }
-        AcquireOutcome::Granted
+        AcquireOutcome::Granted(owner.take_grant())
     }
 
     /// Releases every key `owner` holds and drops its waiting request, if any.
-    /// Returns the owners whose waiting requests became fully granted as a
-    /// consequence, in the order they completed.
-    pub fn release_all(&mut self, owner_id: OwnerId) -> Vec<OwnerId> {
-        let mut completed = Vec::new();
-        let Some(owner) = self.owners.remove(&owner_id) else {
-            return completed;
+    /// Returns the waiting requests that completed as a consequence, in the
+    /// order they completed.
+    pub fn release_all(&mut self, owner_id: OwnerId) -> Vec<Completion> {
+        self.give_up_keys(owner_id, None)
+    }
+
+    /// Like `release_all`, for an owner that has sent `COMMIT`: each key it
+    /// held carries `ticket` until `settle(ticket)`, and whoever is granted it
+    /// in a conflicting mode meanwhile is told to read after that commit.
+    pub fn hand_over(&mut self, owner_id: OwnerId, ticket: CommitTicket) -> Vec<Completion> {
+        self.give_up_keys(owner_id, Some(ticket))
+    }
+
+    /// The handed-over commit `ticket` has answered (or its connection is gone
+    /// from the server): its keys no longer carry it.
+    pub fn settle(&mut self, ticket: CommitTicket) {
+        for key in self.commits.remove(&ticket).unwrap_or_default() {
+            if let Entry::Occupied(mut occupied) = self.keys.entry(key) {
+                let entry = occupied.get_mut();
+                entry.committing.retain(|(held, _)| *held != ticket);
+                if entry.is_unused() {
+                    occupied.remove();
+                }
+            }
+        }
+    }
+
+    /// Stops `owner`'s group from taking members, and says how many joined it.
+    pub fn close_group(&mut self, owner_id: OwnerId) -> usize {
+        let Some(owner) = self.owners.get_mut(&owner_id) else {
+            return 0;
         };
-        if let RequestState::Waiting(waiting) = owner.request {
-            self.stats.lock_waiters -= 1;
-            self.settle_key(waiting.key, KeyChange::WaiterLeft(owner_id), &mut completed);
+        let members = match owner.leadership {
+            Leadership::None => 0,
+            Leadership::Open { members, .. } | Leadership::Closed { members } => members,
+        };
+        if owner.leadership != Leadership::None {
+            owner.leadership = Leadership::Closed { members };
         }
-        for (key, _) in owner.held {
-            self.stats.locks_held -= 1;
-            self.settle_key(key, KeyChange::HolderLeft(owner_id), &mut completed);
-        }
-        completed
+        members
     }
 
     /// Drops `owner`'s waiting request from its queue, keeping every key it
     /// already holds, including keys granted earlier in that same request.
-    /// Returns the owners that became fully granted as a consequence (such as
+    /// Returns the waiting requests that completed as a consequence (such as
     /// readers that were queued behind the cancelled writer).
-    pub fn cancel_wait(&mut self, owner_id: OwnerId) -> Vec<OwnerId> {
+    pub fn cancel_wait(&mut self, owner_id: OwnerId) -> Vec<Completion> {
         let mut completed = Vec::new();
         let Some(owner) = self.owners.get_mut(&owner_id) else {
             return completed;
@@ -402,9 +615,158 @@ impl LockTable {
         self.stats
     }
 
+    fn give_up_keys(&mut self, owner_id: OwnerId, ticket: Option<CommitTicket>) -> Vec<Completion> {
+        let mut completed = Vec::new();
+        let Some(owner) = self.owners.remove(&owner_id) else {
+            return completed;
+        };
+        if let RequestState::Waiting(waiting) = owner.request {
+            self.stats.lock_waiters -= 1;
+            self.settle_key(waiting.key, KeyChange::WaiterLeft(owner_id), &mut completed);
+        }
+        for (key, mode) in owner.held {
+            self.stats.locks_held -= 1;
+            if let Some(ticket) = ticket {
+                // Before the key moves on, so that the next holder sees it.
+                if let Some(entry) = self.keys.get_mut(&key) {
+                    entry.committing.push((ticket, mode));
+                    self.commits.entry(ticket).or_default().push(key.clone());
+                }
+            }
+            self.settle_key(key, KeyChange::HolderLeft(owner_id), &mut completed);
+        }
+        completed
+    }
+
+    /// The open leader of `class` that a request for `keys`, holding nothing,
+    /// may join: every key is either held by that one leader in a mode that
+    /// covers the request's, or free; at least one is the leader's.
+    fn leader_to_join(&self, keys: &[(String, LockMode)], class: GroupClass) -> Option<OwnerId> {
+        let mut leader = None;
+        for (key, mode) in keys {
+            let Some(entry) = self.keys.get(key.as_str()) else {
+                continue;
+            };
+            if entry.is_free() {
+                continue;
+            }
+            let holder = entry.holders.sole_holder_covering(*mode)?;
+            if leader.is_some_and(|leader| leader != holder) {
+                return None;
+            }
+            leader = Some(holder);
+        }
+        let leader = leader?;
+        match self.owners.get(&leader)?.leadership {
+            Leadership::Open {
+                class: open_class,
+                members,
+            } if open_class == class && members + 1 < self.max_group_size => Some(leader),
+            _ => None,
+        }
+    }
+
+    /// Makes a request for `keys` a member of `leader`'s group: the free keys
+    /// become the leader's; `leader_to_join` said it may.
+    fn join(&mut self, leader: OwnerId, keys: &[(String, LockMode)]) {
+        let LockTable {
+            keys: entries,
+            owners,
+            stats,
+            ..
+        } = self;
+        let Some(owner) = owners.get_mut(&leader) else {
+            return;
+        };
+        for (key, mode) in keys {
+            if owner.find_held(key).is_ok() {
+                continue;
+            }
+            // The key is free: `leader_to_join` checked every key not held.
+            let name = match entries.get_mut(key.as_str()) {
+                Some(entry) => {
+                    entry.holders.try_add(leader, *mode);
+                    entry.name.clone()
+                }
+                None => insert_new_key(entries, leader, key.clone(), *mode),
+            };
+            owner.insert_held(name, *mode);
+            stats.locks_held += 1;
+        }
+        if let Leadership::Open { members, .. } = &mut owner.leadership {
+            *members += 1;
+        }
+        stats.group_joins += 1;
+    }
+
+    /// Opens the group of an owner that just completed a wait, if its request
+    /// may be grouped, and takes into it the waiters on its keys that may join.
+    fn open_group(&mut self, leader: OwnerId) -> Vec<Completion> {
+        let mut completed = Vec::new();
+        let Some(owner) = self.owners.get_mut(&leader) else {
+            return completed;
+        };
+        let Grouping::Groupable(class) = owner.grouping else {
+            return completed;
+        };
+        if self.max_group_size <= 1 {
+            return completed;
+        }
+        owner.leadership = Leadership::Open { class, members: 0 };
+        let held: Vec<KeyName> = owner.held.iter().map(|(key, _)| key.clone()).collect();
+        for key in held {
+            let queued: Vec<OwnerId> = self
+                .keys
+                .get(&key)
+                .map(|entry| entry.queue.iter().map(|waiter| waiter.owner).collect())
+                .unwrap_or_default();
+            for waiter in queued {
+                if let Some(keys) = self.joinable_waiter(waiter, class, leader) {
+                    self.remove_waiter(waiter, &key);
+                    self.join(leader, &keys);
+                    completed.push(Completion {
+                        owner: waiter,
+                        completed: Completed::Joined { leader },
+                    });
+                }
+            }
+        }
+        completed
+    }
+
+    /// The keys of `waiter`'s request when it may join `leader`'s group: it
+    /// holds nothing, may be grouped in `class`, and `leader_to_join` agrees.
+    fn joinable_waiter(
+        &self,
+        waiter: OwnerId,
+        class: GroupClass,
+        leader: OwnerId,
+    ) -> Option<Vec<(String, LockMode)>> {
+        let state = self.owners.get(&waiter)?;
+        let RequestState::Waiting(waiting) = &state.request else {
+            return None;
+        };
+        if !state.held.is_empty() || state.grouping != Grouping::Groupable(class) {
+            return None;
+        }
+        let keys: Vec<(String, LockMode)> = std::iter::once((waiting.key.to_string(), waiting.mode))
+            .chain(waiting.remaining_keys.as_slice().iter().cloned())
+            .collect();
+        (self.leader_to_join(&keys, class) == Some(leader)).then_some(keys)
+    }
+
+    /// Takes `waiter`, which holds nothing, out of `key`'s queue and the table.
+    fn remove_waiter(&mut self, waiter: OwnerId, key: &str) {
+        if let Some(entry) = self.keys.get_mut(key) {
+            entry.queue.retain(|queued| queued.owner != waiter);
+        }
+        self.owners.remove(&waiter);
+        self.stats.lock_waiters -= 1;
+    }
+
     /// Applies `change` to `key`, lets in whoever the change unblocked, and
     /// continues their requests.
-    fn settle_key(&mut self, key: KeyName, change: KeyChange, completed: &mut Vec<OwnerId>) {
+    fn settle_key(&mut self, key: KeyName, change: KeyChange, completed: &mut Vec<Completion>) {
         let (name, granted) = match self.keys.entry(key) {
             // Every held or queued key has an entry; nothing to settle otherwise.
             Entry::Vacant(_) => return,
@@ -434,19 +796,21 @@ impl LockTable {
     }
 
     /// Continues a request that was just granted the key it was queued on.
-    /// Resuming only adds holders and waiters, never removes any, so it
-    /// cannot unblock anyone else: there is no cascade to follow.
+    /// Resuming only adds holders and waiters, and a group it opens only takes
+    /// waiters out of queues of keys it holds, so it unblocks no one else:
+    /// there is no cascade to follow.
     fn resume(
         &mut self,
         owner_id: OwnerId,
         key: KeyName,
         mode: LockMode,
-        completed: &mut Vec<OwnerId>,
+        completed: &mut Vec<Completion>,
     ) {
         let LockTable {
             keys,
             owners,
             stats,
+            ..
         } = self;
         let Some(owner) = owners.get_mut(&owner_id) else {
             return;
@@ -458,6 +822,9 @@ impl LockTable {
         };
         stats.lock_waiters -= 1;
         stats.locks_held += 1;
+        if let Some(entry) = keys.get(&key) {
+            owner.note_tickets(entry, mode);
+        }
         owner.insert_held(key, mode);
         let mut remaining = waiting.remaining_keys;
         let outcome = match remaining.next() {
@@ -465,7 +832,15 @@ impl LockTable {
             Some(next) => take_ascending(keys, stats, owner_id, owner, next, remaining),
         };
         if let AscendingOutcome::Complete = outcome {
-            completed.push(owner_id);
+            let members = self.open_group(owner_id);
+            if let Some(owner) = self.owners.get_mut(&owner_id) {
+                // The leader before its members: they run only once it does.
+                completed.push(Completion {
+                    owner: owner_id,
+                    completed: Completed::Granted(owner.take_grant()),
+                });
+            }
+            completed.extend(members);
         }
     }
 }
@@ -492,11 +867,13 @@ fn take_ascending(
                     });
                     owner.request = RequestState::Waiting(WaitingRequest {
                         key: entry.name.clone(),
+                        mode,
                         remaining_keys: rest,
                     });
                     stats.lock_waiters += 1;
                     return AscendingOutcome::Queued;
                 }
+                owner.note_tickets(entry, mode);
                 entry.name.clone()
             }
             None => insert_new_key(keys, owner_id, key, mode),
@@ -516,12 +893,14 @@ fn take_ascending(
 fn try_grant_new_key_at_once(
     keys: &mut HashMap<KeyName, KeyEntry>,
     owner_id: OwnerId,
+    owner: &mut OwnerState,
     key: String,
     mode: LockMode,
 ) -> Result<KeyName, String> {
     match keys.get_mut(key.as_str()) {
         Some(entry) => {
             if entry.try_grant_at_once(owner_id, mode) {
+                owner.note_tickets(entry, mode);
                 Ok(entry.name.clone())
             } else {
                 Err(key)
@@ -533,13 +912,19 @@ fn try_grant_new_key_at_once(
 
 /// An upgrade is possible only for the sole holder with nobody queued: with a
 /// queue, upgrading would overtake the waiters FIFO promised to serve first.
-fn try_upgrade(keys: &mut HashMap<KeyName, KeyEntry>, owner_id: OwnerId, key: &str) -> bool {
+fn try_upgrade(
+    keys: &mut HashMap<KeyName, KeyEntry>,
+    owner_id: OwnerId,
+    owner: &mut OwnerState,
+    key: &str,
+) -> bool {
     let Some(entry) = keys.get_mut(key) else {
         return false;
     };
     match &entry.holders {
         Holders::Shared(owners) if owners.as_slice() == [owner_id] && entry.queue.is_empty() => {
             entry.holders = Holders::Exclusive(owner_id);
+            owner.note_tickets(entry, LockMode::Exclusive);
             true
         }
         _ => false,

@@ -11,6 +11,9 @@ pub struct Metrics {
     transactions_rolled_back: AtomicU64,
     retries: AtomicU64,
     deadlocks: AtomicU64,
+    handovers: AtomicU64,
+    groups_committed: AtomicU64,
+    transactions_grouped: AtomicU64,
 }
 
 /// The counters as read at one moment.
@@ -21,6 +24,9 @@ pub struct MetricsSnapshot {
     pub transactions_rolled_back: u64,
     pub retries: u64,
     pub deadlocks: u64,
+    pub handovers: u64,
+    pub groups_committed: u64,
+    pub transactions_grouped: u64,
 }
 
 impl Metrics {
@@ -49,6 +55,17 @@ impl Metrics {
         self.deadlocks.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn handed_over(&self) {
+        self.handovers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A group's transaction committed `requests` requests (two or more).
+    pub fn group_committed(&self, requests: u64) {
+        self.groups_committed.fetch_add(1, Ordering::Relaxed);
+        self.transactions_grouped
+            .fetch_add(requests, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
             sessions: self.sessions.load(Ordering::Relaxed),
@@ -56,6 +73,9 @@ impl Metrics {
             transactions_rolled_back: self.transactions_rolled_back.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             deadlocks: self.deadlocks.load(Ordering::Relaxed),
+            handovers: self.handovers.load(Ordering::Relaxed),
+            groups_committed: self.groups_committed.load(Ordering::Relaxed),
+            transactions_grouped: self.transactions_grouped.load(Ordering::Relaxed),
         }
     }
 }

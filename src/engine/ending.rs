@@ -1,12 +1,23 @@
-//! The one way a transaction ends. Whatever ends it (a commit, a failed `tx`, the client's
-//! `rollback`, an abort, keys that were not granted, a session closing), the engine calls
-//! `end_transaction` with how it ended, and that function alone rolls back what may still be
-//! open, releases the keys, clears the deadline, moves the state and counts the outcome. A
-//! new way to end a transaction is a new `TxEnd`, not new calls.
+//! The one way a transaction ends, and the life cycle of its keys. Whatever ends it (a
+//! commit, a failed `tx`, the client's `rollback`, an abort, keys that were not granted, a
+//! session closing), the engine calls `end_transaction` with how it ended, and that function
+//! alone rolls back what may still be open, releases the keys or settles their hand-over,
+//! clears the deadline, moves the state and counts the outcome. A new way to end a
+//! transaction is a new `TxEnd`, not new calls.
+//!
+//! A transaction's keys are held from the grant; when its statements all succeeded and its
+//! `COMMIT` is about to be sent they may be handed over (`hand_over_keys`), and then
+//! `end_transaction` settles the hand-over with the commit's outcome instead of releasing:
+//!
+//! ```text
+//! granted ──(statements ok, COMMIT sent)──▶ handed over ──(COMMIT answered)──▶ settled
+//!    └───────────────(end_transaction)──────────────────────────────────────▶ released
+//! ```
 
 use slog::debug;
 
-use super::SessionEngine;
+use super::{HandedOver, SessionEngine, TxContext};
+use crate::coordinator::Settlement;
 use crate::error::AbortReason;
 use crate::txn::TxState;
 
@@ -15,12 +26,15 @@ use crate::txn::TxState;
 pub(super) enum TxEnd {
     /// The database acknowledged the commit: a `COMMIT`, or the one statement that carried it.
     Committed,
+    /// A group's transaction committed its members, but the leader's own request had failed
+    /// and was rolled back to before it.
+    CommittedWithoutOwn,
     /// The connection was lost while the commit was in flight: nobody knows the outcome.
     CommitUnknown,
     /// It will not commit: the client asked for a rollback, or a `tx` failed.
     RolledBack,
-    /// It never started, from the client's view: its keys were not granted or `START
-    /// TRANSACTION` failed. Nothing is counted.
+    /// It never started, from the client's view: its keys were not granted, `START
+    /// TRANSACTION` failed, or it joined a group. Nothing is counted.
     NotStarted,
     /// The broker or the database ended an interactive transaction behind the client's back;
     /// the session answers `tx_aborted` until the client sends `rollback`.
@@ -28,22 +42,41 @@ pub(super) enum TxEnd {
 }
 
 impl SessionEngine {
+    /// Passes the keys on as `COMMIT` is about to be sent, when hand-over is on and the
+    /// transaction holds keys. Call only once every statement has succeeded.
+    pub(super) fn hand_over_keys(&mut self) {
+        if !self.config.handover_at_commit || !self.keys.holds_keys() {
+            return;
+        }
+        self.handed_over = Some(HandedOver {
+            gate: self.keys.hand_over(),
+            connection: self.db.identity(),
+        });
+        self.metrics.handed_over();
+    }
+
     pub(super) async fn end_transaction(&mut self, end: TxEnd) {
-        if matches!(
+        let rolls_back = matches!(
             end,
             TxEnd::RolledBack | TxEnd::NotStarted | TxEnd::Aborted(_)
-        ) && self.db.rollback().await.is_err()
-        {
+        );
+        if rolls_back && self.db.rollback().await.is_err() {
             // A rollback the server refuses leaves the connection in doubt; closing it makes
             // the server roll back.
             self.db.disconnect().await;
         }
         // Keys go only now, once nothing of the transaction can still change on the database.
         self.keys.release_all();
+        if let Some(handed_over) = self.handed_over.take() {
+            self.settle(handed_over, &end);
+        }
         self.db.set_deadline(None);
+        self.current = TxContext::new(self.config.default_isolation);
         match &end {
             TxEnd::Committed => self.metrics.committed(),
-            TxEnd::RolledBack | TxEnd::Aborted(_) => self.metrics.rolled_back(),
+            TxEnd::RolledBack | TxEnd::Aborted(_) | TxEnd::CommittedWithoutOwn => {
+                self.metrics.rolled_back()
+            }
             TxEnd::CommitUnknown | TxEnd::NotStarted => {}
         }
         self.state = match end {
@@ -53,5 +86,37 @@ impl SessionEngine {
             }
             _ => TxState::Idle,
         };
+    }
+
+    /// Opens the reads of whoever took the keys: at once when the outcome is known, once the
+    /// connection is gone from the server when it is not.
+    fn settle(&self, handed_over: HandedOver, end: &TxEnd) {
+        let settlement = match end {
+            TxEnd::Committed | TxEnd::CommittedWithoutOwn => Settlement::Committed,
+            TxEnd::CommitUnknown => {
+                let database = self.db.database().clone();
+                match handed_over.connection {
+                    Some(connection) => handed_over
+                        .gate
+                        .settle_after(async move { database.until_gone(connection).await }),
+                    // Never connected means never committed.
+                    None => handed_over.gate.settle(Settlement::RolledBack),
+                }
+                return;
+            }
+            TxEnd::RolledBack | TxEnd::NotStarted | TxEnd::Aborted(_) => Settlement::RolledBack,
+        };
+        handed_over.gate.settle(settlement);
+    }
+}
+
+/// An engine dropped in the middle of a commit (its future abandoned while the broker stops)
+/// still keeps the promise of its hand-over: the successors' reads open once its connection,
+/// dropped with it, is gone from the server.
+impl Drop for SessionEngine {
+    fn drop(&mut self) {
+        if let Some(handed_over) = self.handed_over.take() {
+            self.settle(handed_over, &TxEnd::CommitUnknown);
+        }
     }
 }

@@ -5,17 +5,19 @@
 
 use super::ending::TxEnd;
 use super::tx::TxShape;
-use super::SessionEngine;
+use super::{SessionEngine, StatementRecord};
+use crate::coordinator::Admission;
 use crate::db::DbError;
 use crate::error::{AbortReason, BrokerError, CommitCarrier};
-use crate::locks::LockRequest;
+use crate::locks::{Grouping, LockRequest};
 use crate::protocol::{Reply, Statement, TxOptions};
 use crate::sql_guard;
 use crate::txn::{TxMode, TxState};
 
 impl SessionEngine {
     pub(super) async fn begin(&mut self, options: TxOptions) -> Result<(), BrokerError> {
-        self.start_transaction(&options, TxShape::Explicit).await?;
+        self.start_transaction(&options, TxShape::Explicit, Grouping::Alone, None)
+            .await?;
         self.state = TxState::Active;
         Ok(())
     }
@@ -26,12 +28,23 @@ impl SessionEngine {
     ) -> Result<Reply, BrokerError> {
         sql_guard::check(&statement.sql, TxMode::InTransaction)
             .map_err(|refusal| BrokerError::BadRequest(refusal.message()))?;
+        let class = self.classify(&statement.sql, self.current.isolation);
+        if let Err(timeout) = self.wait_for_reads(class).await {
+            let BrokerError::LockTimeout { key, .. } = &timeout else {
+                return Err(timeout);
+            };
+            let reason = AbortReason::LockTimeout { key: key.clone() };
+            self.end_transaction(TxEnd::Aborted(reason)).await;
+            return Err(timeout);
+        }
         let error = match self.db.execute(statement, TxMode::InTransaction).await {
             Ok(result) => return Ok(Reply::Exec { result }),
             Err(error) => error,
         };
-        // A plain SQL error leaves the transaction open, as MySQL does.
+        // A plain SQL error leaves the transaction open, as MySQL does; its keys then stay
+        // until `COMMIT` has answered.
         let Some(reason) = AbortReason::caused_by(&error) else {
+            self.current.statements = StatementRecord::SomeFailed;
             return Err(BrokerError::from(error));
         };
         self.end_transaction(TxEnd::Aborted(reason.clone())).await;
@@ -43,7 +56,14 @@ impl SessionEngine {
 
     pub(super) async fn lock(&mut self, keys: LockRequest) -> Result<(), BrokerError> {
         let failure = match self.keys.acquire(keys).await {
-            Ok(()) => return Ok(()),
+            Ok(Admission::Granted { read_gate, .. }) => {
+                self.current.read_gate.extend(read_gate);
+                return Ok(());
+            }
+            // A request asked alone never joins a group.
+            Ok(Admission::Joined(_)) => {
+                return Err(BrokerError::Internal("a lock request joined a group".into()))
+            }
             Err(failure) => failure,
         };
         self.end_transaction(TxEnd::Aborted(AbortReason::from(&failure)))
@@ -52,6 +72,9 @@ impl SessionEngine {
     }
 
     pub(super) async fn commit(&mut self) -> Result<(), BrokerError> {
+        if self.current.statements == StatementRecord::AllSucceeded {
+            self.hand_over_keys();
+        }
         let error = match self.db.commit().await {
             Ok(()) => {
                 self.end_transaction(TxEnd::Committed).await;

@@ -10,6 +10,7 @@
 //! - `alone.rs`: a statement run alone in autocommit mode (`exec` outside a transaction, the
 //!   one-write `tx`).
 //! - `interactive.rs`: `begin`, `exec` inside a transaction, `lock`, `commit`, `rollback`.
+//! - `group.rs`: group execution, as a group's leader and as a member of another's.
 //! - `ending.rs`: `end_transaction`, the one way every transaction ends.
 //!
 //! **Invariant:** keys are held only while a transaction is open or being started; every
@@ -22,6 +23,7 @@
 
 mod alone;
 mod ending;
+mod group;
 mod interactive;
 mod start;
 mod tx;
@@ -34,12 +36,14 @@ use actix::Addr;
 use slog::Logger;
 
 use crate::config::Config;
-use crate::coordinator::{Coordinator, LockClient};
-use crate::db::{Database, DbConnection};
+use crate::coordinator::{Coordinator, ReadGate};
+use crate::db::{ConnectionIdentity, Database, DbConnection};
 use crate::error::{AbortReason, BrokerError};
+use crate::keys::{CommitGate, LockClient};
 use crate::locks::LockRequest;
 use crate::metrics::Metrics;
-use crate::protocol::{Reply, Request, Statement, Stats, PROTOCOL_VERSION};
+use crate::protocol::{Isolation, Reply, Request, Statement, Stats, PROTOCOL_VERSION};
+use crate::sql_class::{Access, ClassCache, SessionUse, StatementClass};
 use crate::txn::{ServerPhase, TxState};
 
 use ending::TxEnd;
@@ -87,6 +91,10 @@ impl SessionFactory {
             db: self.database.connection(),
             keys: LockClient::new(self.coordinator.clone(), id),
             state: TxState::Idle,
+            current: TxContext::new(self.config.default_isolation),
+            handed_over: None,
+            classes: ClassCache::default(),
+            connection: ConnectionProfile::Pristine,
             config: self.config.clone(),
             metrics: self.metrics.clone(),
             log: self
@@ -101,6 +109,12 @@ pub struct SessionEngine {
     db: DbConnection,
     keys: LockClient,
     state: TxState,
+    /// The transaction in progress, beyond what its client sees of it.
+    current: TxContext,
+    /// A commit whose keys were handed over and whose outcome is not settled yet.
+    handed_over: Option<HandedOver>,
+    classes: ClassCache,
+    connection: ConnectionProfile,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     log: Logger,
@@ -212,7 +226,79 @@ impl SessionEngine {
             lock_timeouts: locks.lock_timeouts,
             locks_held: locks.table.locks_held,
             lock_waiters: locks.table.lock_waiters,
+            handovers: counters.handovers,
+            groups_committed: counters.groups_committed,
+            transactions_grouped: counters.transactions_grouped,
         })
+    }
+}
+
+/// What the engine knows of the transaction in progress, beyond its state.
+struct TxContext {
+    isolation: Isolation,
+    /// The handed-over commits its statements that read without locking wait for.
+    read_gate: ReadGate,
+    statements: StatementRecord,
+}
+
+impl TxContext {
+    fn new(isolation: Isolation) -> TxContext {
+        TxContext {
+            isolation,
+            read_gate: ReadGate::default(),
+            statements: StatementRecord::AllSucceeded,
+        }
+    }
+}
+
+/// Whether every statement of an interactive transaction succeeded: only then may its keys
+/// be handed over at `COMMIT` (protocol 1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StatementRecord {
+    AllSucceeded,
+    SomeFailed,
+}
+
+/// A handed-over commit: the gate to settle, and the connection it was sent on, to wait for
+/// it to be gone when its outcome is unknown.
+struct HandedOver {
+    gate: CommitGate,
+    connection: Option<ConnectionIdentity>,
+}
+
+/// Whether this session's connection is like every other one, so that its requests may run
+/// on another session's connection and others' on its own (group execution).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConnectionProfile {
+    Pristine,
+    /// A statement changed session state (a variable, a temporary table, a named lock...).
+    Customized,
+}
+
+impl SessionEngine {
+    /// Classifies `sql` at the transaction's isolation, and remembers a session it customizes.
+    fn classify(&mut self, sql: &str, isolation: Isolation) -> StatementClass {
+        let class = self.classes.classify(sql, isolation);
+        if class.session == SessionUse::Changes {
+            self.connection = ConnectionProfile::Customized;
+        }
+        class
+    }
+
+    /// Waits, before a statement of `class`, for the handed-over commits its transaction's
+    /// reads must come after; bounded by `lock_wait_timeout_ms`.
+    async fn wait_for_reads(&mut self, class: StatementClass) -> Result<(), BrokerError> {
+        if class.access == Access::Locking || self.current.read_gate.is_open() {
+            return Ok(());
+        }
+        let limit = self.config.lock_wait_timeout();
+        match tokio::time::timeout(limit, self.current.read_gate.wait()).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(BrokerError::LockTimeout {
+                key: "(the commit of a previous holder of this transaction's keys)".into(),
+                waited_ms: limit.as_millis() as u64,
+            }),
+        }
     }
 }
 

@@ -1,26 +1,44 @@
 //! Taking a transaction's keys and starting it, for `tx` and `begin`: the one place where a
 //! transaction's deadline is set and its keys are asked for.
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
 
 use super::alone::AUTOCOMMIT_PING_AFTER;
 use super::ending::TxEnd;
 use super::tx::TxShape;
-use super::SessionEngine;
+use super::{SessionEngine, TxContext};
+use crate::coordinator::{Admission, Member};
 use crate::db::{DbConnection, DbError};
 use crate::error::BrokerError;
-use crate::protocol::TxOptions;
+use crate::locks::Grouping;
+use crate::protocol::{Reply, TxOptions, TxRequest};
+
+/// How a transaction was admitted.
+pub(super) enum Started {
+    /// It holds its keys and runs on its own.
+    Alone,
+    /// It holds its keys and leads a group: members arrive in the inbox.
+    Leading(mpsc::UnboundedReceiver<Member>),
+    /// It joined another session's group, which runs it and answers here; it holds nothing.
+    Joined(oneshot::Receiver<Result<Reply, BrokerError>>),
+}
 
 impl SessionEngine {
     /// Grants the keys and starts the database transaction at the same time: `START
     /// TRANSACTION` takes no row locks and no snapshot, so overlapping it with the wait keeps
     /// one round trip out of the time the keys are held. A single write starts nothing: its
     /// statement carries its own commit, so its connection is checked for life beforehand.
+    /// `member` is the request itself when `grouping` lets it join a group.
     pub(super) async fn start_transaction(
         &mut self,
         options: &TxOptions,
         shape: TxShape,
-    ) -> Result<(), BrokerError> {
+        grouping: Grouping,
+        member: Option<Arc<TxRequest>>,
+    ) -> Result<Started, BrokerError> {
         match shape {
             TxShape::Explicit => self.db.ensure_connected().await,
             TxShape::SingleWrite => self.db.ensure_live(AUTOCOMMIT_PING_AFTER).await,
@@ -30,6 +48,7 @@ impl SessionEngine {
                 .max_tx_duration()
                 .map(|limit| Instant::now() + limit),
         );
+        self.current = TxContext::new(options.isolation.unwrap_or(self.config.default_isolation));
         let db = &mut self.db;
         let begin = async move {
             match shape {
@@ -37,17 +56,37 @@ impl SessionEngine {
                 TxShape::SingleWrite => Ok(()),
             }
         };
-        let (granted, begun) = match options.locks.clone() {
-            Some(keys) => futures_util::join!(self.keys.acquire(keys), begin),
-            None => (Ok(()), begin.await),
+        let (admitted, begun) = match options.locks.clone() {
+            Some(keys) => futures_util::join!(self.keys.acquire_as(keys, grouping, member), begin),
+            None => (Ok(no_keys()), begin.await),
         };
-        let failure = match (granted, begun) {
-            (Ok(()), Ok(())) => return Ok(()),
+        let failure = match (admitted, begun) {
+            (Ok(admission), Ok(())) => return Ok(self.admitted(admission)),
             (_, Err(error)) => BrokerError::from(error),
             (Err(failure), Ok(())) => BrokerError::from(failure),
         };
         self.end_transaction(TxEnd::NotStarted).await;
         Err(failure)
+    }
+
+    fn admitted(&mut self, admission: Admission) -> Started {
+        match admission {
+            Admission::Granted { read_gate, group } => {
+                self.current.read_gate = read_gate;
+                match group {
+                    Some(inbox) => Started::Leading(inbox),
+                    None => Started::Alone,
+                }
+            }
+            Admission::Joined(outcome) => Started::Joined(outcome),
+        }
+    }
+}
+
+fn no_keys() -> Admission {
+    Admission::Granted {
+        read_gate: Default::default(),
+        group: None,
     }
 }
 

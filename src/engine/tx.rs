@@ -1,18 +1,23 @@
-//! The `tx` op: a whole transaction in one request. Its keys are taken (`start.rs`), its
-//! statements run, it commits, and a conflict the database reports (1213, 1205, SQLSTATE
-//! 40001) runs it again, keeping the keys, up to its retries.
+//! The `tx` op: a whole transaction in one request. Its keys are taken (`start.rs`); it
+//! runs alone, leads a group or joins one (`group.rs`). Alone, its statements run, its keys
+//! are handed over as its `COMMIT` is sent, and a conflict the database reports (1213, 1205,
+//! SQLSTATE 40001) runs it again, keeping the keys, up to its retries.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
 use slog::debug;
 
 use super::ending::TxEnd;
-use super::SessionEngine;
+use super::start::Started;
+use super::{ConnectionProfile, SessionEngine};
 use crate::config::Config;
 use crate::db::DbError;
 use crate::error::{BrokerError, CommitCarrier};
-use crate::protocol::{QueryResult, Reply, Statement, TxRequest};
+use crate::locks::{GroupClass, Grouping};
+use crate::protocol::{Isolation, QueryResult, Reply, TxRequest};
+use crate::sql_class::StatementClass;
 use crate::sql_guard;
 use crate::txn::TxMode;
 
@@ -48,14 +53,14 @@ impl TxShape {
 }
 
 /// A statement of a `tx` that failed, and where.
-struct TxFailure {
+pub(super) struct TxFailure {
     /// The failing statement's index, when a statement failed (not `COMMIT`).
-    statement: Option<usize>,
-    error: DbError,
+    pub(super) statement: Option<usize>,
+    pub(super) error: DbError,
 }
 
 impl TxFailure {
-    fn into_answer(self) -> BrokerError {
+    pub(super) fn into_answer(self) -> BrokerError {
         let error = match (self.statement, self.error) {
             (Some(index), DbError::Server(failure)) => DbError::Server(failure.at_statement(index)),
             (_, error) => error,
@@ -71,15 +76,55 @@ impl SessionEngine {
                 BrokerError::BadRequest(format!("statements[{index}]: {}", refusal.message()))
             })?;
         }
+        let isolation = tx.options.isolation.unwrap_or(self.config.default_isolation);
+        let classes: Vec<StatementClass> = tx
+            .statements
+            .iter()
+            .map(|statement| self.classify(&statement.sql, isolation))
+            .collect();
+        let grouping = self.grouping(&tx, &classes, isolation);
         let retries = tx.retries.unwrap_or(self.config.default_retries);
         let shape = TxShape::of(&tx, &self.config);
-        self.start_transaction(&tx.options, shape).await?;
+        let tx = Arc::new(tx);
+        let member = matches!(grouping, Grouping::Groupable(_)).then(|| tx.clone());
+        match self
+            .start_transaction(&tx.options, shape, grouping, member)
+            .await?
+        {
+            Started::Alone => self.run_alone(&tx, &classes, shape, retries).await,
+            Started::Leading(inbox) => self.lead_group(tx, shape, retries, inbox).await,
+            Started::Joined(outcome) => self.run_as_member(outcome).await,
+        }
+    }
+
+    /// Whether `tx` may run in a group: groups are on, it writes, each statement locks every
+    /// row it reads and touches no session state, and this session's connection is like any
+    /// other. Its class is its isolation level.
+    fn grouping(&self, tx: &TxRequest, classes: &[StatementClass], isolation: Isolation) -> Grouping {
+        let groupable = self.config.max_group_size > 1
+            && !tx.options.read_only
+            && self.connection == ConnectionProfile::Pristine
+            && classes.iter().all(|class| class.may_be_grouped());
+        if groupable {
+            Grouping::Groupable(GroupClass(isolation as u8))
+        } else {
+            Grouping::Alone
+        }
+    }
+
+    async fn run_alone(
+        &mut self,
+        tx: &TxRequest,
+        classes: &[StatementClass],
+        shape: TxShape,
+        retries: u32,
+    ) -> Result<Reply, BrokerError> {
         let mut attempts: u32 = 0;
         loop {
             attempts += 1;
             let attempt = match shape {
-                TxShape::Explicit => self.attempt_explicit(&tx.statements).await,
-                TxShape::SingleWrite => self.attempt_single_write(&tx).await,
+                TxShape::Explicit => self.attempt_explicit(tx, classes).await,
+                TxShape::SingleWrite => self.attempt_single_write(tx).await,
             };
             let failure = match attempt {
                 Ok(results) => {
@@ -90,11 +135,15 @@ impl SessionEngine {
                     self.end_transaction(TxEnd::CommitUnknown).await;
                     return Err(answer);
                 }
+                Err(AttemptFailure::Refused(answer)) => {
+                    self.end_transaction(TxEnd::RolledBack).await;
+                    return Err(answer);
+                }
                 Err(AttemptFailure::Failed(failure)) => failure,
             };
-            if !self
-                .retry_after_conflict(&failure.error, attempts, retries)
-                .await
+            // Keys handed over at a COMMIT that then failed are gone: no retry without them.
+            let keys_kept = self.handed_over.is_none();
+            if !keys_kept || !self.retry_after_conflict(&failure.error, attempts, retries).await
             {
                 self.end_transaction(TxEnd::RolledBack).await;
                 return Err(failure.into_answer());
@@ -112,13 +161,19 @@ impl SessionEngine {
         }
     }
 
-    /// The statements, then `COMMIT`, in the transaction `start_transaction` began.
+    /// The statements, then `COMMIT`, in the transaction `start_transaction` began; a
+    /// statement that reads without locking first waits for the commits its keys came from.
+    /// The keys pass on as `COMMIT` is sent.
     async fn attempt_explicit(
         &mut self,
-        statements: &[Statement],
+        tx: &TxRequest,
+        classes: &[StatementClass],
     ) -> Result<Vec<QueryResult>, AttemptFailure> {
-        let mut results = Vec::with_capacity(statements.len());
-        for (index, statement) in statements.iter().enumerate() {
+        let mut results = Vec::with_capacity(tx.statements.len());
+        for (index, (statement, class)) in tx.statements.iter().zip(classes).enumerate() {
+            self.wait_for_reads(*class)
+                .await
+                .map_err(AttemptFailure::Refused)?;
             let result = self
                 .db
                 .execute(statement, TxMode::InTransaction)
@@ -131,13 +186,10 @@ impl SessionEngine {
                 })?;
             results.push(result);
         }
+        self.hand_over_keys();
         match self.db.commit().await {
             Ok(()) => Ok(results),
-            Err(error) => Err(AttemptFailure::of_commit(
-                error,
-                CommitCarrier::Commit,
-                None,
-            )),
+            Err(error) => Err(AttemptFailure::of_commit(error, CommitCarrier::Commit, None)),
         }
     }
 
@@ -161,7 +213,12 @@ impl SessionEngine {
 
     /// When the `tx` may run again after `error`: rolls back, waits the back-off and says so.
     /// The keys stay held across the retry.
-    async fn retry_after_conflict(&mut self, error: &DbError, attempts: u32, retries: u32) -> bool {
+    pub(super) async fn retry_after_conflict(
+        &mut self,
+        error: &DbError,
+        attempts: u32,
+        retries: u32,
+    ) -> bool {
         let retry = error.conflict().is_some() && attempts <= retries && self.db.is_connected();
         if retry {
             // 1205 leaves the transaction open and 1213 may too on other engines.
@@ -180,6 +237,8 @@ impl SessionEngine {
 enum AttemptFailure {
     /// It did not commit: the database said so, or nothing was sent that could have.
     Failed(TxFailure),
+    /// The broker stopped it (a read waited too long for a previous holder's commit).
+    Refused(BrokerError),
     /// The connection was lost while its commit was in flight.
     CommitUnknown(BrokerError),
 }
@@ -195,7 +254,7 @@ impl AttemptFailure {
 
 /// A random pause in [cap/2, cap], with cap doubling per attempt up to `MAX_RETRY_BACKOFF`,
 /// so that transactions that collided once do not collide again in step.
-fn retry_backoff(attempt: u32) -> Duration {
+pub(super) fn retry_backoff(attempt: u32) -> Duration {
     let cap = Duration::from_millis(1u64 << attempt.min(5)).min(MAX_RETRY_BACKOFF);
     let micros = cap.as_micros() as u64;
     Duration::from_micros(rand::thread_rng().gen_range(micros / 2..=micros))
@@ -204,7 +263,7 @@ fn retry_backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::TxOptions;
+    use crate::protocol::{Statement, TxOptions};
 
     fn tx(statements: &[&str], read_only: bool) -> TxRequest {
         TxRequest {

@@ -222,6 +222,13 @@ pub struct Stats {
     pub lock_timeouts: u64,
     pub locks_held: u64,
     pub lock_waiters: u64,
+    /// Transactions whose keys passed on when their `COMMIT` was sent (protocol 1.1).
+    pub handovers: u64,
+    /// Database transactions that committed a group of two or more requests.
+    pub groups_committed: u64,
+    /// Requests committed in those groups, leaders included: over `groups_committed`, the
+    /// mean group size.
+    pub transactions_grouped: u64,
 }
 
 /// What a `stats` counter measures.
@@ -234,13 +241,13 @@ pub enum StatKind {
 }
 
 impl Stats {
-    /// Name and value of every counter, in the contract's order.
-    pub fn entries(&self) -> [(&'static str, u64); 9] {
+    /// Name and value of every counter: the contract's, in its order, then the broker's own.
+    pub fn entries(&self) -> [(&'static str, u64); 12] {
         self.counters().map(|(name, value, _)| (name, value))
     }
 
     /// Name, value and kind of every counter, in the contract's order.
-    pub fn counters(&self) -> [(&'static str, u64, StatKind); 9] {
+    pub fn counters(&self) -> [(&'static str, u64, StatKind); 12] {
         use StatKind::{Gauge, Total};
         [
             ("sessions", self.sessions, Gauge),
@@ -256,6 +263,9 @@ impl Stats {
             ("lock_timeouts", self.lock_timeouts, Total),
             ("locks_held", self.locks_held, Gauge),
             ("lock_waiters", self.lock_waiters, Gauge),
+            ("handovers", self.handovers, Total),
+            ("groups_committed", self.groups_committed, Total),
+            ("transactions_grouped", self.transactions_grouped, Total),
         ]
     }
 
@@ -283,6 +293,9 @@ impl Stats {
             "lock_timeouts" => &mut self.lock_timeouts,
             "locks_held" => &mut self.locks_held,
             "lock_waiters" => &mut self.lock_waiters,
+            "handovers" => &mut self.handovers,
+            "groups_committed" => &mut self.groups_committed,
+            "transactions_grouped" => &mut self.transactions_grouped,
             _ => return None,
         })
     }

@@ -1,0 +1,443 @@
+//! Group execution (protocol 1.1). A `tx` granted its keys after waiting, whose statements
+//! all lock or change rows and touch no session state, leads a group: requests of the same
+//! isolation level queued on its keys join it (the coordinator decides who, see `locks.rs`),
+//! and it runs them one after another inside its own database transaction, each member
+//! between a `SAVEPOINT` and, when one of its statements fails, a `ROLLBACK TO SAVEPOINT`,
+//! with one `COMMIT` for all. A hot row then pays one commit flush per group, not per request.
+//!
+//! Each request keeps its own results, `attempts`, errors, `statement` index and retries: a
+//! member whose statement fails is rolled back to its savepoint and answered its error while
+//! the others go on; a 1205 reruns that member alone; a 1213 (the database rolled the whole
+//! transaction back) reruns every request that had run, each within its own retries. Every
+//! request is answered only after the group's `COMMIT` has answered, and shares its fate: a
+//! connection lost during it is `commit_unknown` for each of them.
+//!
+//! A member's own session only waits: its request runs on the leader's connection and the
+//! leader sends it the answer.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::ending::TxEnd;
+use super::tx::{retry_backoff, TxFailure, TxShape};
+use super::SessionEngine;
+use crate::coordinator::Member;
+use crate::db::DbError;
+use crate::error::{BrokerError, CommitCarrier, Conflict, DbFailure};
+use crate::protocol::{QueryResult, Reply, TxRequest};
+use crate::txn::TxMode;
+
+/// The savepoint before each member; each member sets it anew.
+const MEMBER_SAVEPOINT: &str = "txbroker_member";
+
+type Answer = oneshot::Sender<Result<Reply, BrokerError>>;
+
+/// One request of a group: the leader's own (first) or a member's.
+struct Entry {
+    tx: Arc<TxRequest>,
+    retries: u32,
+    attempts: u32,
+    state: EntryState,
+    /// Where a member's answer goes; `None` for the leader's own request.
+    answer: Option<Answer>,
+}
+
+enum EntryState {
+    /// To run in the transaction in progress.
+    ToRun,
+    /// Running now, or ran in this transaction.
+    Ran(Vec<QueryResult>),
+    /// Will not commit; this is its answer.
+    Failed(BrokerError),
+    /// A member whose client left before it ran: it never runs and is not answered.
+    Abandoned,
+}
+
+/// Whether members may still join.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Door {
+    Open,
+    Closed,
+}
+
+/// Whether the group's `COMMIT` has been sent, for the answers of a group dropped unfinished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CommitStage {
+    NotSent,
+    Sent,
+}
+
+struct Group {
+    entries: Vec<Entry>,
+    inbox: mpsc::UnboundedReceiver<Member>,
+    door: Door,
+    commit: CommitStage,
+}
+
+/// How one pass over the group, in one database transaction, ended.
+enum Pass {
+    /// Every request ran or failed on its own.
+    Complete,
+    /// The database rolled the whole transaction back (1213, SQLSTATE 40001) while the
+    /// request at this index ran.
+    RolledBack { index: usize, failure: TxFailure },
+    /// The connection is gone or the deadline passed: nothing of the group was committed.
+    Lost(DbError),
+}
+
+/// What the group's `COMMIT` came to.
+enum GroupOutcome {
+    Committed,
+    Unknown(BrokerError),
+    Failed(BrokerError),
+}
+
+impl SessionEngine {
+    /// Runs the leader's `tx` and its members, then commits them together.
+    pub(super) async fn lead_group(
+        &mut self,
+        tx: Arc<TxRequest>,
+        shape: TxShape,
+        retries: u32,
+        inbox: mpsc::UnboundedReceiver<Member>,
+    ) -> Result<Reply, BrokerError> {
+        let mut group = Group {
+            entries: vec![Entry {
+                tx: tx.clone(),
+                retries,
+                attempts: 0,
+                state: EntryState::ToRun,
+                answer: None,
+            }],
+            inbox,
+            door: Door::Open,
+            commit: CommitStage::NotSent,
+        };
+        // A single write leads in a transaction like the rest: its own commit would flush
+        // while it holds the keys.
+        if shape == TxShape::SingleWrite {
+            if let Err(error) = self.db.begin(tx.options.isolation, false).await {
+                return self.lose_group(&mut group, error).await;
+            }
+        }
+        loop {
+            match self.run_group_pass(&mut group).await {
+                Pass::Complete => return self.commit_group(&mut group).await,
+                Pass::Lost(error) => return self.lose_group(&mut group, error).await,
+                Pass::RolledBack { index, failure } => {
+                    if let Err(error) = self.restart_group(&mut group, index, failure).await {
+                        return self.lose_group(&mut group, error).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs, in order, every request still to run, taking members as they come; members stop
+    /// coming once the inbox is empty and the group is closed.
+    async fn run_group_pass(&mut self, group: &mut Group) -> Pass {
+        let mut index = 0;
+        loop {
+            if index == group.entries.len() && !self.take_member(group).await {
+                return Pass::Complete;
+            }
+            let entry = &mut group.entries[index];
+            match (&entry.state, &entry.answer) {
+                (EntryState::ToRun, Some(answer)) if entry.attempts == 0 && answer.is_closed() => {
+                    entry.state = EntryState::Abandoned;
+                    index += 1;
+                    continue;
+                }
+                (EntryState::ToRun, _) => {}
+                _ => {
+                    index += 1;
+                    continue;
+                }
+            }
+            entry.attempts += 1;
+            entry.state = EntryState::Ran(Vec::new());
+            let tx = entry.tx.clone();
+            let failure = match self.run_entry(index, &tx).await {
+                Ok(results) => {
+                    group.entries[index].state = EntryState::Ran(results);
+                    index += 1;
+                    continue;
+                }
+                Err(failure) => failure,
+            };
+            match failure.error.conflict() {
+                Some(Conflict::Deadlock) => return Pass::RolledBack { index, failure },
+                _ if is_lost(&failure.error) => return Pass::Lost(failure.error),
+                conflict => {
+                    if let Err(error) = self.undo_entry(index, &tx).await {
+                        return Pass::Lost(error);
+                    }
+                    let entry = &mut group.entries[index];
+                    if conflict.is_some() && entry.attempts <= entry.retries {
+                        // 1205: the entry alone runs again.
+                        self.metrics.retried();
+                        entry.state = EntryState::ToRun;
+                    } else {
+                        entry.state = EntryState::Failed(failure.into_answer());
+                        index += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The statements of the request at `index`; a member's after its savepoint.
+    async fn run_entry(
+        &mut self,
+        index: usize,
+        tx: &TxRequest,
+    ) -> Result<Vec<QueryResult>, TxFailure> {
+        if index > 0 {
+            self.db
+                .savepoint(MEMBER_SAVEPOINT)
+                .await
+                .map_err(|error| TxFailure {
+                    statement: None,
+                    error,
+                })?;
+        }
+        let mut results = Vec::with_capacity(tx.statements.len());
+        for (statement_index, statement) in tx.statements.iter().enumerate() {
+            let result = self
+                .db
+                .execute(statement, TxMode::InTransaction)
+                .await
+                .map_err(|error| TxFailure {
+                    statement: Some(statement_index),
+                    error,
+                })?;
+            results.push(result);
+        }
+        Ok(results)
+    }
+
+    /// Takes back what the request at `index` did: a member to its savepoint; the leader,
+    /// which runs first and has none, by rolling back and starting the transaction again.
+    async fn undo_entry(&mut self, index: usize, tx: &TxRequest) -> Result<(), DbError> {
+        if index > 0 {
+            return self.db.rollback_to_savepoint(MEMBER_SAVEPOINT).await;
+        }
+        self.db.rollback().await?;
+        self.db.begin(tx.options.isolation, false).await
+    }
+
+    /// The next member, if one is there or comes before the group is closed.
+    async fn take_member(&mut self, group: &mut Group) -> bool {
+        let member = match group.inbox.try_recv() {
+            Ok(member) => Some(member),
+            Err(_) => {
+                if group.door == Door::Open {
+                    // The coordinator drops the inbox's sender when it closes the group, so
+                    // the receive below ends once no one else can join.
+                    self.keys.close_group();
+                    group.door = Door::Closed;
+                }
+                group.inbox.recv().await
+            }
+        };
+        let Some(Member { tx, outcome }) = member else {
+            return false;
+        };
+        group.entries.push(Entry {
+            retries: tx.retries.unwrap_or(self.config.default_retries),
+            tx,
+            attempts: 0,
+            state: EntryState::ToRun,
+            answer: Some(outcome),
+        });
+        true
+    }
+
+    /// After the database rolled the whole transaction back: every request that had run runs
+    /// again, within its own retries, in a new transaction.
+    async fn restart_group(
+        &mut self,
+        group: &mut Group,
+        index: usize,
+        failure: TxFailure,
+    ) -> Result<(), DbError> {
+        self.db.rollback().await?;
+        let Some(collateral) = failure.error_failure() else {
+            return Err(failure.error);
+        };
+        let mut longest = 0;
+        for (position, entry) in group.entries.iter_mut().enumerate() {
+            if !matches!(entry.state, EntryState::Ran(_)) {
+                continue;
+            }
+            if entry.attempts > entry.retries {
+                let answer = if position == index {
+                    failure.answer_ref()
+                } else {
+                    BrokerError::Deadlock(collateral.clone())
+                };
+                entry.state = EntryState::Failed(answer);
+            } else {
+                self.metrics.retried();
+                entry.state = EntryState::ToRun;
+                longest = longest.max(entry.attempts);
+            }
+        }
+        tokio::time::sleep(retry_backoff(longest.max(1))).await;
+        let isolation = group.entries[0].tx.options.isolation;
+        self.db.begin(isolation, false).await
+    }
+
+    /// Commits the group (keys handed over as `COMMIT` is sent) and answers every request.
+    async fn commit_group(&mut self, group: &mut Group) -> Result<Reply, BrokerError> {
+        let ran = group
+            .entries
+            .iter()
+            .filter(|entry| matches!(entry.state, EntryState::Ran(_)))
+            .count();
+        let outcome = if ran == 0 {
+            GroupOutcome::Failed(BrokerError::Internal("nothing of the group ran".into()))
+        } else {
+            self.hand_over_keys();
+            group.commit = CommitStage::Sent;
+            match self.db.commit().await {
+                Ok(()) => GroupOutcome::Committed,
+                Err(error) => match BrokerError::commit_unknown(error, CommitCarrier::Commit) {
+                    Ok(unknown) => GroupOutcome::Unknown(unknown),
+                    Err(error) => GroupOutcome::Failed(BrokerError::from(error)),
+                },
+            }
+        };
+        let leader_ran = matches!(group.entries[0].state, EntryState::Ran(_));
+        let end = match (&outcome, leader_ran) {
+            (GroupOutcome::Committed, true) => TxEnd::Committed,
+            (GroupOutcome::Committed, false) => TxEnd::CommittedWithoutOwn,
+            (GroupOutcome::Unknown(_), _) => TxEnd::CommitUnknown,
+            (GroupOutcome::Failed(_), _) => TxEnd::RolledBack,
+        };
+        if matches!(outcome, GroupOutcome::Committed) && ran >= 2 {
+            self.metrics.group_committed(ran as u64);
+        }
+        let leader_answer = answer_all(group, &outcome);
+        self.end_transaction(end).await;
+        leader_answer
+    }
+
+    /// The connection is gone (or the deadline passed) before `COMMIT`: nothing committed.
+    async fn lose_group(&mut self, group: &mut Group, error: DbError) -> Result<Reply, BrokerError> {
+        let lost = BrokerError::from(error);
+        for entry in &mut group.entries {
+            if matches!(entry.state, EntryState::ToRun | EntryState::Ran(_)) {
+                entry.state = EntryState::Failed(lost.clone());
+            }
+        }
+        // Members that had not arrived yet are dropped with the group's inbox below; the
+        // coordinator's release of the keys fails none of them, since they hold nothing.
+        let leader_answer = answer_all(group, &GroupOutcome::Failed(lost));
+        self.end_transaction(TxEnd::RolledBack).await;
+        leader_answer
+    }
+
+    /// Waits, as a member, for the answer of the group that runs this session's `tx`.
+    pub(super) async fn run_as_member(
+        &mut self,
+        answer: oneshot::Receiver<Result<Reply, BrokerError>>,
+    ) -> Result<Reply, BrokerError> {
+        // The START TRANSACTION sent while the keys were awaited serves nothing: the request
+        // runs in its leader's transaction. This ends that unused one on this connection.
+        self.end_transaction(TxEnd::NotStarted).await;
+        let client_gone = self.keys.cancellation();
+        let answer = tokio::select! {
+            // The leader answers every request it took; one it drops unanswered never ran.
+            answer = answer => answer.unwrap_or_else(|_| Err(BrokerError::DbUnavailable(
+                "the session running this request's group stopped before running it; nothing was committed".into(),
+            ))),
+            // Dropping the receiver tells the leader to skip the request if it has not run
+            // yet; if it has, it commits with the group, and nobody is left to tell.
+            () = client_gone.cancelled() => Err(BrokerError::CommitUnknown(
+                "the client left while its request waited in a group".into(),
+            )),
+        };
+        let end = match &answer {
+            Ok(_) => TxEnd::Committed,
+            Err(BrokerError::CommitUnknown(_)) => TxEnd::CommitUnknown,
+            Err(_) => TxEnd::RolledBack,
+        };
+        // The request's own end, counted in this session like any `tx` of its own.
+        self.end_transaction(end).await;
+        answer
+    }
+}
+
+/// Sends each member its answer and returns the leader's.
+fn answer_all(group: &mut Group, outcome: &GroupOutcome) -> Result<Reply, BrokerError> {
+    let mut leader_answer = Err(BrokerError::Internal("the leader's request has no answer".into()));
+    for entry in &mut group.entries {
+        let answer = match (std::mem::replace(&mut entry.state, EntryState::Abandoned), outcome) {
+            (EntryState::Ran(results), GroupOutcome::Committed) => Ok(Reply::Tx {
+                results,
+                attempts: entry.attempts,
+            }),
+            (EntryState::Ran(_), GroupOutcome::Unknown(error) | GroupOutcome::Failed(error)) => {
+                Err(error.clone())
+            }
+            (EntryState::Failed(error), _) => Err(error),
+            (EntryState::ToRun | EntryState::Abandoned, _) => continue,
+        };
+        match entry.answer.take() {
+            Some(member) => {
+                let _ = member.send(answer);
+            }
+            None => leader_answer = answer,
+        }
+    }
+    leader_answer
+}
+
+/// Whether `error` means the group's transaction is gone with its connection.
+fn is_lost(error: &DbError) -> bool {
+    matches!(
+        error,
+        DbError::ConnectionLost(_)
+            | DbError::Unavailable(_)
+            | DbError::DeadlineExceeded
+            | DbError::TransactionEnded
+    )
+}
+
+/// Members a group leaves unanswered (its session stopped in the middle) are told what can be
+/// known: nothing committed before `COMMIT` was sent, the outcome unknown after.
+impl Drop for Group {
+    fn drop(&mut self) {
+        for entry in &mut self.entries {
+            if let Some(member) = entry.answer.take() {
+                let _ = member.send(Err(match self.commit {
+                    CommitStage::NotSent => BrokerError::DbUnavailable(
+                        "the session running this request's group stopped before committing it; nothing was committed".into(),
+                    ),
+                    CommitStage::Sent => BrokerError::CommitUnknown(
+                        "the session running this request's group stopped while its commit was in flight".into(),
+                    ),
+                }));
+            }
+        }
+    }
+}
+
+impl TxFailure {
+    fn error_failure(&self) -> Option<DbFailure> {
+        match &self.error {
+            DbError::Server(failure) => Some(failure.clone()),
+            _ => None,
+        }
+    }
+
+    fn answer_ref(&self) -> BrokerError {
+        TxFailure {
+            statement: self.statement,
+            error: self.error.clone(),
+        }
+        .into_answer()
+    }
+}
