@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the Python client's tests (clients/python/tests) against a real txbroker and MariaDB.
 # Creates .venv-python in the repo when missing, installs pytest and the client into it,
-# builds target/debug/txbroker when missing (TXBROKER_BIN overrides the binary), and runs
+# builds the debug txbroker when missing (in cargo's target directory, wherever
+# CARGO_TARGET_DIR or a cargo config puts it; TXBROKER_BIN overrides the binary), and runs
 # pytest. Extra arguments go to pytest. Exits non-zero when anything fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,10 +43,14 @@ case "$installed" in
 esac
 
 if [ -z "${TXBROKER_BIN:-}" ]; then
-    if [ ! -x target/debug/txbroker ]; then
+    # Cargo knows where its builds go (CARGO_TARGET_DIR, build.target-dir, or target/);
+    # assuming target/ would miss the binary for anyone who moves it.
+    target_dir="$(cargo metadata --format-version 1 --no-deps \
+        | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+    if [ ! -x "$target_dir/debug/txbroker" ]; then
         cargo build --bin txbroker
     fi
-    export TXBROKER_BIN="$repo/target/debug/txbroker"
+    export TXBROKER_BIN="$target_dir/debug/txbroker"
 fi
 
 exec "$venv/bin/python" -m pytest -q clients/python/tests "$@"

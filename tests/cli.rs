@@ -1,104 +1,20 @@
 //! The `txbroker` binary as an operator runs it: configuration errors, start-up without a
-//! database, and a drain on SIGTERM that exits 0.
+//! database, a drain on SIGTERM that exits 0, the operator commands (`exec`, `stats`), and
+//! tokens from the environment that are never logged.
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::process::{broker_command, write_config, BrokerProcess};
 use common::TestDb;
 use txbroker::client::Client;
 use txbroker::error::ErrorCode;
 
-fn broker_command() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_txbroker"))
-}
-
-fn write_config(name: &str, text: &str) -> std::path::PathBuf {
-    let path =
-        std::env::temp_dir().join(format!("txbroker-cli-{name}-{}.toml", std::process::id()));
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
-type LogLines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
-
-/// Starts the binary on a free port and reads the bound address from its log.
-fn spawn_broker(config: &std::path::Path) -> (Child, std::net::SocketAddr) {
-    let (child, address, _) = spawn_broker_with_env(config, &[]);
-    (child, address)
-}
-
-/// Like `spawn_broker`, with environment variables; also returns the log lines seen so far.
-fn spawn_broker_with_env(
-    config: &std::path::Path,
-    env: &[(&str, &str)],
-) -> (Child, std::net::SocketAddr, LogLines) {
-    let mut child = broker_command()
-        .envs(env.iter().copied())
-        .args([
-            "--config",
-            config.to_str().expect("utf-8 path"),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn txbroker");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (sender, receiver) = std::sync::mpsc::channel();
-    let lines = LogLines::default();
-    let seen = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("address: ").nth(1) {
-                let address = rest
-                    .split([',', ' '])
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                let _ = sender.send(address);
-            }
-            if let Ok(mut seen) = seen.lock() {
-                seen.push(line);
-            }
-        }
-    });
-    let address = receiver
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the broker logs its address");
-    (child, address.parse().expect("a socket address"), lines)
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-}
-
-/// The broker's exit code, waited for at most 20 s.
-async fn exit_code(mut child: Child) -> Option<i32> {
-    tokio::task::spawn_blocking(move || wait_with_deadline(&mut child, Duration::from_secs(20)))
-        .await
-        .expect("wait")
-        .code()
-}
-
-fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("txbroker did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// The broker's exit code once it has exited, waited for at most 20 s.
+fn exit_code(broker: &mut BrokerProcess) -> Option<i32> {
+    tokio::task::block_in_place(|| broker.wait_exit(Duration::from_secs(20))).code()
 }
 
 #[test]
@@ -129,39 +45,37 @@ fn a_bad_config_file_is_one_line_on_stderr_and_a_nonzero_exit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_database_the_broker_warns_serves_and_answers_db_unavailable() {
-    let path = write_config(
-        "no_db",
+    let mut broker = BrokerProcess::start(
+        "cli_no_db",
         "database_url = \"mysql://root@127.0.0.1:1/test?prefer_socket=false\"\n",
     );
-    let (child, address) = spawn_broker(&path);
-    let client = Client::connect(address).await.expect("connect");
+    let client = Client::connect(broker.addr).await.expect("connect");
     client.ping().await.expect("serving");
     let error = client
         .exec("SELECT 1", vec![])
         .await
         .expect_err("no database");
     assert_eq!(error.code(), Some(ErrorCode::DbUnavailable));
-    signal(&child, "INT");
-    assert_eq!(exit_code(child).await, Some(0));
+    broker.signal("INT");
+    assert_eq!(exit_code(&mut broker), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_open_transactions_and_exits_zero() {
     let db = TestDb::create("cli_sigterm").await;
     db.run(&["CREATE TABLE t (id INT PRIMARY KEY)"]).await;
-    let path = write_config(
-        "sigterm",
-        &format!("database_url = \"{}\"\nshutdown_grace_ms = 20000\n", db.url),
+    let mut broker = BrokerProcess::start(
+        "cli_sigterm",
+        &db.config_file_text("shutdown_grace_ms = 20000"),
     );
-    let (child, address) = spawn_broker(&path);
-    let client = Client::connect(address).await.expect("connect");
-    let idle = Client::connect(address).await.expect("connect");
+    let client = Client::connect(broker.addr).await.expect("connect");
+    let idle = Client::connect(broker.addr).await.expect("connect");
     client.begin(Default::default()).await.expect("begin");
     client
         .exec("INSERT INTO t VALUES (1)", vec![])
         .await
         .expect("insert");
-    signal(&child, "TERM");
+    broker.signal("TERM");
     common::eventually(
         "the broker refuses new transactions",
         Duration::from_secs(20),
@@ -178,7 +92,7 @@ async fn sigterm_drains_open_transactions_and_exits_zero() {
         .await
         .expect("the open transaction goes on");
     client.commit().await.expect("commit during the drain");
-    assert_eq!(exit_code(child).await, Some(0));
+    assert_eq!(exit_code(&mut broker), Some(0));
     assert_eq!(
         db.scalar("SELECT COUNT(*) FROM t").await,
         2,
@@ -191,9 +105,8 @@ async fn the_operator_commands_print_stats_and_rows() {
     let db = TestDb::create("cli_admin").await;
     db.run(&["CREATE TABLE t (id INT PRIMARY KEY, name VARCHAR(20))"])
         .await;
-    let path = write_config("admin", &format!("database_url = \"{}\"\n", db.url));
-    let (child, address) = spawn_broker(&path);
-    let address = address.to_string();
+    let mut broker = BrokerProcess::start("cli_admin", &db.config_file_text(""));
+    let address = broker.addr.to_string();
     let run = |args: &[&str]| {
         let output = broker_command().args(args).output().expect("run txbroker");
         assert!(
@@ -286,17 +199,18 @@ async fn the_operator_commands_print_stats_and_rows() {
         .expect("run txbroker");
     assert!(!failed.status.success());
     assert!(String::from_utf8_lossy(&failed.stderr).contains("sql:"));
-    signal(&child, "TERM");
-    assert_eq!(exit_code(child).await, Some(0));
+    broker.signal("TERM");
+    assert_eq!(exit_code(&mut broker), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_can_come_from_the_environment() {
-    let path = write_config("env_tokens", "");
-    let (child, address, log) = spawn_broker_with_env(
-        &path,
+    let mut broker = BrokerProcess::start_with_env(
+        "cli_env_tokens",
+        "",
         &[("TXBROKER_AUTH_TOKENS", "first-token, second-token")],
     );
+    let address = broker.addr;
     let anonymous = Client::connect(address).await.expect("connect");
     assert_eq!(
         anonymous.ping().await.expect_err("auth required").code(),
@@ -306,8 +220,9 @@ async fn tokens_can_come_from_the_environment() {
         .await
         .expect("token from the environment");
     client.ping().await.expect("authenticated");
-    signal(&child, "TERM");
-    assert_eq!(exit_code(child).await, Some(0));
+    broker.signal("TERM");
+    assert_eq!(exit_code(&mut broker), Some(0));
+    let log = &broker.log;
     let read_all = || {
         log.lock()
             .expect("log lines")

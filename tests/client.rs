@@ -5,21 +5,23 @@ mod common;
 
 use std::time::Duration;
 
+use common::requests::with_keys;
 use common::{stats_until, TestBroker, TestDb};
 use txbroker::client::{retry, ClientError};
 use txbroker::error::ErrorCode;
-use txbroker::locks::LockRequest;
 use txbroker::protocol::{Reply, Request, TxOptions, Value};
 use txbroker::Config;
 
+/// A database with one row to update: `t` (id 1, v 0).
 async fn table(label: &str) -> TestDb {
-    let db = TestDb::create(label).await;
-    db.run(&[
-        "CREATE TABLE t (id INT PRIMARY KEY, v INT NOT NULL)",
-        "INSERT INTO t VALUES (1, 0)",
-    ])
-    .await;
-    db
+    TestDb::create_with(
+        label,
+        &[
+            "CREATE TABLE t (id INT PRIMARY KEY, v INT NOT NULL)",
+            "INSERT INTO t VALUES (1, 0)",
+        ],
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,10 +31,7 @@ async fn a_transaction_dropped_without_commit_is_rolled_back() {
     let client = broker.client().await;
     {
         let tx = client
-            .transaction(TxOptions {
-                locks: LockRequest::new(vec!["t:1".to_string()], vec![]),
-                ..TxOptions::default()
-            })
+            .transaction(with_keys(&["t:1"]))
             .await
             .expect("begin");
         tx.exec("UPDATE t SET v = 5 WHERE id = 1", vec![])
@@ -71,13 +70,7 @@ async fn retry_runs_a_transaction_again_after_a_retryable_error() {
     let holder = broker.client().await;
     let client = broker.client().await;
     let observer = broker.client().await;
-    holder
-        .begin(TxOptions {
-            locks: LockRequest::new(vec!["t:1".to_string()], vec![]),
-            ..TxOptions::default()
-        })
-        .await
-        .expect("begin");
+    holder.begin(with_keys(&["t:1"])).await.expect("begin");
     let attempts = std::sync::atomic::AtomicU32::new(0);
     let outcome = retry(50, || {
         let n = attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -5,44 +5,21 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, stats_until, TestBroker, TestDb};
+use common::answers::{expect_code, server_error};
+use common::raw::{req, statement, RawConn};
+use common::requests::{keys, with_keys};
+use common::{
+    bank, begin_and_update_account, eventually, stats_until, TestBroker, TestDb, PATIENCE,
+};
 use mysql_async::prelude::Queryable;
-use txbroker::client::{Client, ClientError};
+use txbroker::client::{Client, ClientError, TxBuilder};
 use txbroker::error::ErrorCode;
-use txbroker::locks::LockRequest;
-use txbroker::protocol::{Reply, Request, Statement, TxOptions, TxRequest, Value};
+use txbroker::protocol::{Reply, Request, Statement, TxOptions, Value};
 use txbroker::Config;
 
-const PATIENCE: Duration = Duration::from_secs(20);
-
-fn keys(exclusive: &[&str]) -> LockRequest {
-    LockRequest::new(exclusive.iter().map(|k| k.to_string()), Vec::new()).expect("at least one key")
-}
-
-fn with_keys(exclusive: &[&str]) -> TxOptions {
-    TxOptions {
-        locks: Some(keys(exclusive)),
-        ..TxOptions::default()
-    }
-}
-
-fn code(result: Result<impl std::fmt::Debug, ClientError>) -> ErrorCode {
-    match result {
-        Err(error) => error
-            .code()
-            .unwrap_or_else(|| panic!("not a server error: {error}")),
-        Ok(value) => panic!("expected an error, got {value:?}"),
-    }
-}
-
+/// A database with `rows` accounts of balance 100.
 async fn accounts(label: &str, rows: u32) -> TestDb {
-    let db = TestDb::create(label).await;
-    db.run(&["CREATE TABLE accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB"])
-        .await;
-    let values: Vec<String> = (1..=rows).map(|id| format!("({id}, 100)")).collect();
-    db.run(&[&format!("INSERT INTO accounts VALUES {}", values.join(","))])
-        .await;
-    db
+    bank(label, rows, 100).await
 }
 
 /// Waits until `statement` is running in the test's database and returns the id of the
@@ -64,6 +41,33 @@ async fn blocked_on_row_lock(db: &TestDb, statement: &str) {
 
 const ROW_2_UPDATE: &str = "UPDATE accounts SET balance = balance + 5 WHERE id = 2";
 
+/// The other party of a database deadlock, working directly on the database: a transaction
+/// that has changed many rows (so that InnoDB picks the broker's lighter transaction as the
+/// deadlock victim) and holds row 2.
+async fn heavy_transaction_holding_row_2(db: &TestDb) -> mysql_async::Conn {
+    let mut heavy = db.conn().await;
+    heavy.query_drop("START TRANSACTION").await.expect("begin");
+    heavy
+        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id > 10")
+        .await
+        .expect("many rows");
+    heavy
+        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 2")
+        .await
+        .expect("row 2");
+    heavy
+}
+
+/// Closes the cycle once the broker's transaction holds row 1 and waits for row 2: the heavy
+/// transaction asks for row 1, survives the deadlock, and commits.
+async fn close_the_deadlock_and_commit(mut heavy: mysql_async::Conn) {
+    heavy
+        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+        .await
+        .expect("the heavy transaction survives the deadlock");
+    heavy.query_drop("COMMIT").await.expect("commit");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_client_waits_for_the_key_then_runs_after_the_first() {
     let db = accounts("cc_wait", 1).await;
@@ -72,28 +76,17 @@ async fn a_second_client_waits_for_the_key_then_runs_after_the_first() {
     let second = broker.client().await;
     let observer = broker.client().await;
 
-    first
-        .begin(with_keys(&["accounts:1"]))
-        .await
-        .expect("begin");
-    first
-        .exec(
-            "UPDATE accounts SET balance = balance + 1 WHERE id = 1",
-            vec![],
-        )
-        .await
-        .expect("update");
-    let waiting = second.send(Request::Tx(TxRequest {
-        statements: vec![
-            Statement::new(
+    begin_and_update_account(&first, 1, "balance = balance + 1").await;
+    let waiting = second.send(Request::Tx(
+        TxBuilder::new()
+            .lock("accounts:1")
+            .exec(
                 "UPDATE accounts SET balance = balance * 2 WHERE id = 1",
                 vec![],
-            ),
-            Statement::new("SELECT balance FROM accounts WHERE id = 1", vec![]),
-        ],
-        options: with_keys(&["accounts:1"]),
-        retries: None,
-    }));
+            )
+            .exec("SELECT balance FROM accounts WHERE id = 1", vec![])
+            .into_request(),
+    ));
     let waiting = tokio::spawn(waiting);
     stats_until(
         &observer,
@@ -129,14 +122,7 @@ async fn a_client_that_disconnects_mid_transaction_loses_its_writes_and_keys() {
     let observer = broker.client().await;
     {
         let leaver = broker.client().await;
-        leaver
-            .begin(with_keys(&["accounts:1"]))
-            .await
-            .expect("begin");
-        leaver
-            .exec("UPDATE accounts SET balance = 0 WHERE id = 1", vec![])
-            .await
-            .expect("update");
+        begin_and_update_account(&leaver, 1, "balance = 0").await;
         stats_until(&observer, "the leaver holds its key", |s| s.locks_held == 1).await;
     }
     stats_until(&observer, "the session ended and released its key", |s| {
@@ -195,14 +181,7 @@ async fn an_idle_transaction_is_aborted_and_answers_tx_aborted_until_rollback() 
     });
     let client = broker.client().await;
     let observer = broker.client().await;
-    client
-        .begin(with_keys(&["accounts:1"]))
-        .await
-        .expect("begin");
-    client
-        .exec("UPDATE accounts SET balance = 7 WHERE id = 1", vec![])
-        .await
-        .expect("update");
+    begin_and_update_account(&client, 1, "balance = 7").await;
     stats_until(&observer, "the idle transaction's key is released", |s| {
         s.locks_held == 0
     })
@@ -211,7 +190,7 @@ async fn an_idle_transaction_is_aborted_and_answers_tx_aborted_until_rollback() 
     let error = client.exec("SELECT 1", vec![]).await.expect_err("aborted");
     assert_eq!(error.code(), Some(ErrorCode::TxAborted));
     assert!(error.to_string().contains("idle"), "reason named: {error}");
-    assert_eq!(code(client.commit().await), ErrorCode::TxAborted);
+    expect_code(client.commit().await, ErrorCode::TxAborted);
     client
         .rollback()
         .await
@@ -247,19 +226,16 @@ async fn an_out_of_order_lock_conflict_aborts_and_releases_everything() {
     })
     .await;
 
-    assert_eq!(
-        code(client.exec("SELECT 1", vec![]).await),
-        ErrorCode::TxAborted
+    expect_code(client.exec("SELECT 1", vec![]).await, ErrorCode::TxAborted);
+    expect_code(client.lock(keys(&["z"])).await, ErrorCode::TxAborted);
+    expect_code(client.commit().await, ErrorCode::TxAborted);
+    expect_code(
+        client.begin(TxOptions::default()).await,
+        ErrorCode::TxAborted,
     );
-    assert_eq!(code(client.lock(keys(&["z"])).await), ErrorCode::TxAborted);
-    assert_eq!(code(client.commit().await), ErrorCode::TxAborted);
-    assert_eq!(
-        code(client.begin(TxOptions::default()).await),
-        ErrorCode::TxAborted
-    );
-    assert_eq!(
-        code(client.tx().exec("SELECT 1", vec![]).run().await),
-        ErrorCode::TxAborted
+    expect_code(
+        client.tx().exec("SELECT 1", vec![]).run().await,
+        ErrorCode::TxAborted,
     );
     client.ping().await.expect("ping works while aborted");
     client.stats().await.expect("stats works while aborted");
@@ -323,11 +299,11 @@ async fn a_key_not_granted_in_time_is_lock_timeout_and_releases_the_lower_keys()
         .await
         .expect("j is free");
     // A failed begin leaves nothing open.
-    assert_eq!(
-        code(waiter.begin(with_keys(&["k"])).await),
-        ErrorCode::LockTimeout
+    expect_code(
+        waiter.begin(with_keys(&["k"])).await,
+        ErrorCode::LockTimeout,
     );
-    assert_eq!(code(waiter.commit().await), ErrorCode::NoTransaction);
+    expect_code(waiter.commit().await, ErrorCode::NoTransaction);
     holder.rollback().await.expect("rollback");
 }
 
@@ -338,37 +314,22 @@ async fn a_database_deadlock_in_tx_is_retried_to_success() {
     let db = accounts("cc_deadlock_retry", 200).await;
     let broker = TestBroker::start(db.config());
     let client = broker.client().await;
-    // The other party works directly on the database and changes many rows, so that InnoDB
-    // picks the broker's lighter transaction as the deadlock victim.
-    let mut heavy = db.conn().await;
-    heavy.query_drop("START TRANSACTION").await.expect("begin");
-    heavy
-        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id > 10")
-        .await
-        .expect("many rows");
-    heavy
-        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 2")
-        .await
-        .expect("row 2");
+    let heavy = heavy_transaction_holding_row_2(&db).await;
 
-    let tx = tokio::spawn(client.send(Request::Tx(TxRequest {
-        statements: vec![
-            Statement::new(
-                "UPDATE accounts SET balance = balance - 5 WHERE id = 1",
-                vec![],
-            ),
-            Statement::new(ROW_2_UPDATE, vec![]),
-        ],
-        options: TxOptions::default(),
-        retries: Some(3),
-    })));
+    let tx = tokio::spawn(
+        client.send(Request::Tx(
+            TxBuilder::new()
+                .retries(3)
+                .exec(
+                    "UPDATE accounts SET balance = balance - 5 WHERE id = 1",
+                    vec![],
+                )
+                .exec(ROW_2_UPDATE, vec![])
+                .into_request(),
+        )),
+    );
     blocked_on_row_lock(&db, ROW_2_UPDATE).await;
-    // Closes the cycle: the broker's transaction holds row 1 and waits for row 2.
-    heavy
-        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
-        .await
-        .expect("the heavy transaction survives the deadlock");
-    heavy.query_drop("COMMIT").await.expect("commit");
+    close_the_deadlock_and_commit(heavy).await;
 
     let reply = tx
         .await
@@ -404,23 +365,10 @@ async fn a_database_deadlock_inside_an_interactive_transaction_aborts_it() {
         )
         .await
         .expect("row 1");
-    let mut heavy = db.conn().await;
-    heavy.query_drop("START TRANSACTION").await.expect("begin");
-    heavy
-        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id > 10")
-        .await
-        .expect("many rows");
-    heavy
-        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 2")
-        .await
-        .expect("row 2");
+    let heavy = heavy_transaction_holding_row_2(&db).await;
     let blocked = tokio::spawn(client.send(Request::Exec(Statement::new(ROW_2_UPDATE, vec![]))));
     blocked_on_row_lock(&db, ROW_2_UPDATE).await;
-    heavy
-        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
-        .await
-        .expect("survivor");
-    heavy.query_drop("COMMIT").await.expect("commit");
+    close_the_deadlock_and_commit(heavy).await;
 
     let error = blocked.await.expect("task").expect_err("deadlock victim");
     assert_eq!(error.code(), Some(ErrorCode::Deadlock));
@@ -429,7 +377,7 @@ async fn a_database_deadlock_inside_an_interactive_transaction_aborts_it() {
         panic!("server error expected");
     };
     assert_eq!(reply.mysql_code, Some(1213));
-    assert_eq!(code(client.commit().await), ErrorCode::TxAborted);
+    expect_code(client.commit().await, ErrorCode::TxAborted);
     client.rollback().await.expect("rollback");
     assert_eq!(
         db.scalar("SELECT balance FROM accounts WHERE id = 1").await,
@@ -479,10 +427,7 @@ async fn a_database_lock_wait_timeout_is_retried_in_tx_and_aborts_interactive() 
         .expect_err("lock wait timeout");
     assert_eq!(error.code(), Some(ErrorCode::DbLockTimeout));
     // 1205 rolls back only the statement in MariaDB; the broker must roll back the rest.
-    assert_eq!(
-        code(client.exec("SELECT 1", vec![]).await),
-        ErrorCode::TxAborted
-    );
+    expect_code(client.exec("SELECT 1", vec![]).await, ErrorCode::TxAborted);
     client.rollback().await.expect("rollback");
     holder.query_drop("ROLLBACK").await.expect("rollback");
     assert_eq!(
@@ -505,14 +450,7 @@ async fn a_connection_lost_before_commit_answers_commit_unknown_and_the_session_
     let db = accounts("cc_commit_unknown", 1).await;
     let broker = TestBroker::start(db.config());
     let client = broker.client().await;
-    client
-        .begin(with_keys(&["accounts:1"]))
-        .await
-        .expect("begin");
-    client
-        .exec("UPDATE accounts SET balance = 0 WHERE id = 1", vec![])
-        .await
-        .expect("update");
+    begin_and_update_account(&client, 1, "balance = 0").await;
     let id = connection_id(&client).await;
     db.run(&[&format!("KILL CONNECTION {id}")]).await;
     let error = client.commit().await.expect_err("connection is gone");
@@ -655,18 +593,18 @@ async fn an_unreachable_database_answers_db_unavailable_and_the_broker_keeps_ser
         .expect_err("no database");
     assert_eq!(error.code(), Some(ErrorCode::DbUnavailable));
     assert!(error.is_retryable());
-    assert_eq!(
-        code(client.begin(with_keys(&["k"])).await),
-        ErrorCode::DbUnavailable
+    expect_code(
+        client.begin(with_keys(&["k"])).await,
+        ErrorCode::DbUnavailable,
     );
     assert_eq!(
-        code(client.commit().await),
+        server_error(client.commit().await).code,
         ErrorCode::NoTransaction,
         "begin left nothing open"
     );
-    assert_eq!(
-        code(client.exec("SELECT 1", vec![]).await),
-        ErrorCode::DbUnavailable
+    expect_code(
+        client.exec("SELECT 1", vec![]).await,
+        ErrorCode::DbUnavailable,
     );
     let stats = client.stats().await.expect("stats");
     assert_eq!((stats.locks_held, stats.lock_waiters), (0, 0));
@@ -681,10 +619,7 @@ async fn shutdown_lets_open_transactions_finish_and_refuses_new_ones() {
     });
     let open = broker.client().await;
     let idle = broker.client().await;
-    open.begin(with_keys(&["accounts:1"])).await.expect("begin");
-    open.exec("UPDATE accounts SET balance = 55 WHERE id = 1", vec![])
-        .await
-        .expect("update");
+    begin_and_update_account(&open, 1, "balance = 55").await;
     broker.begin_shutdown();
     eventually("new transactions are refused", PATIENCE, || async {
         match idle.tx().exec("SELECT 1", vec![]).run().await {
@@ -719,10 +654,7 @@ async fn shutdown_rolls_back_what_is_still_open_after_the_grace() {
         ..db.config()
     });
     let open = broker.client().await;
-    open.begin(with_keys(&["accounts:1"])).await.expect("begin");
-    open.exec("UPDATE accounts SET balance = 0 WHERE id = 1", vec![])
-        .await
-        .expect("update");
+    begin_and_update_account(&open, 1, "balance = 0").await;
     let started = std::time::Instant::now();
     tokio::task::spawn_blocking(move || broker.shutdown())
         .await
@@ -752,19 +684,20 @@ async fn a_client_that_hangs_up_right_after_sending_never_waits_or_runs() {
         .await
         .expect("begin");
     {
-        let mut raw = common::RawConn::connect(broker.addr).await;
-        let tx = common::map(vec![
-            ("id", rmpv::Value::from(1)),
-            ("op", rmpv::Value::from("tx")),
-            ("locks", rmpv::Value::Array(vec!["accounts:1".into()])),
-            (
-                "statements",
-                rmpv::Value::Array(vec![common::map(vec![(
-                    "sql",
-                    "UPDATE accounts SET balance = 0 WHERE id = 1".into(),
-                )])]),
-            ),
-        ]);
+        let mut raw = RawConn::connect(broker.addr).await;
+        let tx = req(
+            1,
+            "tx",
+            vec![
+                ("locks", rmpv::Value::Array(vec!["accounts:1".into()])),
+                (
+                    "statements",
+                    rmpv::Value::Array(vec![statement(
+                        "UPDATE accounts SET balance = 0 WHERE id = 1",
+                    )]),
+                ),
+            ],
+        );
         raw.send_value(&tx).await;
     }
     stats_until(
@@ -791,14 +724,7 @@ async fn a_transaction_past_max_tx_duration_is_killed_and_answered_tx_aborted() 
     let observer = broker.client().await;
 
     // A statement still running at the deadline is killed.
-    client
-        .begin(with_keys(&["accounts:1"]))
-        .await
-        .expect("begin");
-    client
-        .exec("UPDATE accounts SET balance = 1 WHERE id = 1", vec![])
-        .await
-        .expect("update");
+    begin_and_update_account(&client, 1, "balance = 1").await;
     let started = std::time::Instant::now();
     let error = client
         .exec("SELECT SLEEP(30)", vec![])
@@ -810,7 +736,7 @@ async fn a_transaction_past_max_tx_duration_is_killed_and_answered_tx_aborted() 
     );
     assert_eq!(error.code(), Some(ErrorCode::TxAborted));
     assert!(error.to_string().contains("max_tx_duration_ms"), "{error}");
-    assert_eq!(code(client.commit().await), ErrorCode::TxAborted);
+    expect_code(client.commit().await, ErrorCode::TxAborted);
     client.rollback().await.expect("rollback");
     assert_eq!(observer.stats().await.expect("stats").locks_held, 0);
     assert_eq!(

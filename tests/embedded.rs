@@ -2,20 +2,22 @@
 
 mod common;
 
+use common::requests::{keys, with_keys};
 use common::TestDb;
 use txbroker::client::TxBuilder;
 use txbroker::error::ErrorCode;
-use txbroker::locks::LockRequest;
-use txbroker::protocol::{TxOptions, Value};
+use txbroker::protocol::Value;
 use txbroker::txn::TxState;
 use txbroker::{Broker, Config};
 
 async fn embedded(label: &str) -> (TestDb, Broker) {
-    let db = TestDb::create(label).await;
-    db.run(&[
-        "CREATE TABLE accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL)",
-        "INSERT INTO accounts VALUES (1, 100), (2, 100)",
-    ])
+    let db = TestDb::create_with(
+        label,
+        &[
+            "CREATE TABLE accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL)",
+            "INSERT INTO accounts VALUES (1, 100), (2, 100)",
+        ],
+    )
     .await;
     let broker = Broker::builder(Config {
         idle_tx_timeout_ms: 60_000,
@@ -26,13 +28,6 @@ async fn embedded(label: &str) -> (TestDb, Broker) {
     .await
     .expect("broker starts");
     (db, broker)
-}
-
-fn key(name: &str) -> TxOptions {
-    TxOptions {
-        locks: LockRequest::new(vec![name.to_string()], vec![]),
-        ..TxOptions::default()
-    }
 }
 
 #[actix_rt::test]
@@ -81,10 +76,10 @@ async fn embedded_sessions_contend_for_keys_and_keep_the_aborted_state() {
     let (db, broker) = embedded("emb_rules").await;
     let mut first = broker.session();
     let mut second = broker.session();
-    first.begin(key("b")).await.expect("begin b");
-    second.begin(key("a")).await.expect("begin a");
+    first.begin(with_keys(&["b"])).await.expect("begin b");
+    second.begin(with_keys(&["a"])).await.expect("begin a");
     let error = first
-        .lock(LockRequest::new(vec!["a".to_string()], vec![]).expect("a key"))
+        .lock(keys(&["a"]))
         .await
         .expect_err("a is below b and taken");
     assert_eq!(error.code(), ErrorCode::LockConflict);

@@ -19,7 +19,8 @@
 //!
 //! The tests wait on events (answers recorded by the clients, `stats`, the server's port and
 //! process) with deadlines, and run one at a time (each starts a MariaDB and a broker), so
-//! that they stay well inside their time limits on a loaded two-core machine.
+//! that they stay well inside their time limits on a loaded two-core machine. Each scenario
+//! reads as a sequence of named phases; the phases follow their test.
 
 mod common;
 mod private_mariadb;
@@ -29,13 +30,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{stats_until, TestBroker};
+use common::answers::server_error;
+use common::requests::{transfer_tx, with_keys};
+use common::{insert_accounts, stats_until, TestBroker, CREATE_ACCOUNTS, CREATE_LEDGER};
 use mysql_async::prelude::Queryable;
 use private_mariadb::PrivateMariaDb;
-use txbroker::client::{Client, ClientError};
+use txbroker::client::{Client, ClientError, TxBuilder};
 use txbroker::error::ErrorCode;
-use txbroker::locks::LockRequest;
-use txbroker::protocol::{Reply, Request, Statement, TxOptions, TxRequest};
+use txbroker::protocol::{QueryResult, Reply, Request, Stats};
 use txbroker::Config;
 
 /// Accounts the transfers move money between; few, so that transfers contend for keys.
@@ -72,13 +74,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("tokio runtime")
-}
-
-fn with_keys(keys: &[String]) -> TxOptions {
-    TxOptions {
-        locks: Some(LockRequest::new(keys.iter().cloned(), Vec::new()).expect("at least one key")),
-        ..TxOptions::default()
-    }
 }
 
 fn broker_config(database_url: String) -> Config {
@@ -209,29 +204,6 @@ fn summary(records: &[Record]) -> String {
     format!("{} transfers: {counts:?}", records.len())
 }
 
-/// One transfer: both balances and a ledger row with the client-chosen unique id, in one
-/// `tx` with both accounts' keys declared.
-fn transfer(id: &str, from: u64, to: u64, amount: i64) -> Request {
-    Request::Tx(TxRequest {
-        statements: vec![
-            Statement::new(
-                "UPDATE accounts SET balance = balance - ? WHERE id = ?",
-                vec![amount.into(), from.into()],
-            ),
-            Statement::new(
-                "UPDATE accounts SET balance = balance + ? WHERE id = ?",
-                vec![amount.into(), to.into()],
-            ),
-            Statement::new(
-                "INSERT INTO ledger (id, from_id, to_id, amount) VALUES (?, ?, ?, ?)",
-                vec![id.into(), from.into(), to.into(), amount.into()],
-            ),
-        ],
-        options: with_keys(&[format!("accounts:{from}"), format!("accounts:{to}")]),
-        retries: None,
-    })
-}
-
 /// Sends one transfer, waits for its answer (a hang is an answer too, after
 /// `ANSWER_LIMIT`) and records it in the journal.
 async fn run_transfer(
@@ -242,8 +214,8 @@ async fn run_transfer(
     journal: &Journal,
 ) -> Outcome {
     let sent = Instant::now();
-    let answer =
-        tokio::time::timeout(ANSWER_LIMIT, client.send(transfer(&id, from, to, amount))).await;
+    let request = Request::Tx(transfer_tx(&id, from, to, amount));
+    let answer = tokio::time::timeout(ANSWER_LIMIT, client.send(request)).await;
     let outcome = match answer {
         Err(_) => Outcome::Hang,
         Ok(Ok(Reply::Tx { .. })) => Outcome::Committed,
@@ -291,73 +263,6 @@ async fn transfer_client(index: usize, client: Client, journal: Journal, stop: A
     }
 }
 
-/// The code of a failed answer, or a description of what came instead.
-fn error_code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> Result<ErrorCode, String> {
-    match result {
-        Err(ClientError::Server(error)) => Ok(error.code),
-        Err(other) => Err(format!("no answer from the broker: {other}")),
-        Ok(value) => Err(format!("success: {value:?}")),
-    }
-}
-
-/// After the first restart: a session whose open transaction died with the server is
-/// answered `db_unavailable` for its next statement, then `tx_aborted` until it rolls back
-/// (the statement never runs on its own); one that commits it is answered `commit_unknown`
-/// (or `db_unavailable`), never success. Both work again afterwards. Returns the code the
-/// commit was answered.
-async fn the_open_transactions_recover(
-    open_a: &Client,
-    open_b: &Client,
-    journal: &Journal,
-) -> ErrorCode {
-    let code = error_code(
-        open_a
-            .exec("INSERT INTO notes (id) VALUES (?)", vec!["a2".into()])
-            .await,
-    );
-    assert_eq!(
-        code,
-        Ok(ErrorCode::DbUnavailable),
-        "a statement in a transaction the database lost is answered db_unavailable"
-    );
-    let code = error_code(
-        open_a
-            .exec("INSERT INTO notes (id) VALUES (?)", vec!["a3".into()])
-            .await,
-    );
-    assert_eq!(
-        code,
-        Ok(ErrorCode::TxAborted),
-        "then the session is in the aborted state"
-    );
-    assert_eq!(error_code(open_a.commit().await), Ok(ErrorCode::TxAborted));
-    open_a
-        .rollback()
-        .await
-        .expect("rollback leaves the aborted state");
-    let after = run_transfer(open_a, CLIENTS + 1, "a-after".into(), (3, 4, 1), journal).await;
-    assert_eq!(
-        after,
-        Outcome::Committed,
-        "the session works again after rollback"
-    );
-
-    let code = error_code(open_b.commit().await);
-    let code = match code {
-        Ok(code @ (ErrorCode::CommitUnknown | ErrorCode::DbUnavailable)) => code,
-        other => {
-            panic!("COMMIT of a transaction the database lost is never acknowledged: {other:?}")
-        }
-    };
-    let after = run_transfer(open_b, CLIENTS + 2, "b-after".into(), (4, 5, 1), journal).await;
-    assert_eq!(
-        after,
-        Outcome::Committed,
-        "the session works again after its commit failed"
-    );
-    code
-}
-
 #[test]
 fn mariadb_stopped_with_sigterm_and_restarted_during_a_transfer_load() {
     let _serial = serial();
@@ -370,161 +275,228 @@ fn mariadb_killed_with_sigkill_and_restarted_during_a_transfer_load() {
     runtime().block_on(restart_during_transfer_load(Fault::Kill));
 }
 
+/// The scenario of both tests above. Fault cycles: the load runs, MariaDB goes away under it,
+/// the broker answers and keeps serving while it is down, MariaDB comes back on the same data
+/// directory and port, and every session reconnects. Then what the clients were told and
+/// what the database holds are checked against each other.
 async fn restart_during_transfer_load(fault: Fault) {
     let began = Instant::now();
-    let label = match fault {
-        Fault::Stop => "term",
-        Fault::Kill => "kill",
-    };
-    let mut db = PrivateMariaDb::launch(label, "bank", &[]).await;
-    let values: Vec<String> = (1..=ACCOUNTS)
-        .map(|id| format!("({id}, {INITIAL_BALANCE})"))
-        .collect();
-    db.run(&[
-        "CREATE TABLE accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB",
-        "CREATE TABLE ledger (id VARCHAR(64) PRIMARY KEY, from_id INT NOT NULL, \
-         to_id INT NOT NULL, amount BIGINT NOT NULL) ENGINE=InnoDB",
-        "CREATE TABLE notes (id VARCHAR(16) PRIMARY KEY) ENGINE=InnoDB",
-        &format!("INSERT INTO accounts VALUES {}", values.join(",")),
-    ])
-    .await;
+    let mut db = launch_the_bank(fault).await;
     let launched = began.elapsed();
-
     let broker = TestBroker::start(broker_config(db.url()));
     let observer = broker.client().await;
     observer.ping().await.expect("ping");
-    let journal = Journal::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for index in 0..CLIENTS {
-        let client = broker.client().await;
-        client.ping().await.expect("the client is admitted");
-        tasks.push(tokio::spawn(transfer_client(
-            index,
-            client,
-            journal.clone(),
-            stop.clone(),
-        )));
-    }
+    let mut load = TransferLoad::start(&broker).await;
+    let mut others = OtherSessions::start(&broker).await;
 
-    // Fault cycles: the load runs, MariaDB goes away under it, the broker answers and keeps
-    // serving while it is down, MariaDB comes back on the same data directory and port, and
-    // every session reconnects.
     let mut cycles: Vec<Cycle> = Vec::new();
     let mut down_stats = None;
-    let mut open_b_commit = None;
-    // Four more sessions meet the faults in other states: two idle (their connections will
-    // be dead when they next send: a transfer, an autocommit statement), two inside an
-    // interactive transaction.
-    let idle = broker.client().await;
-    let autocommit = broker.client().await;
-    let mut autocommit_after_restart = None;
-    let mut idle_gaps = Vec::new();
-    let open_a = broker.client().await;
-    let open_b = broker.client().await;
-    for (client, note) in [(&open_a, "a1"), (&open_b, "b1")] {
-        client
-            .begin(with_keys(&[format!("notes:{note}")]))
-            .await
-            .expect("begin");
-        client
-            .exec("INSERT INTO notes (id) VALUES (?)", vec![note.into()])
-            .await
-            .expect("insert a note in the open transaction");
-    }
     for cycle in 0..FAULT_CYCLES {
         let since = cycles.last().map_or(began, |c: &Cycle| c.up_at);
-        journal_until(
-            &journal,
-            &format!("the load commits transfers before fault {cycle}"),
-            |records| {
-                records
-                    .iter()
-                    .filter(|r| r.sent >= since && r.outcome == Outcome::Committed)
-                    .count()
-                    >= WARM_UP_COMMITS
-            },
-        )
-        .await;
+        the_load_commits_transfers(&load.journal, cycle, since).await;
+        let idle_last_used = others
+            .use_their_connections_before_the_fault(cycle, &load.journal)
+            .await;
 
-        // The idle sessions use their connections just before the fault, and not again until
-        // the database is back: the autocommit one before fault 0, the transfer one before
-        // faults 0 and 1 (a short and a long outage).
-        if cycle == 0 {
-            autocommit
-                .exec(AUTOCOMMIT_NOOP, vec![])
-                .await
-                .expect("an autocommit exec before the fault");
-        }
-        let idle_last_used = if cycle < 2 {
-            let id = format!("idle-{cycle}-before");
-            let outcome = run_transfer(&idle, CLIENTS, id, (1, 2, 1), &journal).await;
-            assert_eq!(outcome, Outcome::Committed, "the idle session's transfer");
-            Some(Instant::now())
-        } else {
-            None
-        };
-
-        let fault_at = Instant::now();
-        let status = tokio::task::block_in_place(|| match fault {
-            Fault::Stop => db.stop(),
-            Fault::Kill => db.kill(),
-        });
-        let down_at = Instant::now();
-        if fault == Fault::Stop {
-            assert!(
-                status.success(),
-                "mariadbd exits cleanly on SIGTERM: {status}"
-            );
-        }
-
-        journal_until(
-            &journal,
+        let (fault_at, down_at) = inject_the_fault(&mut db, fault);
+        every_client_has_a_transfer_since(
+            &load.journal,
+            down_at,
             "every client is answered for a transfer sent while the database is down",
-            |records| {
-                every_client(records, |r| {
-                    r.sent >= down_at && r.outcome != Outcome::Committed
-                })
-            },
+            |outcome| *outcome != Outcome::Committed,
         )
         .await;
         if cycle == 1 {
-            // One outage outlasts the broker's stale-connection threshold (1 s), so that an
-            // idle session's next request finds its connection dead by pinging it.
-            journal_until(
-                &journal,
-                &format!("the database has been down for {LONG_OUTAGE:?}"),
-                |_| down_at.elapsed() >= LONG_OUTAGE,
-            )
-            .await;
+            the_outage_outlasts_the_stale_connection_threshold(&load.journal, down_at).await;
         }
-        observer
-            .ping()
-            .await
-            .expect("the broker answers ping while the database is down");
-        let newcomer = tokio::time::timeout(ANSWER_LIMIT, broker.client())
-            .await
-            .expect("a new client connects while the database is down");
-        newcomer
-            .ping()
-            .await
-            .expect("a new client is served while the database is down");
-        down_stats = Some(
-            observer
-                .stats()
-                .await
-                .expect("the broker answers stats while the database is down"),
-        );
-        drop(newcomer);
+        down_stats = Some(the_broker_serves_while_the_database_is_down(&broker, &observer).await);
 
         let restart_at = Instant::now();
         tokio::task::block_in_place(|| db.start());
         let up_at = Instant::now();
+        others
+            .reconnect_after_the_restart(cycle, idle_last_used, &load.journal)
+            .await;
+        every_client_has_a_transfer_since(
+            &load.journal,
+            up_at,
+            "every client commits a transfer sent after the database is back",
+            |outcome| *outcome == Outcome::Committed,
+        )
+        .await;
+        cycles.push(Cycle {
+            fault_at,
+            down_at,
+            restart_at,
+            up_at,
+            recovered_at: Instant::now(),
+        });
         if cycle == 0 {
-            // An autocommit statement on a connection that died while it sat idle: answered
-            // (success, db_unavailable, or conservatively commit_unknown, since such a
-            // statement is its own commit), and the session reconnects for the next one.
-            let first = autocommit.exec(AUTOCOMMIT_NOOP, vec![]).await;
+            others.open_transactions_recover(&load.journal).await;
+        }
+    }
+
+    load.stop().await;
+    let rest = stats_until(&observer, "no key is held and nobody waits, at rest", |s| {
+        s.locks_held == 0 && s.lock_waiters == 0
+    })
+    .await;
+    assert_eq!(rest.locks_held, 0);
+    assert_eq!(rest.lock_waiters, 0);
+
+    let records = snapshot(&load.journal);
+    let answers = the_answers_match_the_outages(&records, &cycles);
+    let in_ledger = the_database_holds_every_acknowledged_transfer(&db, &records, fault).await;
+    print_the_restart_report(RestartReport {
+        fault,
+        records: &records,
+        cycles: &cycles,
+        in_ledger: &in_ledger,
+        answers,
+        others: &others,
+        down_stats,
+        launched,
+        began,
+    });
+    drop(observer);
+    broker.shutdown();
+}
+
+/// A private MariaDB holding the bank (`ACCOUNTS` accounts, an empty ledger) and `notes`, the
+/// table the open transactions write to.
+async fn launch_the_bank(fault: Fault) -> PrivateMariaDb {
+    let label = match fault {
+        Fault::Stop => "term",
+        Fault::Kill => "kill",
+    };
+    let db = PrivateMariaDb::launch(label, "bank", &[]).await;
+    db.run(&[
+        CREATE_ACCOUNTS,
+        CREATE_LEDGER,
+        "CREATE TABLE notes (id VARCHAR(16) PRIMARY KEY) ENGINE=InnoDB",
+        &insert_accounts(ACCOUNTS as u32, INITIAL_BALANCE),
+    ])
+    .await;
+    db
+}
+
+/// `CLIENTS` clients running transfers, each recording every answer in the journal.
+struct TransferLoad {
+    journal: Journal,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl TransferLoad {
+    async fn start(broker: &TestBroker) -> TransferLoad {
+        let journal = Journal::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for index in 0..CLIENTS {
+            let client = broker.client().await;
+            client.ping().await.expect("the client is admitted");
+            tasks.push(tokio::spawn(transfer_client(
+                index,
+                client,
+                journal.clone(),
+                stop.clone(),
+            )));
+        }
+        TransferLoad {
+            journal,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Lets every client finish its last transfer.
+    async fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks.drain(..) {
+            tokio::time::timeout(ANSWER_LIMIT + Duration::from_secs(5), task)
+                .await
+                .expect("a client finishes its last transfer")
+                .expect("a client task does not panic");
+        }
+    }
+}
+
+/// Four more sessions that meet the faults in other states: two idle (their connections
+/// will be dead when they next send: a transfer, an autocommit statement), two inside an
+/// interactive transaction. What they were answered is kept for the report.
+struct OtherSessions {
+    idle: Client,
+    autocommit: Client,
+    open_a: Client,
+    open_b: Client,
+    /// How long the idle session sat idle across each outage it met.
+    idle_gaps: Vec<Duration>,
+    /// The first autocommit statement after the first restart: ok or its error code.
+    autocommit_after_restart: Option<String>,
+    /// How the commit of `open_b`'s lost transaction was answered.
+    open_b_commit: Option<ErrorCode>,
+}
+
+impl OtherSessions {
+    async fn start(broker: &TestBroker) -> OtherSessions {
+        let others = OtherSessions {
+            idle: broker.client().await,
+            autocommit: broker.client().await,
+            open_a: broker.client().await,
+            open_b: broker.client().await,
+            idle_gaps: Vec::new(),
+            autocommit_after_restart: None,
+            open_b_commit: None,
+        };
+        for (client, note) in [(&others.open_a, "a1"), (&others.open_b, "b1")] {
+            client
+                .begin(with_keys(&[format!("notes:{note}")]))
+                .await
+                .expect("begin");
+            insert_note(client, note)
+                .await
+                .expect("insert a note in the open transaction");
+        }
+        others
+    }
+
+    /// The idle sessions use their connections just before the fault, and not again until
+    /// the database is back: the autocommit one before fault 0, the transfer one before
+    /// faults 0 and 1 (a short and a long outage). Returns when the idle session last used
+    /// its connection, if it did.
+    async fn use_their_connections_before_the_fault(
+        &self,
+        cycle: usize,
+        journal: &Journal,
+    ) -> Option<Instant> {
+        if cycle == 0 {
+            self.autocommit
+                .exec(AUTOCOMMIT_NOOP, vec![])
+                .await
+                .expect("an autocommit exec before the fault");
+        }
+        if cycle >= 2 {
+            return None;
+        }
+        let id = format!("idle-{cycle}-before");
+        let outcome = run_transfer(&self.idle, CLIENTS, id, (1, 2, 1), journal).await;
+        assert_eq!(outcome, Outcome::Committed, "the idle session's transfer");
+        Some(Instant::now())
+    }
+
+    /// After restart 0, an autocommit statement on a connection that died while it sat idle
+    /// is answered (success, db_unavailable, or conservatively commit_unknown, since such a
+    /// statement is its own commit), and the session reconnects for the next one. After
+    /// every outage the idle session met, its next transfer reconnects (whether the broker
+    /// notices at START TRANSACTION or by its ping).
+    async fn reconnect_after_the_restart(
+        &mut self,
+        cycle: usize,
+        idle_last_used: Option<Instant>,
+        journal: &Journal,
+    ) {
+        if cycle == 0 {
+            let first = self.autocommit.exec(AUTOCOMMIT_NOOP, vec![]).await;
             let first = match first {
                 Ok(_) => "ok".to_string(),
                 Err(ClientError::Server(error))
@@ -537,64 +509,181 @@ async fn restart_during_transfer_load(fault: Fault) {
                 }
                 Err(other) => panic!("an autocommit exec after the restart: {other}"),
             };
-            autocommit
+            self.autocommit
                 .exec(AUTOCOMMIT_NOOP, vec![])
                 .await
                 .expect("the autocommit session reconnects");
-            autocommit_after_restart = Some(first);
+            self.autocommit_after_restart = Some(first);
         }
         if let Some(last_used) = idle_last_used {
-            // The idle session's connection died with the server; its next transfer
-            // reconnects (whether the broker notices at START TRANSACTION or by its ping).
             let idle_for = last_used.elapsed();
             let id = format!("idle-{cycle}-after");
-            let outcome = run_transfer(&idle, CLIENTS, id, (2, 3, 1), &journal).await;
+            let outcome = run_transfer(&self.idle, CLIENTS, id, (2, 3, 1), journal).await;
             assert_eq!(
                 outcome,
                 Outcome::Committed,
                 "a session idle for {idle_for:?} across the outage reconnects for its next \
                  transfer"
             );
-            idle_gaps.push(idle_for);
+            self.idle_gaps.push(idle_for);
         }
-        journal_until(
-            &journal,
-            "every client commits a transfer sent after the database is back",
-            |records| {
-                every_client(records, |r| {
-                    r.sent >= up_at && r.outcome == Outcome::Committed
-                })
-            },
+    }
+
+    /// After the first restart: a session whose open transaction died with the server is
+    /// answered `db_unavailable` for its next statement, then `tx_aborted` until it rolls
+    /// back (the statement never runs on its own); one that commits it is answered
+    /// `commit_unknown` (or `db_unavailable`), never success. Both work again afterwards.
+    async fn open_transactions_recover(&mut self, journal: &Journal) {
+        let open_a = &self.open_a;
+        assert_eq!(
+            server_error(insert_note(open_a, "a2").await).code,
+            ErrorCode::DbUnavailable,
+            "a statement in a transaction the database lost is answered db_unavailable"
+        );
+        assert_eq!(
+            server_error(insert_note(open_a, "a3").await).code,
+            ErrorCode::TxAborted,
+            "then the session is in the aborted state"
+        );
+        assert_eq!(
+            server_error(open_a.commit().await).code,
+            ErrorCode::TxAborted
+        );
+        open_a
+            .rollback()
+            .await
+            .expect("rollback leaves the aborted state");
+        let after = run_transfer(open_a, CLIENTS + 1, "a-after".into(), (3, 4, 1), journal).await;
+        assert_eq!(
+            after,
+            Outcome::Committed,
+            "the session works again after rollback"
+        );
+
+        let code = server_error(self.open_b.commit().await).code;
+        assert!(
+            matches!(code, ErrorCode::CommitUnknown | ErrorCode::DbUnavailable),
+            "COMMIT of a transaction the database lost is never acknowledged: {code:?}"
+        );
+        let after = run_transfer(
+            &self.open_b,
+            CLIENTS + 2,
+            "b-after".into(),
+            (4, 5, 1),
+            journal,
         )
         .await;
-        cycles.push(Cycle {
-            fault_at,
-            down_at,
-            restart_at,
-            up_at,
-            recovered_at: Instant::now(),
-        });
-        if cycle == 0 {
-            open_b_commit = Some(the_open_transactions_recover(&open_a, &open_b, &journal).await);
-        }
+        assert_eq!(
+            after,
+            Outcome::Committed,
+            "the session works again after its commit failed"
+        );
+        self.open_b_commit = Some(code);
     }
+}
 
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        tokio::time::timeout(ANSWER_LIMIT + Duration::from_secs(5), task)
-            .await
-            .expect("a client finishes its last transfer")
-            .expect("a client task does not panic");
+/// Writes a row into `notes`, the table the open transactions write to.
+async fn insert_note(client: &Client, note: &str) -> Result<QueryResult, ClientError> {
+    client
+        .exec("INSERT INTO notes (id) VALUES (?)", vec![note.into()])
+        .await
+}
+
+/// The load commits `WARM_UP_COMMITS` transfers sent since `since` (the start, or the last
+/// restart) before fault `cycle`: it is really running.
+async fn the_load_commits_transfers(journal: &Journal, cycle: usize, since: Instant) {
+    journal_until(
+        journal,
+        &format!("the load commits transfers before fault {cycle}"),
+        |records| {
+            records
+                .iter()
+                .filter(|r| r.sent >= since && r.outcome == Outcome::Committed)
+                .count()
+                >= WARM_UP_COMMITS
+        },
+    )
+    .await;
+}
+
+/// Stops (SIGTERM) or kills (SIGKILL) mariadbd and waits until it has exited; returns when
+/// the signal was sent and when it was down.
+fn inject_the_fault(db: &mut PrivateMariaDb, fault: Fault) -> (Instant, Instant) {
+    let fault_at = Instant::now();
+    let status = tokio::task::block_in_place(|| match fault {
+        Fault::Stop => db.stop(),
+        Fault::Kill => db.kill(),
+    });
+    let down_at = Instant::now();
+    if fault == Fault::Stop {
+        assert!(
+            status.success(),
+            "mariadbd exits cleanly on SIGTERM: {status}"
+        );
     }
-    let rest = stats_until(&observer, "no key is held and nobody waits, at rest", |s| {
-        s.locks_held == 0 && s.lock_waiters == 0
+    (fault_at, down_at)
+}
+
+/// Waits until every load client has a transfer sent since `since` whose outcome satisfies
+/// `outcome`: each has been answered while the database is down, or has committed again.
+async fn every_client_has_a_transfer_since(
+    journal: &Journal,
+    since: Instant,
+    what: &str,
+    outcome: impl Fn(&Outcome) -> bool,
+) {
+    journal_until(journal, what, |records| {
+        every_client(records, |r| r.sent >= since && outcome(&r.outcome))
     })
     .await;
-    assert_eq!(rest.locks_held, 0);
-    assert_eq!(rest.lock_waiters, 0);
+}
 
-    // What the clients were told.
-    let records = snapshot(&journal);
+/// One outage outlasts the broker's stale-connection threshold (1 s), so that an idle
+/// session's next request finds its connection dead by pinging it.
+async fn the_outage_outlasts_the_stale_connection_threshold(journal: &Journal, down_at: Instant) {
+    journal_until(
+        journal,
+        &format!("the database has been down for {LONG_OUTAGE:?}"),
+        |_| down_at.elapsed() >= LONG_OUTAGE,
+    )
+    .await;
+}
+
+/// While the database is down the broker answers `ping` and `stats`, and a new client
+/// connects and is served; returns the stats.
+async fn the_broker_serves_while_the_database_is_down(
+    broker: &TestBroker,
+    observer: &Client,
+) -> Stats {
+    observer
+        .ping()
+        .await
+        .expect("the broker answers ping while the database is down");
+    let newcomer = tokio::time::timeout(ANSWER_LIMIT, broker.client())
+        .await
+        .expect("a new client connects while the database is down");
+    newcomer
+        .ping()
+        .await
+        .expect("a new client is served while the database is down");
+    observer
+        .stats()
+        .await
+        .expect("the broker answers stats while the database is down")
+}
+
+/// What the clients were told, checked against the outages.
+struct AnswersAtFaults {
+    /// Transfers sent before a fault and answered after it.
+    in_flight: usize,
+    /// The slowest answer to a transfer sent while the database was down.
+    slowest_refusal: Duration,
+}
+
+/// Every transfer got a proper answer; an outage is answered `db_unavailable` (at once) or
+/// `commit_unknown`, or `lock_timeout` for a key wait it cut short; and between a restart
+/// and the next fault nothing is answered as an outage.
+fn the_answers_match_the_outages(records: &[Record], cycles: &[Cycle]) -> AnswersAtFaults {
     let fatal: Vec<&Record> = records.iter().filter(|r| r.is_fatal()).collect();
     assert!(
         fatal.is_empty(),
@@ -614,8 +703,10 @@ async fn restart_during_transfer_load(fault: Fault) {
         "a database outage is answered db_unavailable or commit_unknown (a key wait cut \
          short by it, lock_timeout); got: {unexpected:#?}"
     );
-    let mut in_flight = 0;
-    let mut slowest_refusal = Duration::ZERO;
+    let mut answers = AnswersAtFaults {
+        in_flight: 0,
+        slowest_refusal: Duration::ZERO,
+    };
     for (index, cycle) in cycles.iter().enumerate() {
         let during_outage: Vec<&Record> = records
             .iter()
@@ -635,7 +726,7 @@ async fn restart_during_transfer_load(fault: Fault) {
             slowest < REFUSAL_LIMIT,
             "outage {index}: db_unavailable comes at once, not after {slowest:?}"
         );
-        slowest_refusal = slowest_refusal.max(slowest);
+        answers.slowest_refusal = answers.slowest_refusal.max(slowest);
         assert!(
             wrong_while_down.is_empty(),
             "outage {index}: a transfer sent while the database is down is answered \
@@ -658,14 +749,23 @@ async fn restart_during_transfer_load(fault: Fault) {
             wrong_after.is_empty(),
             "after restart {index}, sessions reconnect and transfers succeed: {wrong_after:#?}"
         );
-        in_flight += records
+        answers.in_flight += records
             .iter()
             .filter(|r| r.sent < cycle.fault_at && r.answered > cycle.fault_at)
             .count();
     }
+    answers
+}
 
-    // What the database holds. The open transactions died with the server, and nothing
-    // sent in them afterwards ran on its own.
+/// What the database holds: nothing of the open transactions it lost (and nothing sent in
+/// them afterwards ran on its own); every acknowledged transfer and none answered as failed,
+/// each ledger row the transfer that was sent, each transfer whole, the sum of the balances.
+/// Returns the ledger by transfer id: (from, to, amount).
+async fn the_database_holds_every_acknowledged_transfer(
+    db: &PrivateMariaDb,
+    records: &[Record],
+    fault: Fault,
+) -> HashMap<String, (u64, u64, i64)> {
     let notes = db.scalar("SELECT COUNT(*) FROM notes").await;
     assert_eq!(
         notes, 0,
@@ -681,15 +781,15 @@ async fn restart_during_transfer_load(fault: Fault) {
         .await
         .expect("read the balances");
     conn.disconnect().await.ok();
-    let in_ledger: HashMap<&str, (u64, u64, i64)> = ledger
-        .iter()
-        .map(|(id, from, to, amount)| (id.as_str(), (*from, *to, *amount)))
+    let in_ledger: HashMap<String, (u64, u64, i64)> = ledger
+        .into_iter()
+        .map(|(id, from, to, amount)| (id, (from, to, amount)))
         .collect();
     let by_id: HashMap<&str, &Record> = records.iter().map(|r| (r.id.as_str(), r)).collect();
 
     let lost: Vec<&Record> = records
         .iter()
-        .filter(|r| r.outcome == Outcome::Committed && !in_ledger.contains_key(r.id.as_str()))
+        .filter(|r| r.outcome == Outcome::Committed && !in_ledger.contains_key(&r.id))
         .collect();
     assert!(
         lost.is_empty(),
@@ -698,9 +798,7 @@ async fn restart_during_transfer_load(fault: Fault) {
     );
     let failed_but_committed: Vec<&Record> = records
         .iter()
-        .filter(|r| {
-            matches!(r.outcome, Outcome::Failed(..)) && in_ledger.contains_key(r.id.as_str())
-        })
+        .filter(|r| matches!(r.outcome, Outcome::Failed(..)) && in_ledger.contains_key(&r.id))
         .collect();
     assert!(
         failed_but_committed.is_empty(),
@@ -708,7 +806,7 @@ async fn restart_during_transfer_load(fault: Fault) {
     );
     for (id, (from, to, amount)) in &in_ledger {
         let record = by_id
-            .get(id)
+            .get(id.as_str())
             .unwrap_or_else(|| panic!("ledger row {id} belongs to no transfer that was sent"));
         assert_eq!(
             (record.from, record.to, record.amount),
@@ -737,14 +835,43 @@ async fn restart_during_transfer_load(fault: Fault) {
             "account {account}'s balance is what its ledger rows say"
         );
     }
+    in_ledger
+}
 
+/// What `restart_during_transfer_load` prints once every check has passed.
+struct RestartReport<'a> {
+    fault: Fault,
+    records: &'a [Record],
+    cycles: &'a [Cycle],
+    in_ledger: &'a HashMap<String, (u64, u64, i64)>,
+    answers: AnswersAtFaults,
+    others: &'a OtherSessions,
+    down_stats: Option<Stats>,
+    launched: Duration,
+    began: Instant,
+}
+
+/// Prints the counts and timings of the run, and each `commit_unknown` with whether it had
+/// committed.
+fn print_the_restart_report(report: RestartReport) {
+    let RestartReport {
+        fault,
+        records,
+        cycles,
+        in_ledger,
+        answers,
+        others,
+        down_stats,
+        launched,
+        began,
+    } = report;
     let unknown: Vec<&Record> = records
         .iter()
         .filter(|r| matches!(r.outcome, Outcome::Unknown(_)))
         .collect();
     let unknown_committed = unknown
         .iter()
-        .filter(|r| in_ledger.contains_key(r.id.as_str()))
+        .filter(|r| in_ledger.contains_key(&r.id))
         .count();
     let unavailable = records
         .iter()
@@ -756,28 +883,33 @@ async fn restart_during_transfer_load(fault: Fault) {
         .count();
     let longest = |part: fn(&Cycle) -> Duration| cycles.iter().map(part).max().unwrap_or_default();
     println!(
-        "[faults_db] MariaDB {fault:?} x{FAULT_CYCLES}: {} transfers ({in_flight} in flight at \
+        "[faults_db] MariaDB {fault:?} x{FAULT_CYCLES}: {} transfers ({} in flight at \
          a fault): {committed} committed, {unavailable} db_unavailable, {} commit_unknown of \
          which {unknown_committed} had committed; instance ready in {launched:?}; longest \
          fault {:?}, outage {:?}, restart {:?}, reconnection of every client {:?}; sessions \
-         while down {}; slowest db_unavailable while down {slowest_refusal:?}; idle session \
-         reconnected after {idle_gaps:?} idle; commit of a lost open transaction answered \
-         {open_b_commit:?}; first autocommit exec after the restart answered \
-         {autocommit_after_restart:?}; total {:?}",
+         while down {}; slowest db_unavailable while down {:?}; idle session \
+         reconnected after {:?} idle; commit of a lost open transaction answered \
+         {:?}; first autocommit exec after the restart answered \
+         {:?}; total {:?}",
         records.len(),
+        answers.in_flight,
         unknown.len(),
         longest(|c| c.down_at - c.fault_at),
         longest(|c| c.restart_at - c.down_at),
         longest(|c| c.up_at - c.restart_at),
         longest(|c| c.recovered_at - c.up_at),
         down_stats.map_or(0, |s| s.sessions),
+        answers.slowest_refusal,
+        others.idle_gaps,
+        others.open_b_commit,
+        others.autocommit_after_restart,
         began.elapsed()
     );
     for record in &unknown {
         println!(
             "[faults_db]   commit_unknown {} ({}): {:?}",
             record.id,
-            if in_ledger.contains_key(record.id.as_str()) {
+            if in_ledger.contains_key(&record.id) {
                 "committed"
             } else {
                 "not committed"
@@ -785,8 +917,6 @@ async fn restart_during_transfer_load(fault: Fault) {
             record.outcome
         );
     }
-    drop(observer);
-    broker.shutdown();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -801,6 +931,8 @@ const _: () = assert!(
     CROWD > DB_MAX_CONNECTIONS,
     "more clients than the database takes"
 );
+/// Winners that leave to make room for refused clients.
+const LEAVING: usize = 2;
 
 /// How a client fared with one transaction.
 #[derive(Debug)]
@@ -812,14 +944,15 @@ enum Attempt {
 /// One `tx` on client `index`'s own row; a refusal must be the clear, retryable error.
 async fn crowd_tx(client: &Client, index: usize) -> Attempt {
     let started = Instant::now();
-    let request = Request::Tx(TxRequest {
-        statements: vec![Statement::new(
-            "UPDATE counters SET n = n + 1 WHERE id = ?",
-            vec![(index as u64).into()],
-        )],
-        options: with_keys(&[format!("counters:{index}")]),
-        retries: None,
-    });
+    let request = Request::Tx(
+        TxBuilder::new()
+            .lock(format!("counters:{index}"))
+            .exec(
+                "UPDATE counters SET n = n + 1 WHERE id = ?",
+                vec![(index as u64).into()],
+            )
+            .into_request(),
+    );
     let answer = tokio::time::timeout(ANSWER_LIMIT, client.send(request))
         .await
         .unwrap_or_else(|_| panic!("client {index}: no answer within {ANSWER_LIMIT:?}"));
@@ -865,50 +998,13 @@ fn the_database_refusing_connections_is_a_clear_retryable_error() {
     runtime().block_on(database_refuses_connections());
 }
 
+/// The scenario of the test above: `CROWD` clients on a database with room for
+/// `DB_MAX_CONNECTIONS - 1` of them (the test's admin connection holds one slot).
 async fn database_refuses_connections() {
     let began = Instant::now();
-    let max_connections = format!("--max-connections={DB_MAX_CONNECTIONS}");
-    let db = PrivateMariaDb::launch("maxconn", "crowd", &[&max_connections]).await;
-    let values: Vec<String> = (0..CROWD).map(|id| format!("({id}, 0)")).collect();
-    db.run(&[
-        "CREATE TABLE counters (id INT PRIMARY KEY, n BIGINT NOT NULL) ENGINE=InnoDB",
-        &format!("INSERT INTO counters VALUES {}", values.join(",")),
-        // The broker logs in as a user without SUPER, so MariaDB's extra connection for
-        // SUPER stays with the test's admin connection.
-        "CREATE USER 'app'@'127.0.0.1'",
-        "GRANT ALL ON crowd.* TO 'app'@'127.0.0.1'",
-    ])
-    .await;
+    let db = launch_a_database_with_few_connections().await;
     let mut admin = db.admin().await;
-    let limit: u64 = admin
-        .query_first("SELECT @@max_connections")
-        .await
-        .expect("read max_connections")
-        .expect("a row");
-    assert_eq!(limit as usize, DB_MAX_CONNECTIONS);
-    // Only the admin connection is left (earlier ones may still be closing); it holds one of
-    // the slots, so the broker can have the others.
-    let others = "SELECT CAST((SELECT COUNT(*) FROM information_schema.PROCESSLIST \
-                  WHERE ID <> CONNECTION_ID() AND COMMAND <> 'Daemon' \
-                  AND USER <> 'system user') + (SELECT VARIABLE_VALUE - 1 \
-                  FROM information_schema.GLOBAL_STATUS \
-                  WHERE VARIABLE_NAME = 'THREADS_CONNECTED') AS SIGNED)";
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let count: i64 = admin
-            .query_first(others)
-            .await
-            .expect(others)
-            .expect("a row");
-        if count == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{count} other connections stay open"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    only_the_admin_connection_is_left(&mut admin).await;
     let slots = DB_MAX_CONNECTIONS - 1;
 
     let mut config = broker_config(db.url_as("app"));
@@ -926,8 +1022,93 @@ async fn database_refuses_connections() {
         clients.push(Some(client));
     }
 
-    // One after another: the first `slots` sessions get a database connection (and keep it),
-    // the rest are refused by the database, each at once and with the clear error.
+    let (winners, refused) = one_after_another_the_first_slots_commit(&clients, slots).await;
+    all_at_once_the_same_clients_commit(&clients, &winners, &refused, slots).await;
+    let loser = clients[refused[0]].as_ref().expect("connected");
+    the_other_ways_in_are_refused_cleanly(loser, &observer).await;
+    refused_clients_get_in_once_winners_leave(&mut clients, &winners, &refused, &observer).await;
+
+    let rest = stats_until(&observer, "no key is held and nobody waits, at rest", |s| {
+        s.locks_held == 0 && s.lock_waiters == 0
+    })
+    .await;
+    assert_eq!(rest.sessions as usize, CROWD + 1 - LEAVING);
+    the_broker_holds_one_connection_per_free_slot(&mut admin, slots).await;
+    // Every committed transaction, and only those, shows in its client's counter.
+    let sum: i64 = admin
+        .query_first("SELECT CAST(SUM(n) AS SIGNED) FROM counters")
+        .await
+        .expect("read the counters")
+        .expect("a row");
+    let expected = slots // first round
+        + slots // all at once
+        + LEAVING // the refused that got in
+        + (slots - LEAVING); // the remaining winners, once more
+    assert_eq!(
+        sum, expected as i64,
+        "committed transactions, and only they, took effect"
+    );
+    admin.disconnect().await.ok();
+    println!(
+        "[faults_db] max_connections {DB_MAX_CONNECTIONS}: {slots} sessions served, {} refused \
+         with db_unavailable (too many connections), {LEAVING} got in on retry; total {:?}",
+        refused.len(),
+        began.elapsed()
+    );
+    drop(clients);
+    drop(observer);
+    broker.shutdown();
+}
+
+/// A private MariaDB with `max_connections` at its smallest, a counter row per client, and
+/// the user `app` the broker logs in as.
+async fn launch_a_database_with_few_connections() -> PrivateMariaDb {
+    let max_connections = format!("--max-connections={DB_MAX_CONNECTIONS}");
+    let db = PrivateMariaDb::launch("maxconn", "crowd", &[&max_connections]).await;
+    let values: Vec<String> = (0..CROWD).map(|id| format!("({id}, 0)")).collect();
+    db.run(&[
+        "CREATE TABLE counters (id INT PRIMARY KEY, n BIGINT NOT NULL) ENGINE=InnoDB",
+        &format!("INSERT INTO counters VALUES {}", values.join(",")),
+        // The broker logs in as a user without SUPER, so MariaDB's extra connection for
+        // SUPER stays with the test's admin connection.
+        "CREATE USER 'app'@'127.0.0.1'",
+        "GRANT ALL ON crowd.* TO 'app'@'127.0.0.1'",
+    ])
+    .await;
+    db
+}
+
+/// Waits until only the admin connection is left (earlier ones may still be closing); it
+/// holds one of the slots, so the broker can have the others. Polls on the admin connection
+/// itself: a new connection per probe would take a slot.
+async fn only_the_admin_connection_is_left(admin: &mut mysql_async::Conn) {
+    let limit: u64 = admin
+        .query_first("SELECT @@max_connections")
+        .await
+        .expect("read max_connections")
+        .expect("a row");
+    assert_eq!(limit as usize, DB_MAX_CONNECTIONS);
+    let others = "SELECT CAST((SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                  WHERE ID <> CONNECTION_ID() AND COMMAND <> 'Daemon' \
+                  AND USER <> 'system user') + (SELECT VARIABLE_VALUE - 1 \
+                  FROM information_schema.GLOBAL_STATUS \
+                  WHERE VARIABLE_NAME = 'THREADS_CONNECTED') AS SIGNED)";
+    admin_query_until(
+        admin,
+        others,
+        |count| count == 0,
+        |count| format!("{count} other connections stay open"),
+    )
+    .await;
+}
+
+/// One after another: the first `slots` sessions get a database connection (and keep it),
+/// the rest are refused by the database, each at once and with the clear error. Returns the
+/// winners and the refused, by index.
+async fn one_after_another_the_first_slots_commit(
+    clients: &[Option<Client>],
+    slots: usize,
+) -> (Vec<usize>, Vec<usize>) {
     let mut winners = Vec::new();
     let mut refused = Vec::new();
     for (index, client) in clients.iter().enumerate() {
@@ -942,9 +1123,17 @@ async fn database_refuses_connections() {
         "the sessions within the database's limit commit"
     );
     assert_eq!(refused.len(), CROWD - slots);
+    (winners, refused)
+}
 
-    // All at once: the winners are unaffected, the refused are refused again (some at the
-    // server's accept, some at its login check), nobody hangs, the broker does not crash.
+/// All at once: the winners are unaffected, the refused are refused again (some at the
+/// server's accept, some at its login check), nobody hangs, the broker does not crash.
+async fn all_at_once_the_same_clients_commit(
+    clients: &[Option<Client>],
+    winners: &[usize],
+    refused: &[usize],
+    slots: usize,
+) {
     let round = futures_util::future::join_all(clients.iter().enumerate().map(|(index, c)| {
         let client = c.as_ref().expect("connected");
         async move { (index, crowd_tx(client, index).await) }
@@ -967,23 +1156,22 @@ async fn database_refuses_connections() {
     for client in clients.iter().flatten() {
         client.ping().await.expect("every session is still served");
     }
+}
 
-    // The other ways in are refused the same way, and leave the session clean: a `begin`
-    // that could not start leaves no transaction and no key; an autocommit `exec` that never
-    // reached the database is db_unavailable (nothing ran), not commit_unknown.
-    let loser = clients[refused[0]].as_ref().expect("connected");
+/// The other ways in are refused the same way, and leave the session clean: a `begin` that
+/// could not start leaves no transaction and no key; an autocommit `exec` that never reached
+/// the database is db_unavailable (nothing ran), not commit_unknown.
+async fn the_other_ways_in_are_refused_cleanly(loser: &Client, observer: &Client) {
     let started = Instant::now();
-    let begin = loser
-        .begin(with_keys(&["counters:begin".to_string()]))
-        .await;
+    let begin = loser.begin(with_keys(&["counters:begin"])).await;
     assert_refusal(
         "begin",
         begin.expect_err("begin is refused"),
         started.elapsed(),
     );
     assert_eq!(
-        error_code(loser.commit().await),
-        Ok(ErrorCode::NoTransaction),
+        server_error(loser.commit().await).code,
+        ErrorCode::NoTransaction,
         "a refused begin leaves no transaction open"
     );
     let started = Instant::now();
@@ -995,32 +1183,39 @@ async fn database_refuses_connections() {
         exec.expect_err("exec is refused"),
         started.elapsed(),
     );
-    stats_until(&observer, "the refused begin holds no key", |s| {
+    stats_until(observer, "the refused begin holds no key", |s| {
         s.locks_held == 0 && s.lock_waiters == 0
     })
     .await;
     let stats = observer.stats().await.expect("stats");
     assert_eq!(stats.sessions as usize, CROWD + 1, "no session was lost");
+}
 
-    // Two winners leave; their database connections close, and two refused clients get in
-    // on retry. The rest are still refused, clearly.
-    let leaving = 2;
-    for index in &winners[..leaving] {
+/// `LEAVING` winners leave; their database connections close, and as many refused clients
+/// get in on retry. The rest are still refused, clearly, and the remaining winners still
+/// commit.
+async fn refused_clients_get_in_once_winners_leave(
+    clients: &mut [Option<Client>],
+    winners: &[usize],
+    refused: &[usize],
+    observer: &Client,
+) {
+    for index in &winners[..LEAVING] {
         clients[*index] = None;
     }
-    stats_until(&observer, "the leaving sessions have ended", |s| {
-        s.sessions as usize == CROWD + 1 - leaving
+    stats_until(observer, "the leaving sessions have ended", |s| {
+        s.sessions as usize == CROWD + 1 - LEAVING
     })
     .await;
     let mut admitted = Vec::new();
     let deadline = Instant::now() + PATIENCE;
-    while admitted.len() < leaving {
+    while admitted.len() < LEAVING {
         assert!(
             Instant::now() < deadline,
             "refused clients get in on retry once slots are free: {admitted:?}"
         );
-        for index in &refused {
-            if admitted.contains(index) || admitted.len() == leaving {
+        for index in refused {
+            if admitted.contains(index) || admitted.len() == LEAVING {
                 continue;
             }
             let client = clients[*index].as_ref().expect("connected");
@@ -1037,59 +1232,46 @@ async fn database_refuses_connections() {
             "client {index} is refused while the database is full again"
         );
     }
-    for index in &winners[leaving..] {
+    for index in &winners[LEAVING..] {
         let client = clients[*index].as_ref().expect("connected");
         assert!(
             matches!(crowd_tx(client, *index).await, Attempt::Committed),
             "winner {index} still commits"
         );
     }
+}
 
-    let rest = stats_until(&observer, "no key is held and nobody waits, at rest", |s| {
-        s.locks_held == 0 && s.lock_waiters == 0
-    })
-    .await;
-    assert_eq!(rest.sessions as usize, CROWD + 1 - leaving);
-    // The broker holds exactly the database's free slots, one connection per served session.
+/// The broker holds exactly the database's free slots, one connection per served session.
+async fn the_broker_holds_one_connection_per_free_slot(
+    admin: &mut mysql_async::Conn,
+    slots: usize,
+) {
     let app_connections = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'app'";
+    admin_query_until(
+        admin,
+        app_connections,
+        |count| count == slots as i64,
+        |count| format!("the broker holds {count} database connections, not {slots}"),
+    )
+    .await;
+}
+
+/// Polls `sql` (one integer) on the admin connection until `condition` holds; fails with
+/// `failure(last value)` after `PATIENCE`. The probe uses the admin connection itself: a new
+/// connection per probe would take one of the database's few slots.
+async fn admin_query_until(
+    admin: &mut mysql_async::Conn,
+    sql: &str,
+    condition: impl Fn(i64) -> bool,
+    failure: impl Fn(i64) -> String,
+) {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let count: u64 = admin
-            .query_first(app_connections)
-            .await
-            .expect(app_connections)
-            .expect("a row");
-        if count as usize == slots {
-            break;
+        let value: i64 = admin.query_first(sql).await.expect(sql).expect("a row");
+        if condition(value) {
+            return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the broker holds {count} database connections, not {slots}"
-        );
+        assert!(Instant::now() < deadline, "{}", failure(value));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Every committed transaction, and only those, shows in its client's counter.
-    let sum: i64 = admin
-        .query_first("SELECT CAST(SUM(n) AS SIGNED) FROM counters")
-        .await
-        .expect("read the counters")
-        .expect("a row");
-    let expected = slots // first round
-        + slots // all at once
-        + leaving // the refused that got in
-        + (slots - leaving); // the remaining winners, once more
-    assert_eq!(
-        sum, expected as i64,
-        "committed transactions, and only they, took effect"
-    );
-    admin.disconnect().await.ok();
-    println!(
-        "[faults_db] max_connections {DB_MAX_CONNECTIONS}: {slots} sessions served, {} refused \
-         with db_unavailable (too many connections), {leaving} got in on retry; total {:?}",
-        refused.len(),
-        began.elapsed()
-    );
-    drop(clients);
-    drop(observer);
-    broker.shutdown();
 }

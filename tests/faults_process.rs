@@ -3,71 +3,46 @@
 //! a client that floods requests and never reads (the broker's RSS measured), and clients
 //! that stall mid-frame. Each test has its own database (`txb_fp_*`) on the shared MariaDB,
 //! waits on events (stats, process state) with deadlines, and kills what it spawns on drop.
+//! The long scenarios are written as a sequence of named phases, each a function below its
+//! test.
 
 mod common;
-mod fault_support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{eventually, map, stats_until, RawConn, TestDb};
-use fault_support::{BrokerProcess, ScriptClient};
+use common::answers::response_error;
+use common::process::{cpu_ticks, try_rss_kib, BrokerProcess};
+use common::raw::{framed, read_frame_from, req, RawConn};
+use common::requests::{transfer_tx, with_keys};
+use common::script_client::ScriptClient;
+use common::{bank, begin_and_update_account, eventually, stats_until, within, TestDb, PATIENCE};
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use txbroker::client::{Client, ClientError};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use txbroker::client::{Client, ClientError, TxBuilder};
 use txbroker::error::ErrorCode;
-use txbroker::locks::LockRequest;
-use txbroker::protocol::{Reply, Request, Response, Statement, TxOptions, TxRequest, Value};
+use txbroker::protocol::{Reply, Request, Response, TxOptions, Value};
 
 type Msgpack = rmpv::Value;
-
-const PATIENCE: Duration = Duration::from_secs(20);
-
-fn with_keys(exclusive: &[&str]) -> TxOptions {
-    TxOptions {
-        locks: Some(
-            LockRequest::new(exclusive.iter().map(|k| k.to_string()), Vec::new())
-                .expect("at least one key"),
-        ),
-        ..TxOptions::default()
-    }
-}
-
-/// A database with `accounts` (ids 1..=rows, balance `balance`) and an empty `ledger`.
-async fn accounts(label: &str, rows: u32, balance: i64) -> TestDb {
-    let db = TestDb::create(label).await;
-    db.run(&[
-        "CREATE TABLE accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB",
-        "CREATE TABLE ledger (id VARCHAR(64) PRIMARY KEY, from_id INT NOT NULL, \
-         to_id INT NOT NULL, amount BIGINT NOT NULL) ENGINE=InnoDB",
-    ])
-    .await;
-    let values: Vec<String> = (1..=rows).map(|id| format!("({id}, {balance})")).collect();
-    db.run(&[&format!("INSERT INTO accounts VALUES {}", values.join(","))])
-        .await;
-    db
-}
-
-fn broker_config(db: &TestDb, extra: &str) -> String {
-    format!("database_url = \"{}\"\n{extra}\n", db.url)
-}
-
-async fn connect(broker: &BrokerProcess) -> Client {
-    let client = Client::connect(broker.addr).await.expect("connect");
-    client.ping().await.expect("admitted and served");
-    client
-}
 
 fn balance_of(result: &txbroker::protocol::QueryResult) -> i64 {
     result.rows[0][0].as_i64().expect("an integer balance")
 }
 
-async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
+/// A raw `exec` request for `sql` (no params), framed.
+fn exec_frame(id: u64, sql: &str) -> Vec<u8> {
+    framed(&req(id, "exec", vec![("sql", Msgpack::from(sql))]))
+}
+
+/// `count` framed `exec` requests for `sql` with consecutive ids from `first_id`: one write
+/// of a flooding client.
+fn exec_frames(first_id: u64, count: u64, sql: &str) -> Vec<u8> {
+    (first_id..first_id + count)
+        .flat_map(|id| exec_frame(id, sql))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -76,21 +51,11 @@ async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_process_killed_while_waiting_for_a_key_leaves_the_queue_and_frees_its_keys() {
-    let db = accounts("fp_kill_waiting", 2, 100).await;
-    let broker = BrokerProcess::start("kill_waiting", &broker_config(&db, ""));
-    let observer = connect(&broker).await;
-    let holder = connect(&broker).await;
-    holder
-        .begin(with_keys(&["accounts:2"]))
-        .await
-        .expect("begin");
-    holder
-        .exec(
-            "UPDATE accounts SET balance = balance + 1 WHERE id = 2",
-            vec![],
-        )
-        .await
-        .expect("update");
+    let db = bank("fp_kill_waiting", 2, 100).await;
+    let broker = BrokerProcess::start("kill_waiting", &db.config_file_text(""));
+    let observer = broker.client().await;
+    let holder = broker.client().await;
+    begin_and_update_account(&holder, 2, "balance = balance + 1").await;
 
     // The process is granted accounts:1 and queues for accounts:2 (held above).
     let mut waiter = ScriptClient::start(
@@ -107,18 +72,19 @@ async fn a_client_process_killed_while_waiting_for_a_key_leaves_the_queue_and_fr
     .await;
 
     // Another client queues behind the process for accounts:1.
-    let queued = connect(&broker).await;
-    let behind = tokio::spawn(queued.send(Request::Tx(TxRequest {
-        statements: vec![
-            Statement::new(
-                "UPDATE accounts SET balance = balance - 1 WHERE id = 1",
-                vec![],
-            ),
-            Statement::new("SELECT balance FROM accounts WHERE id = 1", vec![]),
-        ],
-        options: with_keys(&["accounts:1"]),
-        retries: None,
-    })));
+    let queued = broker.client().await;
+    let behind = tokio::spawn(
+        queued.send(Request::Tx(
+            TxBuilder::new()
+                .lock("accounts:1")
+                .exec(
+                    "UPDATE accounts SET balance = balance - 1 WHERE id = 1",
+                    vec![],
+                )
+                .exec("SELECT balance FROM accounts WHERE id = 1", vec![])
+                .into_request(),
+        )),
+    );
     stats_until(&observer, "the second waiter is queued", |s| {
         s.lock_waiters == 2
     })
@@ -172,9 +138,9 @@ async fn a_client_process_killed_while_waiting_for_a_key_leaves_the_queue_and_fr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_process_killed_mid_transaction_loses_its_writes_and_its_keys() {
-    let db = accounts("fp_kill_holding", 2, 100).await;
-    let broker = BrokerProcess::start("kill_holding", &broker_config(&db, ""));
-    let observer = connect(&broker).await;
+    let db = bank("fp_kill_holding", 2, 100).await;
+    let broker = BrokerProcess::start("kill_holding", &db.config_file_text(""));
+    let observer = broker.client().await;
 
     let mut victim = ScriptClient::start(
         broker.addr,
@@ -196,24 +162,24 @@ async fn a_client_process_killed_mid_transaction_loses_its_writes_and_its_keys()
     let rolled_back_before = stats.transactions_rolled_back;
 
     // Two clients wait for the process's keys.
-    let first = connect(&broker).await;
-    let second = connect(&broker).await;
+    let first = broker.client().await;
+    let second = broker.client().await;
     let transfer = |client: &Client| {
-        client.send(Request::Tx(TxRequest {
-            statements: vec![
-                Statement::new("SELECT balance FROM accounts WHERE id = 1", vec![]),
-                Statement::new(
+        client.send(Request::Tx(
+            TxBuilder::new()
+                .lock("accounts:1")
+                .lock("accounts:2")
+                .exec("SELECT balance FROM accounts WHERE id = 1", vec![])
+                .exec(
                     "UPDATE accounts SET balance = balance - 10 WHERE id = 1",
                     vec![],
-                ),
-                Statement::new(
+                )
+                .exec(
                     "UPDATE accounts SET balance = balance + 10 WHERE id = 2",
                     vec![],
-                ),
-            ],
-            options: with_keys(&["accounts:1", "accounts:2"]),
-            retries: None,
-        }))
+                )
+                .into_request(),
+        ))
     };
     let first_tx = tokio::spawn(transfer(&first));
     stats_until(&observer, "one client waits", |s| s.lock_waiters == 1).await;
@@ -276,6 +242,77 @@ async fn a_client_process_killed_mid_transaction_loses_its_writes_and_its_keys()
 // 2. SIGTERM under load.
 // ---------------------------------------------------------------------------------------
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_drains_to_transaction_boundaries_and_loses_no_acknowledged_commit() {
+    const GRACE_MS: u64 = 4000;
+    const ACCOUNTS: u32 = 16;
+    const INITIAL: i64 = 1000;
+    let db = bank("fp_sigterm", ACCOUNTS, INITIAL).await;
+    let mut broker = BrokerProcess::start(
+        "sigterm",
+        &db.config_file_text(&format!(
+            "shutdown_grace_ms = {GRACE_MS}\nlock_wait_timeout_ms = 15000"
+        )),
+    );
+    let idle = broker.client().await;
+
+    // Three interactive transactions hold accounts 11..=16, in pairs.
+    let interactive = InteractiveTransfers::open(&broker, &[(11, 12), (13, 14), (15, 16)]).await;
+    // A tx admitted before the signal waits for keys an interactive transaction holds.
+    let blocked_client = broker.client().await;
+    let blocked = tokio::spawn(blocked_client.send(Request::Tx(transfer_tx("blocked", 11, 12, 1))));
+    stats_until(&idle, "the blocked tx waits for its keys", |s| {
+        s.lock_waiters == 1 && s.locks_held == 6
+    })
+    .await;
+    let load = TransferLoad::start(&broker, 6).await;
+
+    broker.signal("TERM");
+    let signalled = Instant::now();
+    let committed_at_signal = load.done.load(Ordering::Relaxed);
+
+    new_work_is_refused_while_draining(&idle, &mut broker).await;
+    let mut outcomes = open_transactions_reach_their_boundary(interactive, blocked).await;
+
+    let status =
+        tokio::task::block_in_place(|| broker.wait_exit(Duration::from_millis(GRACE_MS + 10_000)));
+    let exited_after = signalled.elapsed();
+    for worker in load.workers {
+        outcomes.merge(within("a transfer worker", worker).await.expect("task"));
+    }
+    assert_eq!(status.code(), Some(0), "exit status: {status:?}");
+    assert!(
+        exited_after < Duration::from_millis(GRACE_MS),
+        "exits within shutdown_grace_ms ({GRACE_MS} ms): took {exited_after:?}"
+    );
+
+    println!(
+        "SIGTERM under load: {committed_at_signal} transfers before the signal; exit 0 after \
+         {exited_after:?} (grace {GRACE_MS} ms)"
+    );
+    let by_code = the_ledger_holds_exactly_the_acknowledged(&db, &outcomes).await;
+    assert!(
+        by_code.keys().all(|code| code == "shutting_down"),
+        "transfers with declared keys fail only because of the drain: {by_code:?}"
+    );
+    // Every balance matches the ledger exactly, and the total holds.
+    assert_eq!(
+        db.scalar("SELECT SUM(balance) FROM accounts").await,
+        INITIAL * ACCOUNTS as i64
+    );
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT COUNT(*) FROM accounts a WHERE a.balance <> {INITIAL} \
+             - COALESCE((SELECT SUM(amount) FROM ledger WHERE from_id = a.id), 0) \
+             + COALESCE((SELECT SUM(amount) FROM ledger WHERE to_id = a.id), 0)"
+        ))
+        .await,
+        0,
+        "every balance is what the ledger says"
+    );
+}
+
+/// What the clients were answered, transfer by transfer (by ledger id).
 #[derive(Default)]
 struct Outcomes {
     acknowledged: Vec<String>,
@@ -308,52 +345,48 @@ impl Outcomes {
     }
 }
 
-fn transfer_tx(id: &str, from: i64, to: i64) -> TxRequest {
-    TxRequest {
-        statements: vec![
-            Statement::new(
-                "UPDATE accounts SET balance = balance - 1 WHERE id = ?",
-                vec![from.into()],
-            ),
-            Statement::new(
-                "UPDATE accounts SET balance = balance + 1 WHERE id = ?",
-                vec![to.into()],
-            ),
-            Statement::new(
-                "INSERT INTO ledger VALUES (?, ?, ?, 1)",
-                vec![id.into(), from.into(), to.into()],
-            ),
-        ],
-        options: with_keys(&[&format!("accounts:{from}"), &format!("accounts:{to}")]),
-        retries: None,
-    }
+/// Interactive transfers, each inside its transaction (debited, keys held) and waiting for
+/// `go` before it credits, writes its ledger row and commits.
+struct InteractiveTransfers {
+    tasks: Vec<(String, tokio::task::JoinHandle<Result<(), ClientError>>)>,
+    go: tokio::sync::watch::Sender<bool>,
+    /// Kept so that sending `go` cannot fail, even once every transfer has ended.
+    _go_receiver: tokio::sync::watch::Receiver<bool>,
 }
 
-/// Transfers between accounts 1..=10 until the broker answers `shutting_down` or the
-/// connection ends.
-async fn transfer_worker(client: Client, worker: u64, done: Arc<AtomicU64>) -> Outcomes {
-    let mut outcomes = Outcomes::default();
-    let mut state = worker * 7919 + 17;
-    for seq in 0.. {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let from = (state >> 33) % 10 + 1;
-        let to = (from + (state >> 17) % 9) % 10 + 1;
-        let id = format!("w{worker}-{seq}");
-        let result = client
-            .run_tx(transfer_tx(&id, from as i64, to as i64))
-            .await;
-        if outcomes.record(id, &result) {
-            done.fetch_add(1, Ordering::Relaxed);
-            continue;
+impl InteractiveTransfers {
+    /// Opens one transfer per pair of accounts, each on a client of its own, and returns once
+    /// every one is inside its transaction.
+    async fn open(broker: &BrokerProcess, pairs: &[(u64, u64)]) -> InteractiveTransfers {
+        let (inside_sender, mut inside) = tokio::sync::mpsc::channel(8);
+        let (go, go_receiver) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        for (n, (from, to)) in pairs.iter().copied().enumerate() {
+            let client = broker.client().await;
+            let id = format!("i{n}");
+            tasks.push((
+                id.clone(),
+                tokio::spawn(interactive_transfer(
+                    client,
+                    id,
+                    from,
+                    to,
+                    inside_sender.clone(),
+                    go_receiver.clone(),
+                )),
+            ));
         }
-        match result.err().and_then(|e| e.code()) {
-            Some(ErrorCode::ShuttingDown) | None => break,
-            Some(_) => continue,
+        for _ in pairs {
+            within("an interactive transaction is open", inside.recv())
+                .await
+                .expect("inside");
+        }
+        InteractiveTransfers {
+            tasks,
+            go,
+            _go_receiver: go_receiver,
         }
     }
-    outcomes
 }
 
 /// An interactive transfer between `from` and `to` that debits, says it is inside, waits for
@@ -361,15 +394,15 @@ async fn transfer_worker(client: Client, worker: u64, done: Arc<AtomicU64>) -> O
 async fn interactive_transfer(
     client: Client,
     id: String,
-    from: i64,
-    to: i64,
+    from: u64,
+    to: u64,
     inside: tokio::sync::mpsc::Sender<()>,
     mut go: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), ClientError> {
     client
         .begin(with_keys(&[
-            &format!("accounts:{from}"),
-            &format!("accounts:{to}"),
+            format!("accounts:{from}"),
+            format!("accounts:{to}"),
         ]))
         .await?;
     client
@@ -395,70 +428,60 @@ async fn interactive_transfer(
     client.commit().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigterm_under_load_drains_to_transaction_boundaries_and_loses_no_acknowledged_commit() {
-    const GRACE_MS: u64 = 4000;
-    const ACCOUNTS: u32 = 16;
-    const INITIAL: i64 = 1000;
-    let db = accounts("fp_sigterm", ACCOUNTS, INITIAL).await;
-    let mut broker = BrokerProcess::start(
-        "sigterm",
-        &broker_config(
-            &db,
-            &format!("shutdown_grace_ms = {GRACE_MS}\nlock_wait_timeout_ms = 15000"),
-        ),
-    );
-    let idle = connect(&broker).await;
+/// Clients running transfers of 1 between accounts 1..=10 until the broker answers
+/// `shutting_down` or the connection ends.
+struct TransferLoad {
+    workers: Vec<tokio::task::JoinHandle<Outcomes>>,
+    /// Transfers acknowledged so far.
+    done: Arc<AtomicU64>,
+}
 
-    // Three interactive transactions hold accounts 11..=16, in pairs.
-    let (inside_sender, mut inside) = tokio::sync::mpsc::channel(8);
-    let (go_sender, go) = tokio::sync::watch::channel(false);
-    let mut interactive = Vec::new();
-    for (n, (from, to)) in [(11, 12), (13, 14), (15, 16)].into_iter().enumerate() {
-        let client = connect(&broker).await;
-        let id = format!("i{n}");
-        interactive.push((
-            id.clone(),
-            tokio::spawn(interactive_transfer(
-                client,
-                id,
-                from,
-                to,
-                inside_sender.clone(),
-                go.clone(),
-            )),
-        ));
+impl TransferLoad {
+    /// Starts `clients` workers and returns once the load is really running.
+    async fn start(broker: &BrokerProcess, clients: u64) -> TransferLoad {
+        let done = Arc::new(AtomicU64::new(0));
+        let mut workers = Vec::new();
+        for worker in 0..clients {
+            let client = broker.client().await;
+            workers.push(tokio::spawn(transfer_worker(client, worker, done.clone())));
+        }
+        eventually("the load is running", PATIENCE, || async {
+            done.load(Ordering::Relaxed) >= 60
+        })
+        .await;
+        TransferLoad { workers, done }
     }
-    for _ in 0..3 {
-        within("an interactive transaction is open", inside.recv())
-            .await
-            .expect("inside");
+}
+
+/// Transfers between accounts 1..=10 until the broker answers `shutting_down` or the
+/// connection ends.
+async fn transfer_worker(client: Client, worker: u64, done: Arc<AtomicU64>) -> Outcomes {
+    let mut outcomes = Outcomes::default();
+    let mut state = worker * 7919 + 17;
+    for seq in 0.. {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let from = (state >> 33) % 10 + 1;
+        let to = (from + (state >> 17) % 9) % 10 + 1;
+        let id = format!("w{worker}-{seq}");
+        let result = client.run_tx(transfer_tx(&id, from, to, 1)).await;
+        if outcomes.record(id, &result) {
+            done.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        match result.err().and_then(|e| e.code()) {
+            Some(ErrorCode::ShuttingDown) | None => break,
+            Some(_) => continue,
+        }
     }
-    // A tx admitted before the signal waits for keys an interactive transaction holds.
-    let blocked_client = connect(&broker).await;
-    let blocked = tokio::spawn(blocked_client.send(Request::Tx(transfer_tx("blocked", 11, 12))));
-    stats_until(&idle, "the blocked tx waits for its keys", |s| {
-        s.lock_waiters == 1 && s.locks_held == 6
-    })
-    .await;
+    outcomes
+}
 
-    // Transfer load.
-    let done = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for worker in 0..6 {
-        let client = connect(&broker).await;
-        workers.push(tokio::spawn(transfer_worker(client, worker, done.clone())));
-    }
-    eventually("the load is running", PATIENCE, || async {
-        done.load(Ordering::Relaxed) >= 60
-    })
-    .await;
-
-    broker.signal("TERM");
-    let signalled = Instant::now();
-    let committed_at_signal = done.load(Ordering::Relaxed);
-
-    // New transactions are refused, retryably; ping and stats still answered.
+/// Once the signal is in: new transactions (`tx`, `begin`, autocommit `exec`) are refused
+/// with a retryable `shutting_down`, `ping` and `stats` are still answered, and new
+/// connections are refused while the broker is still up, waiting for the open transactions.
+async fn new_work_is_refused_while_draining(idle: &Client, broker: &mut BrokerProcess) {
     eventually("a new tx is answered shutting_down", PATIENCE, || async {
         match idle.tx().exec("SELECT 1", vec![]).run().await {
             Err(error) => error.code() == Some(ErrorCode::ShuttingDown) && error.is_retryable(),
@@ -484,7 +507,6 @@ async fn sigterm_under_load_drains_to_transaction_boundaries_and_loses_no_acknow
         .await
         .expect("stats are answered while draining");
     println!("draining: {draining:?}");
-    // New connections are refused while the broker is still up, draining.
     eventually("new connections are refused", PATIENCE, || async {
         tokio::net::TcpStream::connect(broker.addr).await.is_err()
     })
@@ -493,11 +515,17 @@ async fn sigterm_under_load_drains_to_transaction_boundaries_and_loses_no_acknow
         broker.is_running(),
         "the broker waits for the open transactions"
     );
+}
 
-    // The open transactions go on to their boundary.
-    go_sender.send(true).expect("go");
+/// The interactive transactions are let go and commit during the drain, and the tx admitted
+/// before the signal (waiting for their keys) reaches its boundary too.
+async fn open_transactions_reach_their_boundary(
+    interactive: InteractiveTransfers,
+    blocked: tokio::task::JoinHandle<Result<Reply, ClientError>>,
+) -> Outcomes {
+    interactive.go.send(true).expect("go");
     let mut outcomes = Outcomes::default();
-    for (id, task) in interactive {
+    for (id, task) in interactive.tasks {
         let result = within("an interactive transaction", task)
             .await
             .expect("task");
@@ -513,20 +541,15 @@ async fn sigterm_under_load_drains_to_transaction_boundaries_and_loses_no_acknow
         "a tx admitted before the signal reaches its boundary: {blocked:?}"
     );
     outcomes.record("blocked".into(), &blocked);
+    outcomes
+}
 
-    let status =
-        tokio::task::block_in_place(|| broker.wait_exit(Duration::from_millis(GRACE_MS + 10_000)));
-    let exited_after = signalled.elapsed();
-    for worker in workers {
-        outcomes.merge(within("a transfer worker", worker).await.expect("task"));
-    }
-    assert_eq!(status.code(), Some(0), "exit status: {status:?}");
-    assert!(
-        exited_after < Duration::from_millis(GRACE_MS),
-        "exits within shutdown_grace_ms ({GRACE_MS} ms): took {exited_after:?}"
-    );
-
-    // The ledger: every acknowledged commit is there, nothing answered as failed is.
+/// The ledger holds every acknowledged transfer, none answered as failed, and none that was
+/// neither acknowledged nor left without an answer. Returns the failures counted by code.
+async fn the_ledger_holds_exactly_the_acknowledged(
+    db: &TestDb,
+    outcomes: &Outcomes,
+) -> BTreeMap<String, usize> {
     let mut conn = db.conn().await;
     let rows: Vec<String> =
         mysql_async::prelude::Queryable::query(&mut conn, "SELECT id FROM ledger")
@@ -554,9 +577,8 @@ async fn sigterm_under_load_drains_to_transaction_boundaries_and_loses_no_acknow
         *by_code.entry(code.as_str().to_string()).or_default() += 1;
     }
     println!(
-        "SIGTERM under load: {} acknowledged ({committed_at_signal} transfers before the \
-         signal), failed by code {by_code:?}, {} without an answer, {} ledger rows; exit 0 \
-         after {exited_after:?} (grace {GRACE_MS} ms)",
+        "SIGTERM under load: {} acknowledged, failed by code {by_code:?}, {} without an \
+         answer, {} ledger rows",
         outcomes.acknowledged.len(),
         outcomes.unknown.len(),
         ledger.len()
@@ -573,51 +595,28 @@ async fn sigterm_under_load_drains_to_transaction_boundaries_and_loses_no_acknow
         unaccounted.is_empty(),
         "in the ledger but never acknowledged: {unaccounted:?}"
     );
-    assert!(
-        by_code.keys().all(|code| code == "shutting_down"),
-        "transfers with declared keys fail only because of the drain: {by_code:?}"
-    );
-    // Every balance matches the ledger exactly, and the total holds.
-    assert_eq!(
-        db.scalar("SELECT SUM(balance) FROM accounts").await,
-        INITIAL * ACCOUNTS as i64
-    );
-    assert_eq!(
-        db.scalar(&format!(
-            "SELECT COUNT(*) FROM accounts a WHERE a.balance <> {INITIAL} \
-             - COALESCE((SELECT SUM(amount) FROM ledger WHERE from_id = a.id), 0) \
-             + COALESCE((SELECT SUM(amount) FROM ledger WHERE to_id = a.id), 0)"
-        ))
-        .await,
-        0,
-        "every balance is what the ledger says"
-    );
+    by_code
 }
 
 // ---------------------------------------------------------------------------------------
 // 3. Overload: twice max_sessions clients.
 // ---------------------------------------------------------------------------------------
 
-fn error_of(response: &Response) -> &txbroker::protocol::ErrorReply {
-    match &response.outcome {
-        Err(error) => error,
-        Ok(reply) => panic!("expected an error, got {reply:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twice_max_sessions_clients_the_extra_ones_get_busy_and_the_others_are_unaffected() {
     const N: usize = 4;
-    let db = TestDb::create("fp_overload").await;
-    db.run(&["CREATE TABLE events (client INT, seq INT, PRIMARY KEY (client, seq))"])
-        .await;
+    let db = TestDb::create_with(
+        "fp_overload",
+        &["CREATE TABLE events (client INT, seq INT, PRIMARY KEY (client, seq))"],
+    )
+    .await;
     let broker = BrokerProcess::start(
         "overload",
-        &broker_config(&db, &format!("max_sessions = {N}")),
+        &db.config_file_text(&format!("max_sessions = {N}")),
     );
     let mut admitted = Vec::new();
     for _ in 0..N {
-        admitted.push(Arc::new(connect(&broker).await));
+        admitted.push(Arc::new(broker.client().await));
     }
     // The admitted clients keep running transactions throughout.
     let stop = Arc::new(AtomicBool::new(false));
@@ -652,20 +651,19 @@ async fn twice_max_sessions_clients_the_extra_ones_get_busy_and_the_others_are_u
     // N more clients at once: every one is refused with busy (id nil, retryable), then closed.
     let refused = futures_util::future::join_all((0..N).map(|_| async {
         let mut conn = RawConn::connect(broker.addr).await;
-        let body = conn.read_frame().await.expect("the busy answer");
-        let response = Response::decode(&body).expect("a response");
+        let response = conn.read_response().await.expect("the busy answer");
         let closed = conn.is_closed_by_server().await;
         (response, closed)
     }))
     .await;
     for (response, closed) in &refused {
         assert_eq!(response.id, None, "busy is sent with id nil");
-        let error = error_of(response);
+        let error = response_error(response);
         assert_eq!(error.code, ErrorCode::Busy, "{error:?}");
         assert!(error.retryable, "busy is retryable");
         assert!(closed, "the refused connection is closed");
     }
-    println!("refused: {}", error_of(&refused[0].0).message);
+    println!("refused: {}", response_error(&refused[0].0).message);
 
     // The admitted ones went on and go on.
     let marks: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
@@ -689,7 +687,7 @@ async fn twice_max_sessions_clients_the_extra_ones_get_busy_and_the_others_are_u
             .unwrap_or_else(|e| panic!("an admitted client was affected: {e}"));
         total += committed;
     }
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM events").await, total);
+    assert_eq!(db.count("events").await, total);
     let stats = admitted[0].stats().await.expect("stats");
     assert_eq!(
         stats.sessions, N as u64,
@@ -704,7 +702,7 @@ async fn twice_max_sessions_clients_the_extra_ones_get_busy_and_the_others_are_u
         s.sessions == N as u64 - 1
     })
     .await;
-    let newcomer = connect(&broker).await;
+    let newcomer = broker.client().await;
     newcomer
         .tx()
         .exec("SELECT 1", vec![])
@@ -717,116 +715,246 @@ async fn twice_max_sessions_clients_the_extra_ones_get_busy_and_the_others_are_u
 // 4. A client that pipelines and never reads: held back, memory bounded.
 // ---------------------------------------------------------------------------------------
 
-async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Vec<u8> {
-    let mut length = [0u8; 4];
-    within("a frame", reader.read_exact(&mut length))
-        .await
-        .expect("read length");
-    let mut body = vec![0u8; u32::from_be_bytes(length) as usize];
-    within("a frame body", reader.read_exact(&mut body))
-        .await
-        .expect("read body");
-    body
-}
-
-fn exec_frame(id: u64, sql: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    rmpv::encode::write_value(
-        &mut body,
-        &map(vec![
-            ("id", Msgpack::from(id)),
-            ("op", Msgpack::from("exec")),
-            ("sql", Msgpack::from(sql)),
-        ]),
-    )
-    .expect("encode");
-    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    frame
-}
+/// A statement whose answer is large (10 kB), so that unread answers would cost memory.
+const FLOOD_SQL: &str = "SELECT REPEAT('x', 10000)";
+/// Flooders that make no progress for this long are held back.
+const STALLED_FOR: Duration = Duration::from_millis(1500);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_that_pipelines_and_never_reads_is_held_back_and_memory_stays_bounded() {
     const FLOODERS: usize = 4;
-    const MIN_FLOOD: Duration = Duration::from_secs(3);
-    const STALLED_FOR: Duration = Duration::from_millis(1500);
-    const FLOOD_SQL: &str = "SELECT REPEAT('x', 10000)";
-    let db = TestDb::create("fp_flood").await;
-    db.run(&["CREATE TABLE t (id INT PRIMARY KEY, n BIGINT NOT NULL)"])
-        .await;
-    db.run(&["INSERT INTO t VALUES (1, 0)"]).await;
-    let broker = BrokerProcess::start("flood", &broker_config(&db, "max_pipelined_requests = 64"));
-    let bystander = connect(&broker).await;
-    // Warm up: the bystander and every flooder's session have served a few requests.
+    let db = TestDb::create_with(
+        "fp_flood",
+        &[
+            "CREATE TABLE t (id INT PRIMARY KEY, n BIGINT NOT NULL)",
+            "INSERT INTO t VALUES (1, 0)",
+        ],
+    )
+    .await;
+    let broker = BrokerProcess::start("flood", &db.config_file_text("max_pipelined_requests = 64"));
+    let bystander = broker.client().await;
+    let flooders = warmed_up_flooders(&broker, &bystander, FLOODERS).await;
+    let rss_before = broker.rss_kib();
+    let sampler = PeakRss::sample(broker.pid(), rss_before);
+
+    let flood = Flood::start(flooders);
+    let served = serve_the_bystander_until_the_flooders_are_held_back(
+        &broker, &bystander, &flood, rss_before,
+    )
+    .await;
+    let rss_held = broker.rss_kib();
+    let (requests, readers, writers) = flood.stop().await;
+    let rss_peak = sampler.stop().max(rss_held);
+
+    let growth_kib = rss_peak.saturating_sub(rss_before);
+    println!(
+        "flood: {FLOODERS} clients wrote {requests:?} requests of `{FLOOD_SQL}` in \
+         {:?} and were then held back (no progress for {STALLED_FOR:?}); broker \
+         VmRSS before {rss_before} KiB, peak {rss_peak} KiB (+{growth_kib} KiB), while held \
+         {rss_held} KiB ({} KiB when the flooders last made progress); \
+         the bystander ran {} transactions meanwhile, slowest {:?}",
+        served.flood_time, served.rss_at_last_progress, served.transactions, served.slowest
+    );
+    assert!(
+        growth_kib < 64 * 1024,
+        "the broker's memory grew by {growth_kib} KiB under the flood"
+    );
+    // Held back by the broker, not only by full kernel buffers: once the flooders could no
+    // longer write, the broker stopped reading and answering them, so its memory stopped
+    // growing.
+    assert!(
+        rss_held.saturating_sub(served.rss_at_last_progress) < 8 * 1024,
+        "the broker kept reading the flooders after they were stalled: VmRSS {} KiB -> {} KiB",
+        served.rss_at_last_progress,
+        rss_held
+    );
+    assert!(
+        served.transactions >= 10,
+        "the bystander was served: {}",
+        served.transactions
+    );
+    assert!(
+        served.slowest < Duration::from_secs(2),
+        "the bystander was held up: slowest {:?}",
+        served.slowest
+    );
+
+    the_first_answers_wait_in_order(readers).await;
+    // The flooders hang up with answers unread: their sessions end and the memory is freed.
+    drop(writers);
+    let stats = stats_until(&bystander, "the flooders' sessions ended", |s| {
+        s.sessions == 1
+    })
+    .await;
+    assert_eq!(stats.locks_held, 0);
+    bystander.ping().await.expect("still served");
+    println!(
+        "flood: after the flooders left, broker VmRSS {} KiB",
+        broker.rss_kib()
+    );
+}
+
+/// `count` raw connections whose sessions have each served one `FLOOD_SQL`, after the
+/// bystander has served a few; returns once every session is up.
+async fn warmed_up_flooders(
+    broker: &BrokerProcess,
+    bystander: &Client,
+    count: usize,
+) -> Vec<RawConn> {
     for _ in 0..20 {
         bystander.exec(FLOOD_SQL, vec![]).await.expect("warm up");
     }
     let mut flooders = Vec::new();
-    for _ in 0..FLOODERS {
+    for _ in 0..count {
         let mut conn = RawConn::connect(broker.addr).await;
         conn.send_bytes(&exec_frame(1, FLOOD_SQL)).await;
-        let response = Response::decode(&conn.read_frame().await.expect("answer")).expect("ok");
+        let response = conn.read_response().await.expect("answer");
         assert!(response.outcome.is_ok(), "{response:?}");
         flooders.push(conn);
     }
-    stats_until(&bystander, "every session is up", |s| {
-        s.sessions == 1 + FLOODERS as u64
+    stats_until(bystander, "every session is up", |s| {
+        s.sessions == 1 + count as u64
     })
     .await;
-    let rss_before = broker.rss_kib();
+    flooders
+}
 
-    // Sample the broker's RSS throughout.
-    let sampling = Arc::new(AtomicBool::new(true));
-    let peak = Arc::new(AtomicU64::new(rss_before));
-    let sampler = {
-        let (sampling, peak, pid) = (sampling.clone(), peak.clone(), broker.pid());
-        std::thread::spawn(move || {
-            while sampling.load(Ordering::Relaxed) {
-                if let Some(rss) = fault_support::try_rss_kib(pid) {
-                    peak.fetch_max(rss, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        })
-    };
+/// The peak resident set size of a process, sampled every 10 ms in a thread of its own.
+struct PeakRss {
+    sampling: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
 
-    // Flood: each flooder writes requests as fast as the socket takes them, never reading.
-    let written: Vec<Arc<AtomicU64>> = (0..FLOODERS).map(|_| Arc::new(AtomicU64::new(0))).collect();
-    let (stop_sender, stop) = tokio::sync::watch::channel(false);
-    let mut readers = Vec::new();
-    let mut tasks = Vec::new();
-    for (n, conn) in flooders.into_iter().enumerate() {
-        let (reader, mut writer) = conn.stream.into_split();
-        readers.push(reader);
-        let (written, mut stop) = (written[n].clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut id = 2u64;
-            loop {
-                let mut chunk = Vec::new();
-                for _ in 0..64 {
-                    chunk.extend_from_slice(&exec_frame(id, FLOOD_SQL));
-                    id += 1;
-                }
-                tokio::select! {
-                    result = writer.write_all(&chunk) => {
-                        if result.is_err() {
-                            return writer;
-                        }
-                        written.fetch_add(64, Ordering::Relaxed);
+impl PeakRss {
+    fn sample(pid: u32, initial_kib: u64) -> PeakRss {
+        let sampling = Arc::new(AtomicBool::new(true));
+        let peak = Arc::new(AtomicU64::new(initial_kib));
+        let thread = {
+            let (sampling, peak) = (sampling.clone(), peak.clone());
+            std::thread::spawn(move || {
+                while sampling.load(Ordering::Relaxed) {
+                    if let Some(rss) = try_rss_kib(pid) {
+                        peak.fetch_max(rss, Ordering::Relaxed);
                     }
-                    _ = stop.wait_for(|stop| *stop) => return writer,
+                    std::thread::sleep(Duration::from_millis(10));
                 }
-            }
-        }));
+            })
+        };
+        PeakRss {
+            sampling,
+            peak,
+            thread,
+        }
     }
 
-    // Meanwhile the bystander is served normally; the flood ends once every flooder has
-    // made no progress for STALLED_FOR (it is held back), after at least MIN_FLOOD.
+    /// Stops sampling and returns the peak in KiB.
+    fn stop(self) -> u64 {
+        self.sampling.store(false, Ordering::Relaxed);
+        self.thread.join().expect("sampler");
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// Flooding clients: each writes requests as fast as its socket takes them, never reading.
+struct Flood {
+    /// Requests written so far, per flooder.
+    written: Vec<Arc<AtomicU64>>,
+    readers: Vec<OwnedReadHalf>,
+    tasks: Vec<tokio::task::JoinHandle<OwnedWriteHalf>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Flood {
+    fn start(flooders: Vec<RawConn>) -> Flood {
+        let written: Vec<Arc<AtomicU64>> = flooders
+            .iter()
+            .map(|_| Arc::new(AtomicU64::new(0)))
+            .collect();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut readers = Vec::new();
+        let mut tasks = Vec::new();
+        for (n, conn) in flooders.into_iter().enumerate() {
+            let (reader, mut writer) = conn.stream.into_split();
+            readers.push(reader);
+            let (written, mut stopped) = (written[n].clone(), stopped.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut id = 2u64;
+                loop {
+                    let chunk = exec_frames(id, 64, FLOOD_SQL);
+                    id += 64;
+                    tokio::select! {
+                        result = writer.write_all(&chunk) => {
+                            if result.is_err() {
+                                return writer;
+                            }
+                            written.fetch_add(64, Ordering::Relaxed);
+                        }
+                        _ = stopped.wait_for(|stop| *stop) => return writer,
+                    }
+                }
+            }));
+        }
+        Flood {
+            written,
+            readers,
+            tasks,
+            stop,
+        }
+    }
+
+    /// Requests written so far, per flooder.
+    fn written(&self) -> Vec<u64> {
+        self.written
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Stops writing; returns the requests written per flooder and each flooder's halves,
+    /// still open.
+    async fn stop(self) -> (Vec<u64>, Vec<OwnedReadHalf>, Vec<OwnedWriteHalf>) {
+        let _ = self.stop.send(true);
+        let mut writers = Vec::new();
+        for task in self.tasks {
+            writers.push(within("a flooder stops", task).await.expect("task"));
+        }
+        let written = self
+            .written
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        (written, self.readers, writers)
+    }
+}
+
+/// How the bystander fared during the flood.
+struct BystanderDuringFlood {
+    transactions: u64,
+    slowest: Duration,
+    flood_time: Duration,
+    /// The broker's RSS when a flooder last made progress.
+    rss_at_last_progress: u64,
+}
+
+/// The bystander runs transactions during the flood; it stops once every flooder has made
+/// no progress for `STALLED_FOR` (it is held back), and the flood has lasted at least a few
+/// seconds.
+async fn serve_the_bystander_until_the_flooders_are_held_back(
+    broker: &BrokerProcess,
+    bystander: &Client,
+    flood: &Flood,
+    rss_before: u64,
+) -> BystanderDuringFlood {
+    const MIN_FLOOD: Duration = Duration::from_secs(3);
     let started = Instant::now();
-    let mut last_seen: Vec<(u64, Instant)> = vec![(0, started); FLOODERS];
-    let mut served = 0u64;
-    let mut slowest = Duration::ZERO;
-    let mut rss_at_last_progress = rss_before;
+    let mut last_seen: Vec<(u64, Instant)> = vec![(0, started); flood.written.len()];
+    let mut served = BystanderDuringFlood {
+        transactions: 0,
+        slowest: Duration::ZERO,
+        flood_time: Duration::ZERO,
+        rss_at_last_progress: rss_before,
+    };
     loop {
         let asked = Instant::now();
         within(
@@ -840,21 +968,21 @@ async fn a_client_that_pipelines_and_never_reads_is_held_back_and_memory_stays_b
         )
         .await
         .expect("the bystander is served during the flood");
-        slowest = slowest.max(asked.elapsed());
-        served += 1;
+        served.slowest = served.slowest.max(asked.elapsed());
+        served.transactions += 1;
         let now = Instant::now();
-        for (n, counter) in written.iter().enumerate() {
-            let count = counter.load(Ordering::Relaxed);
+        for (n, count) in flood.written().into_iter().enumerate() {
             if count != last_seen[n].0 {
                 last_seen[n] = (count, now);
-                rss_at_last_progress = broker.rss_kib();
+                served.rss_at_last_progress = broker.rss_kib();
             }
         }
         let held_back = last_seen
             .iter()
             .all(|(_, at)| now.duration_since(*at) >= STALLED_FOR);
         if started.elapsed() >= MIN_FLOOD && held_back {
-            break;
+            served.flood_time = started.elapsed();
+            return served;
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
@@ -862,49 +990,14 @@ async fn a_client_that_pipelines_and_never_reads_is_held_back_and_memory_stays_b
             last_seen.iter().map(|(n, _)| n).collect::<Vec<_>>()
         );
     }
-    let flood_time = started.elapsed();
-    let rss_held = broker.rss_kib();
-    let _ = stop_sender.send(true);
-    let mut writers = Vec::new();
-    for task in tasks {
-        writers.push(within("a flooder stops", task).await.expect("task"));
-    }
+}
 
-    sampling.store(false, Ordering::Relaxed);
-    sampler.join().expect("sampler");
-    let rss_peak = peak.load(Ordering::Relaxed).max(rss_held);
-    let requests: Vec<u64> = written.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-    let growth_kib = rss_peak.saturating_sub(rss_before);
-    println!(
-        "flood: {FLOODERS} clients wrote {requests:?} requests of `{FLOOD_SQL}` in \
-         {flood_time:?} and were then held back (no progress for {STALLED_FOR:?}); broker \
-         VmRSS before {rss_before} KiB, peak {rss_peak} KiB (+{growth_kib} KiB), while held \
-         {rss_held} KiB ({rss_at_last_progress} KiB when the flooders last made progress); \
-         the bystander ran {served} transactions meanwhile, slowest {slowest:?}"
-    );
-    assert!(
-        growth_kib < 64 * 1024,
-        "the broker's memory grew by {growth_kib} KiB under the flood"
-    );
-    // Held back by the broker, not only by full kernel buffers: once the flooders could no
-    // longer write, the broker stopped reading and answering them, so its memory stopped
-    // growing.
-    assert!(
-        rss_held.saturating_sub(rss_at_last_progress) < 8 * 1024,
-        "the broker kept reading the flooders after they were stalled: VmRSS {} KiB -> {} KiB",
-        rss_at_last_progress,
-        rss_held
-    );
-    assert!(served >= 10, "the bystander was served: {served}");
-    assert!(
-        slowest < Duration::from_secs(2),
-        "the bystander was held up: slowest {slowest:?}"
-    );
-
-    // Nothing was lost: the first answers wait, in order, for the flooder to read them.
+/// Nothing was lost: each flooder's first answers wait, in order, for it to read them.
+async fn the_first_answers_wait_in_order(mut readers: Vec<OwnedReadHalf>) {
     for reader in &mut readers {
         for id in 2..=4u64 {
-            let response = Response::decode(&read_frame(reader).await).expect("a response");
+            let body = read_frame_from(reader).await.expect("a frame");
+            let response = Response::decode(&body).expect("a response");
             assert_eq!(response.id, Some(id));
             match response.outcome {
                 Ok(Reply::Exec { result }) => {
@@ -914,27 +1007,13 @@ async fn a_client_that_pipelines_and_never_reads_is_held_back_and_memory_stays_b
             }
         }
     }
-    // The flooders hang up with answers unread: their sessions end and the memory is freed.
-    drop(writers);
-    drop(readers);
-    let stats = stats_until(&bystander, "the flooders' sessions ended", |s| {
-        s.sessions == 1
-    })
-    .await;
-    assert_eq!(stats.locks_held, 0);
-    bystander.ping().await.expect("still served");
-    println!(
-        "flood: after the flooders left, broker VmRSS {} KiB",
-        broker.rss_kib()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_that_floods_then_hangs_up_ends_its_session_and_leaves_the_broker_idle() {
-    const FLOOD_SQL: &str = "SELECT REPEAT('x', 10000)";
     let db = TestDb::create("fp_flood_hangup").await;
-    let broker = BrokerProcess::start("flood_hangup", &broker_config(&db, ""));
-    let observer = connect(&broker).await;
+    let broker = BrokerProcess::start("flood_hangup", &db.config_file_text(""));
+    let observer = broker.client().await;
     let mut conn = RawConn::connect(broker.addr).await;
     conn.send_bytes(&exec_frame(1, FLOOD_SQL)).await;
     assert!(conn.read_frame().await.is_some(), "the flooder is served");
@@ -943,11 +1022,8 @@ async fn a_client_that_floods_then_hangs_up_ends_its_session_and_leaves_the_brok
     let flood = async {
         let mut id = 2u64;
         loop {
-            let mut chunk = Vec::new();
-            for _ in 0..64 {
-                chunk.extend_from_slice(&exec_frame(id, FLOOD_SQL));
-                id += 1;
-            }
+            let chunk = exec_frames(id, 64, FLOOD_SQL);
+            id += 64;
             if conn.stream.write_all(&chunk).await.is_err() {
                 return;
             }
@@ -983,15 +1059,6 @@ async fn a_client_that_floods_then_hangs_up_ends_its_session_and_leaves_the_brok
     );
 }
 
-/// utime + stime of a process, in clock ticks (/proc/PID/stat).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
-        .split_whitespace()
-        .collect();
-    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
-}
-
 // ---------------------------------------------------------------------------------------
 // 5. Half-open clients stalled mid-frame.
 // ---------------------------------------------------------------------------------------
@@ -999,59 +1066,18 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn several_clients_stalled_mid_frame_are_closed_after_the_read_timeout_and_hold_up_nobody() {
     const TIMEOUT_MS: u64 = 1500;
-    let db = TestDb::create("fp_stalled").await;
-    db.run(&["CREATE TABLE t (id INT PRIMARY KEY)"]).await;
+    let db = TestDb::create_with("fp_stalled", &["CREATE TABLE t (id INT PRIMARY KEY)"]).await;
     let broker = BrokerProcess::start(
         "stalled",
-        &broker_config(&db, &format!("client_read_timeout_ms = {TIMEOUT_MS}")),
+        &db.config_file_text(&format!("client_read_timeout_ms = {TIMEOUT_MS}")),
     );
-    let observer = connect(&broker).await;
-    let other = connect(&broker).await;
+    let observer = broker.client().await;
+    let other = broker.client().await;
 
-    // One stalled client is inside a transaction holding key k, with an uncommitted insert.
-    let mut holder = RawConn::connect(broker.addr).await;
-    for (id, request) in [
-        (
-            1u64,
-            vec![
-                ("op", Msgpack::from("begin")),
-                ("locks", Msgpack::Array(vec![Msgpack::from("k")])),
-            ],
-        ),
-        (
-            2,
-            vec![
-                ("op", Msgpack::from("exec")),
-                ("sql", Msgpack::from("INSERT INTO t VALUES (1)")),
-            ],
-        ),
-    ] {
-        let mut entries = vec![("id", Msgpack::from(id))];
-        entries.extend(request);
-        holder.send_value(&map(entries)).await;
-        let response = holder.read_response().await.expect("an answer");
-        assert!(response.outcome.is_ok(), "{response:?}");
-    }
-
-    // Partial frames of every shape: part of the length, the length and part of the body.
-    let full = exec_frame(9, "SELECT 1");
-    let partials: Vec<Vec<u8>> = vec![
-        vec![0, 0],
-        vec![0],
-        vec![0, 0, 0, 40, 0x82],
-        full[..4].to_vec(),
-        full[..full.len() - 1].to_vec(),
-        vec![0, 0, 0, 40, 0x82],
-    ];
-    let mut stalled = Vec::new();
-    holder.send_bytes(&[0, 0, 0, 40, 0x83]).await;
-    let holder_stalled_at = Instant::now();
-    stalled.push((holder, holder_stalled_at));
-    for bytes in &partials {
-        let mut conn = RawConn::connect(broker.addr).await;
-        conn.send_bytes(bytes).await;
-        stalled.push((conn, Instant::now()));
-    }
+    // One stalled client is inside a transaction holding key k, with an uncommitted insert;
+    // the others stall before any request.
+    let holder = a_raw_client_holding_k_with_an_uncommitted_insert(&broker).await;
+    let stalled = stall_mid_frame(&broker, holder).await;
     let count = stalled.len() as u64;
     stats_until(&observer, "every stalled client has a session", |s| {
         s.sessions == 2 + count
@@ -1069,43 +1095,19 @@ async fn several_clients_stalled_mid_frame_are_closed_after_the_read_timeout_and
 
     // A client waits for k, held by the stalled holder: it gets it once the holder is closed,
     // and the uncommitted insert is gone.
-    let waiter = connect(&broker).await;
-    let waiting = tokio::spawn(waiter.send(Request::Tx(TxRequest {
-        statements: vec![
-            Statement::new("SELECT COUNT(*) FROM t", vec![]),
-            Statement::new("INSERT INTO t VALUES (2)", vec![]),
-        ],
-        options: with_keys(&["k"]),
-        retries: None,
-    })));
-
-    // Meanwhile everybody else is served, while the stalled sessions are still open.
-    let mut served_while_stalled = 0;
-    let mut slowest = Duration::ZERO;
-    loop {
-        let asked = Instant::now();
-        other.ping().await.expect("ping");
-        other
-            .tx()
-            .lock(format!("other:{served_while_stalled}"))
-            .exec("SELECT COUNT(*) FROM t", vec![])
-            .run()
-            .await
-            .expect("a tx of another client");
-        slowest = slowest.max(asked.elapsed());
-        let stats = observer.stats().await.expect("stats");
-        if stats.sessions < 3 + count {
-            break;
-        }
-        served_while_stalled += 1;
-        if served_while_stalled >= 20 {
-            break;
-        }
-    }
-    assert!(
-        served_while_stalled >= 3,
-        "other clients are served while the stalled ones are open: {served_while_stalled}"
+    let waiter = broker.client().await;
+    let waiting = tokio::spawn(
+        waiter.send(Request::Tx(
+            TxBuilder::new()
+                .lock("k")
+                .exec("SELECT COUNT(*) FROM t", vec![])
+                .exec("INSERT INTO t VALUES (2)", vec![])
+                .into_request(),
+        )),
     );
+
+    let (served_while_stalled, slowest) =
+        others_are_served_while_the_stalled_are_open(&observer, &other, count).await;
 
     let closings = within("the stalled clients are closed", closings)
         .await
@@ -1134,7 +1136,7 @@ async fn several_clients_stalled_mid_frame_are_closed_after_the_read_timeout_and
          times meanwhile (slowest {slowest:?}); at rest {stats:?}",
         closings.iter().map(|(_, after)| *after).collect::<Vec<_>>()
     );
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM t").await, 1);
+    assert_eq!(db.count("t").await, 1);
     let timeout = Duration::from_millis(TIMEOUT_MS);
     for (n, (_, after)) in closings.iter().enumerate() {
         assert!(
@@ -1149,4 +1151,86 @@ async fn several_clients_stalled_mid_frame_are_closed_after_the_read_timeout_and
              is {TIMEOUT_MS}"
         );
     }
+}
+
+/// A raw client that has begun a transaction holding key `k` and inserted row 1 in it.
+async fn a_raw_client_holding_k_with_an_uncommitted_insert(broker: &BrokerProcess) -> RawConn {
+    let mut holder = RawConn::connect(broker.addr).await;
+    for request in [
+        req(
+            1,
+            "begin",
+            vec![("locks", Msgpack::Array(vec![Msgpack::from("k")]))],
+        ),
+        req(
+            2,
+            "exec",
+            vec![("sql", Msgpack::from("INSERT INTO t VALUES (1)"))],
+        ),
+    ] {
+        holder.send_value(&request).await;
+        let response = holder.read_response().await.expect("an answer");
+        assert!(response.outcome.is_ok(), "{response:?}");
+    }
+    holder
+}
+
+/// Leaves `holder` and six new clients stalled with partial frames of every shape (part of
+/// the length, the length and part of the body); returns each with the time it stalled.
+async fn stall_mid_frame(broker: &BrokerProcess, mut holder: RawConn) -> Vec<(RawConn, Instant)> {
+    let full = exec_frame(9, "SELECT 1");
+    let partials: Vec<Vec<u8>> = vec![
+        vec![0, 0],
+        vec![0],
+        vec![0, 0, 0, 40, 0x82],
+        full[..4].to_vec(),
+        full[..full.len() - 1].to_vec(),
+        vec![0, 0, 0, 40, 0x82],
+    ];
+    let mut stalled = Vec::new();
+    holder.send_bytes(&[0, 0, 0, 40, 0x83]).await;
+    let holder_stalled_at = Instant::now();
+    stalled.push((holder, holder_stalled_at));
+    for bytes in &partials {
+        let mut conn = RawConn::connect(broker.addr).await;
+        conn.send_bytes(bytes).await;
+        stalled.push((conn, Instant::now()));
+    }
+    stalled
+}
+
+/// Another client runs pings and transactions while the `stalled` sessions are still open
+/// (at most 20 rounds); returns the rounds served and the slowest.
+async fn others_are_served_while_the_stalled_are_open(
+    observer: &Client,
+    other: &Client,
+    stalled: u64,
+) -> (u32, Duration) {
+    let mut served_while_stalled = 0;
+    let mut slowest = Duration::ZERO;
+    loop {
+        let asked = Instant::now();
+        other.ping().await.expect("ping");
+        other
+            .tx()
+            .lock(format!("other:{served_while_stalled}"))
+            .exec("SELECT COUNT(*) FROM t", vec![])
+            .run()
+            .await
+            .expect("a tx of another client");
+        slowest = slowest.max(asked.elapsed());
+        let stats = observer.stats().await.expect("stats");
+        if stats.sessions < 3 + stalled {
+            break;
+        }
+        served_while_stalled += 1;
+        if served_while_stalled >= 20 {
+            break;
+        }
+    }
+    assert!(
+        served_while_stalled >= 3,
+        "other clients are served while the stalled ones are open: {served_while_stalled}"
+    );
+    (served_while_stalled, slowest)
 }

@@ -12,11 +12,13 @@ async fn transfer_through(
     session_threads: usize,
     coordinator_thread: CoordinatorThread,
 ) {
-    let db = TestDb::create(label).await;
-    db.run(&[
-        "CREATE TABLE t (id INT PRIMARY KEY, v INT)",
-        "INSERT INTO t VALUES (1, 10)",
-    ])
+    let db = TestDb::create_with(
+        label,
+        &[
+            "CREATE TABLE t (id INT PRIMARY KEY, v INT)",
+            "INSERT INTO t VALUES (1, 10)",
+        ],
+    )
     .await;
     let broker = TestBroker::start(Config {
         session_threads,

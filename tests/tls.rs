@@ -4,6 +4,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::raw::{req, RawConn};
 use common::{TestBroker, TestDb};
 use txbroker::client::Client;
 use txbroker::protocol::Value;
@@ -52,16 +53,11 @@ async fn a_tls_broker_serves_tls_clients_and_drops_plain_ones() {
     assert_eq!(outcome.results[1].rows, vec![vec![Value::Int(1)]]);
 
     // A client speaking plain frames to a TLS port gets no answer and is closed; others go on.
-    let mut plain = common::RawConn::connect(broker.addr).await;
-    plain
-        .send_value(&common::map(vec![
-            ("id", rmpv::Value::from(1)),
-            ("op", rmpv::Value::from("ping")),
-        ]))
-        .await;
+    let mut plain = RawConn::connect(broker.addr).await;
+    plain.send_value(&req(1, "ping", vec![])).await;
     assert!(plain.is_closed_by_server().await);
     // A client that connects and says nothing is dropped after client_read_timeout_ms.
-    let mut silent = common::RawConn::connect(broker.addr).await;
+    let mut silent = RawConn::connect(broker.addr).await;
     assert!(silent.is_closed_by_server().await);
     client.ping().await.expect("the TLS client is unaffected");
 

@@ -3,26 +3,15 @@
 
 mod common;
 
-use common::{map, RawConn, TestBroker, TestDb};
+use common::answers::response_error;
+use common::raw::{encode, exec_req, framed, map, req, statement, RawConn};
+use common::requests::with_keys;
+use common::{TestBroker, TestDb};
 use rand::{Rng, SeedableRng};
 use rmpv::Value as Msgpack;
 use txbroker::error::ErrorCode;
-use txbroker::protocol::{Reply, Response};
+use txbroker::protocol::Reply;
 use txbroker::Config;
-
-fn ping(id: u64) -> Msgpack {
-    map(vec![
-        ("id", Msgpack::from(id)),
-        ("op", Msgpack::from("ping")),
-    ])
-}
-
-fn error_code(response: &Response) -> ErrorCode {
-    match &response.outcome {
-        Err(error) => error.code,
-        Ok(reply) => panic!("expected an error, got {reply:?}"),
-    }
-}
 
 async fn broker(label: &str, adjust: impl FnOnce(Config) -> Config) -> (TestDb, TestBroker) {
     let db = TestDb::create(label).await;
@@ -37,7 +26,7 @@ async fn a_zero_length_frame_is_bad_request_and_closes_the_connection() {
     conn.send_bytes(&[0, 0, 0, 0]).await;
     let response = conn.read_response().await.expect("an answer");
     assert_eq!(response.id, None);
-    assert_eq!(error_code(&response), ErrorCode::BadRequest);
+    assert_eq!(response_error(&response).code, ErrorCode::BadRequest);
     assert!(conn.is_closed_by_server().await);
 }
 
@@ -53,14 +42,14 @@ async fn an_oversized_frame_is_refused_without_waiting_for_its_body() {
     conn.send_bytes(&1025u32.to_be_bytes()).await;
     let response = conn.read_response().await.expect("an answer");
     assert_eq!(response.id, None);
-    assert_eq!(error_code(&response), ErrorCode::FrameTooLarge);
+    assert_eq!(response_error(&response).code, ErrorCode::FrameTooLarge);
     assert!(!response.outcome.as_ref().expect_err("error").retryable);
     assert!(conn.is_closed_by_server().await);
 
     let mut conn = RawConn::connect(broker.addr).await;
     conn.send_bytes(&u32::MAX.to_be_bytes()).await;
     let response = conn.read_response().await.expect("an answer");
-    assert_eq!(error_code(&response), ErrorCode::FrameTooLarge);
+    assert_eq!(response_error(&response).code, ErrorCode::FrameTooLarge);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,21 +61,17 @@ async fn a_frame_at_the_limit_is_accepted() {
     .await;
     let mut conn = RawConn::connect(broker.addr).await;
     let padding = "x".repeat(1024);
-    let mut body = Vec::new();
-    let request = map(vec![
-        ("id", Msgpack::from(1)),
-        ("op", Msgpack::from("ping")),
-        ("pad", Msgpack::from(padding.as_str())),
-    ]);
-    rmpv::encode::write_value(&mut body, &request).expect("encode");
+    let body = encode(&req(
+        1,
+        "ping",
+        vec![("pad", Msgpack::from(padding.as_str()))],
+    ));
     let excess = body.len() - 1024;
-    let request = map(vec![
-        ("id", Msgpack::from(1)),
-        ("op", Msgpack::from("ping")),
-        ("pad", Msgpack::from(&padding[excess..])),
-    ]);
-    body.clear();
-    rmpv::encode::write_value(&mut body, &request).expect("encode");
+    let body = encode(&req(
+        1,
+        "ping",
+        vec![("pad", Msgpack::from(&padding[excess..]))],
+    ));
     assert_eq!(body.len(), 1024);
     conn.send_frame(&body).await;
     let response = conn.read_response().await.expect("an answer");
@@ -105,9 +90,9 @@ async fn a_body_that_is_not_messagepack_is_bad_request_and_the_connection_stays_
         conn.send_frame(body).await;
         let response = conn.read_response().await.expect("an answer");
         assert_eq!(response.id, None);
-        assert_eq!(error_code(&response), ErrorCode::BadRequest);
+        assert_eq!(response_error(&response).code, ErrorCode::BadRequest);
     }
-    conn.send_value(&ping(3)).await;
+    conn.send_value(&req(3, "ping", vec![])).await;
     let response = conn.read_response().await.expect("an answer");
     assert_eq!((response.id, response.outcome), (Some(3), Ok(Reply::Done)));
 }
@@ -121,23 +106,19 @@ async fn with_auth_on_the_first_request_must_be_hello_with_a_valid_token() {
     .await;
 
     let mut conn = RawConn::connect(broker.addr).await;
-    conn.send_value(&ping(5)).await;
+    conn.send_value(&req(5, "ping", vec![])).await;
     let response = conn.read_response().await.expect("an answer");
     assert_eq!(response.id, Some(5));
-    assert_eq!(error_code(&response), ErrorCode::Unauthenticated);
+    assert_eq!(response_error(&response).code, ErrorCode::Unauthenticated);
     assert!(conn.is_closed_by_server().await);
 
     for token in ["s3cre", "s3cret ", "S3CRET", ""] {
         let mut conn = RawConn::connect(broker.addr).await;
-        conn.send_value(&map(vec![
-            ("id", Msgpack::from(6)),
-            ("op", Msgpack::from("hello")),
-            ("token", Msgpack::from(token)),
-        ]))
-        .await;
+        conn.send_value(&req(6, "hello", vec![("token", Msgpack::from(token))]))
+            .await;
         let response = conn.read_response().await.expect("an answer");
         assert_eq!(
-            error_code(&response),
+            response_error(&response).code,
             ErrorCode::Unauthenticated,
             "token {token:?}"
         );
@@ -168,7 +149,7 @@ async fn past_max_sessions_a_client_gets_busy_at_accept_and_is_closed() {
     // Busy is sent before any request.
     let response = refused.read_response().await.expect("busy");
     assert_eq!(response.id, None);
-    assert_eq!(error_code(&response), ErrorCode::Busy);
+    assert_eq!(response_error(&response).code, ErrorCode::Busy);
     assert!(response.outcome.as_ref().expect_err("error").retryable);
     assert!(refused.is_closed_by_server().await);
     first
@@ -189,31 +170,20 @@ async fn requests_are_answered_in_order_even_when_they_fail() {
     let mut bytes = Vec::new();
     for id in 0..10u64 {
         let request = if id % 3 == 0 {
-            map(vec![
-                ("id", Msgpack::from(id)),
-                ("op", Msgpack::from("nope")),
-            ])
+            req(id, "nope", vec![])
         } else if id % 3 == 1 {
-            map(vec![
-                ("id", Msgpack::from(id)),
-                ("op", Msgpack::from("exec")),
-                ("sql", Msgpack::from("SELECT ?")),
-                ("params", Msgpack::Array(vec![Msgpack::from(id)])),
-            ])
+            exec_req(id, "SELECT ?", vec![Msgpack::from(id)])
         } else {
-            ping(id)
+            req(id, "ping", vec![])
         };
-        let mut body = Vec::new();
-        rmpv::encode::write_value(&mut body, &request).expect("encode");
-        bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        bytes.extend_from_slice(&body);
+        bytes.extend_from_slice(&framed(&request));
     }
     conn.send_bytes(&bytes).await;
     for id in 0..10u64 {
         let response = conn.read_response().await.expect("an answer");
         assert_eq!(response.id, Some(id));
         match id % 3 {
-            0 => assert_eq!(error_code(&response), ErrorCode::BadRequest),
+            0 => assert_eq!(response_error(&response).code, ErrorCode::BadRequest),
             1 => {
                 let Ok(Reply::Exec { result }) = response.outcome else {
                     panic!("exec reply expected: {response:?}");
@@ -269,16 +239,13 @@ async fn random_input_never_takes_the_broker_down() {
                     1 => Msgpack::from(ops[rng.gen_range(0..ops.len())]),
                     2 => Msgpack::Nil,
                     3 => Msgpack::Array(vec![Msgpack::from("k"), Msgpack::from(-1)]),
-                    4 => Msgpack::Array(vec![map(vec![("sql", Msgpack::from("SELECT 1"))])]),
+                    4 => Msgpack::Array(vec![statement("SELECT 1")]),
                     5 => Msgpack::Binary(vec![0xff; 3]),
                     _ => Msgpack::from(rng.gen::<bool>()),
                 };
                 entries.push((name, value));
             }
-            let mut body = Vec::new();
-            rmpv::encode::write_value(&mut body, &map(entries)).expect("encode");
-            bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
-            bytes.extend_from_slice(&body);
+            bytes.extend_from_slice(&framed(&map(entries)));
         }
         conn.send_bytes(&bytes).await;
         drop(conn);
@@ -295,21 +262,15 @@ async fn a_framing_error_behind_a_running_request_is_answered_after_it() {
     let (_db, broker) = broker("wire_fatal_in_flight", |c| c).await;
     let holder = broker.client().await;
     let observer = broker.client().await;
-    holder
-        .begin(txbroker::protocol::TxOptions {
-            locks: txbroker::locks::LockRequest::new(vec!["k".to_string()], vec![]),
-            ..Default::default()
-        })
-        .await
-        .expect("begin");
+    holder.begin(with_keys(&["k"])).await.expect("begin");
     let mut conn = RawConn::connect(broker.addr).await;
-    conn.send_value(&map(vec![
-        ("id", Msgpack::from(1)),
-        ("op", Msgpack::from("begin")),
-        ("locks", Msgpack::Array(vec![Msgpack::from("k")])),
-    ]))
+    conn.send_value(&req(
+        1,
+        "begin",
+        vec![("locks", Msgpack::Array(vec![Msgpack::from("k")]))],
+    ))
     .await;
-    conn.send_value(&ping(2)).await;
+    conn.send_value(&req(2, "ping", vec![])).await;
     common::stats_until(&observer, "the begin waits for k", |s| s.lock_waiters == 1).await;
     conn.send_bytes(&[0, 0, 0, 0]).await;
     holder.rollback().await.expect("rollback");
@@ -322,7 +283,7 @@ async fn a_framing_error_behind_a_running_request_is_answered_after_it() {
         .await
         .expect("the framing error is answered");
     assert_eq!(fatal.id, None);
-    assert_eq!(error_code(&fatal), ErrorCode::BadRequest);
+    assert_eq!(response_error(&fatal).code, ErrorCode::BadRequest);
     assert!(conn.is_closed_by_server().await);
     common::stats_until(&observer, "the open transaction was rolled back", |s| {
         s.locks_held == 0
@@ -338,21 +299,17 @@ async fn with_auth_on_an_unreadable_first_request_is_unauthenticated() {
     })
     .await;
     let mut conn = RawConn::connect(broker.addr).await;
-    conn.send_value(&map(vec![
-        ("id", Msgpack::from(4)),
-        ("op", Msgpack::from("hello")),
-        ("token", Msgpack::from(12)),
-    ]))
-    .await;
+    conn.send_value(&req(4, "hello", vec![("token", Msgpack::from(12))]))
+        .await;
     let response = conn.read_response().await.expect("an answer");
     assert_eq!(response.id, Some(4));
-    assert_eq!(error_code(&response), ErrorCode::Unauthenticated);
+    assert_eq!(response_error(&response).code, ErrorCode::Unauthenticated);
     assert!(conn.is_closed_by_server().await);
 
     let mut conn = RawConn::connect(broker.addr).await;
     conn.send_frame(b"junk").await;
     let response = conn.read_response().await.expect("an answer");
-    assert_eq!(error_code(&response), ErrorCode::Unauthenticated);
+    assert_eq!(response_error(&response).code, ErrorCode::Unauthenticated);
     assert!(conn.is_closed_by_server().await);
 }
 
@@ -376,12 +333,12 @@ async fn a_client_stalled_mid_frame_is_closed_and_holds_up_nobody() {
 
     // A quiet client with no partial frame stays connected past the timeout.
     let mut quiet = RawConn::connect(broker.addr).await;
-    quiet.send_value(&ping(1)).await;
+    quiet.send_value(&req(1, "ping", vec![])).await;
     assert!(quiet.read_response().await.is_some());
     // Being quiet for longer than the timeout is the behaviour under test, not a wait for
     // an event.
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-    quiet.send_value(&ping(2)).await;
+    quiet.send_value(&req(2, "ping", vec![])).await;
     let response = quiet.read_response().await.expect("still connected");
     assert_eq!(response.id, Some(2));
 }

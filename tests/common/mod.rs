@@ -1,18 +1,39 @@
-//! Shared helpers for the integration tests: a real broker on port 0 in its own actix
-//! system, a private database per test on the real MariaDB, and raw frame I/O for tests that
-//! must send bytes no well-behaved client would.
+//! Shared helpers for the integration tests, one of each: look here before writing a helper.
+//! This file: a private database per test on the real MariaDB (`TestDb`), a real broker on
+//! port 0 in its own actix system (`TestBroker`), the set-up most tests start with (`setup`),
+//! the bank the transfer tests share (`bank`: accounts and a ledger), and waiting for events
+//! with deadlines (`eventually`, `stats_until`, `within`). The submodules:
+//!
+//! - `raw`: raw frame I/O (`RawConn`) and MessagePack requests and answers built and checked
+//!   by hand, for tests that must send bytes no well-behaved client would, or see the wire
+//!   as a client in another language does.
+//! - `answers`: reading the Rust client's answers: the server's error, its code, and the
+//!   values of a result row.
+//! - `requests`: requests the tests send often: declared keys, the bank's transfer.
+//! - `process`: the `txbroker` binary as a real process (`BrokerProcess`), config files,
+//!   signals, waiting for a process to exit.
+//! - `script_client`: a client process in Python that a test can kill with SIGKILL.
+//!
+//! Every test binary compiles this whole module and uses part of it, hence `dead_code`.
 
 #![allow(dead_code)]
+
+pub mod answers;
+pub mod process;
+pub mod raw;
+pub mod requests;
+pub mod script_client;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use txbroker::client::Client;
-use txbroker::protocol::{Response, Stats};
+use txbroker::protocol::Stats;
 use txbroker::{logging, Broker, Config};
+
+/// How long an awaited event may take on a loaded two-core machine before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
 
 /// The server the tests use; `DATABASE_URL` overrides it.
 pub fn base_url() -> String {
@@ -48,6 +69,13 @@ impl TestDb {
         TestDb { name, url }
     }
 
+    /// A new database, then `statements` (its tables and rows) run on it.
+    pub async fn create_with(label: &str, statements: &[&str]) -> TestDb {
+        let db = TestDb::create(label).await;
+        db.run(statements).await;
+        db
+    }
+
     pub async fn conn(&self) -> mysql_async::Conn {
         mysql_async::Conn::from_url(&self.url)
             .await
@@ -64,6 +92,21 @@ impl TestDb {
         scalar_and_disconnect(self.conn().await, sql).await
     }
 
+    /// The number of rows in `table`, read directly from the database.
+    pub async fn count(&self, table: &str) -> i64 {
+        self.scalar(&format!("SELECT COUNT(*) FROM {table}")).await
+    }
+
+    pub async fn table_exists(&self, table: &str) -> bool {
+        self.scalar(&format!(
+            "SELECT COUNT(*) FROM information_schema.tables \
+             WHERE table_schema = '{}' AND table_name = '{table}'",
+            self.name
+        ))
+        .await
+            > 0
+    }
+
     /// A broker configuration pointing at this database, on a free port.
     pub fn config(&self) -> Config {
         Config {
@@ -73,6 +116,62 @@ impl TestDb {
             ..Config::default()
         }
     }
+
+    /// The text of a config file for the `txbroker` binary pointing at this database, with
+    /// `extra` lines (TOML) after it.
+    pub fn config_file_text(&self, extra: &str) -> String {
+        format!("database_url = \"{}\"\n{extra}\n", self.url)
+    }
+}
+
+/// The bank the transfer tests share: `accounts` (ids from 1, one balance each) and a
+/// `ledger` with one row per transfer, keyed by a client-chosen unique id.
+pub const CREATE_ACCOUNTS: &str =
+    "CREATE TABLE accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB";
+pub const CREATE_LEDGER: &str = "CREATE TABLE ledger (id VARCHAR(64) PRIMARY KEY, \
+     from_id INT NOT NULL, to_id INT NOT NULL, amount BIGINT NOT NULL) ENGINE=InnoDB";
+
+/// Inserts accounts 1..=rows, each with `balance`.
+pub fn insert_accounts(rows: u32, balance: i64) -> String {
+    let values: Vec<String> = (1..=rows).map(|id| format!("({id}, {balance})")).collect();
+    format!("INSERT INTO accounts VALUES {}", values.join(","))
+}
+
+/// A database holding the bank: `rows` accounts with `balance` each and an empty ledger.
+pub async fn bank(label: &str, rows: u32, balance: i64) -> TestDb {
+    TestDb::create_with(
+        label,
+        &[
+            CREATE_ACCOUNTS,
+            CREATE_LEDGER,
+            &insert_accounts(rows, balance),
+        ],
+    )
+    .await
+}
+
+/// Begins a transaction on `client` that declares `accounts:{id}` and updates that account
+/// (`SET {set}`), and leaves it open: the key and the row lock stay held until it ends.
+pub async fn begin_and_update_account(client: &Client, id: u64, set: &str) {
+    client
+        .begin(requests::with_keys(&[format!("accounts:{id}")]))
+        .await
+        .expect("begin");
+    client
+        .exec(
+            &format!("UPDATE accounts SET {set} WHERE id = {id}"),
+            vec![],
+        )
+        .await
+        .expect("update");
+}
+
+/// A private database prepared with `statements`, a broker on it, and a client.
+pub async fn setup(label: &str, statements: &[&str]) -> (TestDb, TestBroker, Client) {
+    let db = TestDb::create_with(label, statements).await;
+    let broker = TestBroker::start(db.config());
+    let client = broker.client().await;
+    (db, broker, client)
 }
 
 /// Runs `statements` on `conn`, then closes it.
@@ -174,9 +273,9 @@ where
     }
 }
 
-/// Waits until the broker's stats satisfy `condition`.
+/// Waits until the broker's stats satisfy `condition`, for at most `PATIENCE`.
 pub async fn stats_until(client: &Client, what: &str, condition: impl Fn(&Stats) -> bool) -> Stats {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + PATIENCE;
     loop {
         let stats = client.stats().await.expect("stats");
         if condition(&stats) {
@@ -190,69 +289,9 @@ pub async fn stats_until(client: &Client, what: &str, condition: impl Fn(&Stats)
     }
 }
 
-/// A raw TCP connection speaking frames byte by byte.
-pub struct RawConn {
-    pub stream: TcpStream,
-}
-
-impl RawConn {
-    pub async fn connect(addr: SocketAddr) -> RawConn {
-        RawConn {
-            stream: TcpStream::connect(addr).await.expect("connect"),
-        }
-    }
-
-    pub async fn send_bytes(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write");
-    }
-
-    /// Sends `body` as one frame.
-    pub async fn send_frame(&mut self, body: &[u8]) {
-        let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
-        bytes.extend_from_slice(body);
-        self.send_bytes(&bytes).await;
-    }
-
-    /// Sends a MessagePack map given as rmpv entries.
-    pub async fn send_value(&mut self, value: &rmpv::Value) {
-        let mut body = Vec::new();
-        rmpv::encode::write_value(&mut body, value).expect("encode");
-        self.send_frame(&body).await;
-    }
-
-    /// Reads one frame and decodes it as a response; None at end of stream.
-    pub async fn read_response(&mut self) -> Option<Response> {
-        let body = self.read_frame().await?;
-        Some(Response::decode(&body).expect("server sends valid responses"))
-    }
-
-    pub async fn read_frame(&mut self) -> Option<Vec<u8>> {
-        let mut length = [0u8; 4];
-        tokio::time::timeout(Duration::from_secs(20), self.stream.read_exact(&mut length))
-            .await
-            .expect("server answers in time")
-            .ok()?;
-        let mut body = vec![0u8; u32::from_be_bytes(length) as usize];
-        self.stream.read_exact(&mut body).await.ok()?;
-        Some(body)
-    }
-
-    /// True when the server closes the connection within the limit; whatever it still sends
-    /// before closing (a TLS alert, say) is read and dropped.
-    pub async fn is_closed_by_server(&mut self) -> bool {
-        let mut rest = Vec::new();
-        tokio::time::timeout(Duration::from_secs(20), self.stream.read_to_end(&mut rest))
-            .await
-            .is_ok()
-    }
-}
-
-/// Builds a MessagePack map from string keys.
-pub fn map(entries: Vec<(&str, rmpv::Value)>) -> rmpv::Value {
-    rmpv::Value::Map(
-        entries
-            .into_iter()
-            .map(|(key, value)| (rmpv::Value::from(key), value))
-            .collect(),
-    )
+/// Awaits `future`, failing the test if it takes longer than `PATIENCE`.
+pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
 }

@@ -6,6 +6,9 @@
 //! Dropping the guard kills the server (SIGKILL, reaped) and removes the directory, including
 //! when the test fails (set `TXB_KEEP_MARIADB_DIR` to keep it, with its `error.log`).
 //!
+//! It uses `tests/common` (statements, signals, waiting for a process), so whoever declares
+//! `mod private_mariadb;` declares `mod common;` beside it.
+//!
 //! We run as root: `mariadbd` gets `--user=root`. The root account has no password
 //! (`--auth-root-authentication-method=normal`), and URLs carry `?prefer_socket=false` so that
 //! mysql_async keeps to TCP on the private port.
@@ -19,6 +22,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
+
+use crate::common::process::{send_signal, wait_for_exit};
 
 /// How long the server may take to accept connections after it is started (crash recovery
 /// after SIGKILL included), and to exit after SIGTERM, on a loaded machine.
@@ -123,20 +128,13 @@ impl PrivateMariaDb {
             .stderr(output)
             .spawn()
             .expect("run mariadb-install-db (is mariadb-server installed?)");
-        let deadline = Instant::now() + INSTALL_LIMIT;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait for mariadb-install-db") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "mariadb-install-db did not finish within {INSTALL_LIMIT:?}:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(25));
+        let Some(status) = wait_for_exit(&mut child, INSTALL_LIMIT) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "mariadb-install-db did not finish within {INSTALL_LIMIT:?}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         };
         assert!(
             status.success(),
@@ -228,33 +226,21 @@ impl PrivateMariaDb {
     }
 
     fn signal(&self, name: &str) {
-        let pid = self.pid().expect("the private MariaDB is running");
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} {pid} failed");
+        send_signal(self.pid().expect("the private MariaDB is running"), name);
     }
 
     /// Waits for the child to exit (polling, with a deadline); kills it if it overstays.
     fn reap(&mut self, what: &str) -> ExitStatus {
         let mut child = self.child.take().expect("the private MariaDB is running");
-        let deadline = Instant::now() + STOP_LIMIT;
-        loop {
-            if let Some(status) = child.try_wait().expect("wait for mariadbd") {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "mariadbd did not exit within {STOP_LIMIT:?} of {what}\n{}",
-                    self.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let Some(status) = wait_for_exit(&mut child, STOP_LIMIT) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "mariadbd did not exit within {STOP_LIMIT:?} of {what}\n{}",
+                self.log_tail()
+            );
+        };
+        status
     }
 
     /// Spawns `mariadbd` and waits until its port answers with a server handshake.

@@ -1,0 +1,44 @@
+//! Requests the tests send often, built once: declared keys, and the bank's transfer
+//! (`common::bank`).
+
+use txbroker::client::TxBuilder;
+use txbroker::locks::LockRequest;
+use txbroker::protocol::{TxOptions, TxRequest};
+
+/// Keys to hold exclusively, for `lock` or a transaction's options.
+pub fn keys<K: AsRef<str>>(exclusive: &[K]) -> LockRequest {
+    LockRequest::new(
+        exclusive.iter().map(|key| key.as_ref().to_string()),
+        Vec::new(),
+    )
+    .expect("at least one key")
+}
+
+/// Transaction options that declare `exclusive` keys and nothing else.
+pub fn with_keys<K: AsRef<str>>(exclusive: &[K]) -> TxOptions {
+    TxOptions {
+        locks: Some(keys(exclusive)),
+        ..TxOptions::default()
+    }
+}
+
+/// One transfer of `amount` from account `from` to account `to`: both balances and a ledger
+/// row with the client-chosen unique `id`, with both accounts' keys declared.
+pub fn transfer_tx(id: &str, from: u64, to: u64, amount: i64) -> TxRequest {
+    TxBuilder::new()
+        .lock(format!("accounts:{from}"))
+        .lock(format!("accounts:{to}"))
+        .exec(
+            "UPDATE accounts SET balance = balance - ? WHERE id = ?",
+            vec![amount.into(), from.into()],
+        )
+        .exec(
+            "UPDATE accounts SET balance = balance + ? WHERE id = ?",
+            vec![amount.into(), to.into()],
+        )
+        .exec(
+            "INSERT INTO ledger (id, from_id, to_id, amount) VALUES (?, ?, ?, ?)",
+            vec![id.into(), from.into(), to.into(), amount.into()],
+        )
+        .into_request()
+}
