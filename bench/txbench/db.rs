@@ -2,6 +2,8 @@
 //! check after it. Every statement names the table with its database (`txbench.accounts`),
 //! so a broker configured with any default database runs the same SQL.
 
+use std::collections::HashMap;
+
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder};
 
@@ -18,6 +20,8 @@ const INSERT_BATCH: u32 = 5_000;
 pub struct BenchDb {
     /// The URL as given: the broker's sessions connect with it.
     pub url: String,
+    /// The database holding the table.
+    pub database: String,
     /// Options of the direct targets' connections.
     pub opts: Opts,
     /// `database.accounts`, quoted, ready to paste into SQL.
@@ -43,10 +47,14 @@ impl Totals {
 /// The server's count of fsyncs, for commits per flush: InnoDB fits the commits that arrive
 /// while one redo-log flush runs into the next one (group commit). Counted per transaction the
 /// clients committed rather than per `COMMIT` statement, since the broker commits a one-write
-/// `tx` without one.
+/// `tx` without one. With the binary log on, `Binlog_commits` counts the transactions written
+/// to it and `Binlog_group_commits` the groups written (and, with `sync_binlog = 1`, synced)
+/// at once: commits per group is the binary log's group commit.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ServerCounters {
     pub fsyncs: u64,
+    pub binlog_commits: u64,
+    pub binlog_group_commits: u64,
 }
 
 impl ServerCounters {
@@ -59,22 +67,113 @@ impl ServerCounters {
             fsyncs as f64 / committed as f64
         }
     }
+
+    /// The binary log's commits and group commits between `self` and `later`.
+    pub fn binlog_since(&self, earlier: &ServerCounters) -> (u64, u64) {
+        (
+            self.binlog_commits.saturating_sub(earlier.binlog_commits),
+            self.binlog_group_commits
+                .saturating_sub(earlier.binlog_group_commits),
+        )
+    }
+}
+
+/// What the server is and how it is set up, read once at the start and printed with every run.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ServerInfo {
+    /// `shared`, `private` or `binlog` (`--server`).
+    pub kind: String,
+    /// `host:port` of the URL.
+    pub address: String,
+    /// The private server's data directory.
+    pub data_dir: Option<String>,
+    pub version: String,
+    pub log_bin: bool,
+    pub sync_binlog: u64,
+    pub innodb_flush_log_at_trx_commit: u64,
+    pub innodb_buffer_pool_mib: u64,
+    /// How the URL's connections should reach the server (mysql_async's rules).
+    pub intended_transport: String,
+}
+
+impl ServerInfo {
+    pub fn describe(&self) -> String {
+        let log_bin = if self.log_bin {
+            format!("log_bin ON, sync_binlog {}", self.sync_binlog)
+        } else {
+            "log_bin OFF".to_string()
+        };
+        format!(
+            "{} MariaDB {} at {}: {log_bin}, innodb_flush_log_at_trx_commit {}, buffer pool {} MiB",
+            self.kind,
+            self.version,
+            self.address,
+            self.innodb_flush_log_at_trx_commit,
+            self.innodb_buffer_pool_mib
+        )
+    }
+}
+
+/// How the connections to the benchmark's database reached the server, as the server saw
+/// them (`information_schema.PROCESSLIST`: a Unix-socket client's host is `localhost`, a TCP
+/// client's is `address:port`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Transport {
+    pub tcp: u64,
+    pub socket: u64,
+}
+
+impl Transport {
+    /// Counts one connection by the `Host` the server shows for it.
+    pub fn count(&mut self, host: &str) {
+        if host.contains(':') {
+            self.tcp += 1;
+        } else {
+            self.socket += 1;
+        }
+    }
+
+    /// `TCP`, `Unix socket`, `MIXED` or `not seen`.
+    pub fn kind(&self) -> &'static str {
+        match (self.tcp, self.socket) {
+            (0, 0) => "not seen",
+            (_, 0) => "TCP",
+            (0, _) => "Unix socket",
+            _ => "MIXED",
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({} connections over TCP, {} over the Unix socket, as the server saw them)",
+            self.kind(),
+            self.tcp,
+            self.socket
+        )
+    }
+}
+
+/// The database named in a URL's path (`txbench` when none), checked to be a plain name.
+pub fn database_name(url: &str) -> Result<String, String> {
+    let given = Opts::from_url(url).map_err(|error| format!("bad --database-url: {error}"))?;
+    let database = given.db_name().unwrap_or("txbench").to_string();
+    if database.is_empty()
+        || !database
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(format!(
+            "database name {database:?} must be letters, digits and _"
+        ));
+    }
+    Ok(database)
 }
 
 impl BenchDb {
     /// Creates the database and the table when they are missing or the wrong size.
     pub async fn prepare(url: &str, accounts: u32) -> Result<BenchDb, String> {
+        let database = database_name(url)?;
         let given = Opts::from_url(url).map_err(|error| format!("bad --database-url: {error}"))?;
-        let database = given.db_name().unwrap_or("txbench").to_string();
-        if database.is_empty()
-            || !database
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            return Err(format!(
-                "database name {database:?} must be letters, digits and _"
-            ));
-        }
         let admin_opts: Opts = OptsBuilder::from_opts(given.clone())
             .db_name(None::<String>)
             .into();
@@ -144,6 +243,7 @@ impl BenchDb {
             .into();
         Ok(BenchDb {
             url: url.to_string(),
+            database,
             opts,
             table,
             accounts,
@@ -168,17 +268,85 @@ impl BenchDb {
         outcome.map_err(|error| format!("cannot reset {}: {error}", self.table))
     }
 
-    /// Server-wide `Innodb_data_fsyncs`: every client of the server counts.
+    /// Server-wide `Innodb_data_fsyncs`, `Binlog_commits` and `Binlog_group_commits`: every
+    /// client of the server counts.
     pub async fn server_counters(&self) -> Result<ServerCounters, String> {
         let mut conn = self.connect().await.map_err(|e| e.to_string())?;
-        let row: Result<Option<(String, u64)>, _> = conn
-            .query_first("SHOW GLOBAL STATUS WHERE Variable_name = 'Innodb_data_fsyncs'")
+        let rows: Result<Vec<(String, u64)>, _> = conn
+            .query(
+                "SHOW GLOBAL STATUS WHERE Variable_name IN \
+                 ('Innodb_data_fsyncs', 'Binlog_commits', 'Binlog_group_commits')",
+            )
             .await;
         let _ = conn.disconnect().await;
-        match row.map_err(|error| format!("cannot read the status: {error}"))? {
-            Some((_, fsyncs)) => Ok(ServerCounters { fsyncs }),
-            None => Err("the server has no Innodb_data_fsyncs status".to_string()),
+        let rows = rows.map_err(|error| format!("cannot read the status: {error}"))?;
+        let value = |name: &str| {
+            rows.iter()
+                .find(|(variable, _)| variable.eq_ignore_ascii_case(name))
+                .map(|(_, value)| *value)
+        };
+        Ok(ServerCounters {
+            fsyncs: value("Innodb_data_fsyncs")
+                .ok_or("the server has no Innodb_data_fsyncs status")?,
+            binlog_commits: value("Binlog_commits").unwrap_or(0),
+            binlog_group_commits: value("Binlog_group_commits").unwrap_or(0),
+        })
+    }
+
+    /// The server's version and the settings that decide what a commit costs.
+    pub async fn server_info(&self) -> Result<ServerInfo, String> {
+        let mut conn = self.connect().await.map_err(|e| e.to_string())?;
+        type Settings = (String, u64, u64, u64, u64);
+        let row: Result<Option<Settings>, _> = conn
+            .query_first(
+                "SELECT @@version, @@log_bin, @@sync_binlog, \
+                 @@innodb_flush_log_at_trx_commit, @@innodb_buffer_pool_size",
+            )
+            .await;
+        let _ = conn.disconnect().await;
+        let (version, log_bin, sync_binlog, flush, pool) = row
+            .map_err(|error| format!("cannot read the server's settings: {error}"))?
+            .ok_or("the server's settings: no row")?;
+        Ok(ServerInfo {
+            address: format!("{}:{}", self.opts.ip_or_hostname(), self.opts.tcp_port()),
+            version,
+            log_bin: log_bin != 0,
+            sync_binlog,
+            innodb_flush_log_at_trx_commit: flush,
+            innodb_buffer_pool_mib: pool / (1024 * 1024),
+            ..ServerInfo::default()
+        })
+    }
+
+    /// How the other connections to the benchmark's database reach the server right now.
+    pub async fn transport(&self) -> Result<Transport, String> {
+        let mut conn = self.connect().await.map_err(|e| e.to_string())?;
+        let hosts: Result<Vec<String>, _> = conn
+            .exec(
+                "SELECT HOST FROM information_schema.PROCESSLIST \
+                 WHERE DB = ? AND ID <> CONNECTION_ID()",
+                (self.database.as_str(),),
+            )
+            .await;
+        let _ = conn.disconnect().await;
+        let mut transport = Transport::default();
+        for host in hosts.map_err(|error| format!("cannot read the process list: {error}"))? {
+            transport.count(&host);
         }
+        Ok(transport)
+    }
+
+    /// Accounts whose balance is not the initial one, by id.
+    pub async fn changed_balances(&self) -> Result<Vec<(u32, i64)>, String> {
+        let mut conn = self.connect().await.map_err(|e| e.to_string())?;
+        let rows: Result<Vec<(u32, i64)>, _> = conn
+            .query(format!(
+                "SELECT id, balance FROM {} WHERE balance <> {INITIAL_BALANCE} ORDER BY id",
+                self.table
+            ))
+            .await;
+        let _ = conn.disconnect().await;
+        rows.map_err(|error| format!("cannot read {}: {error}", self.table))
     }
 
     pub async fn totals(&self) -> Result<Totals, String> {
@@ -201,5 +369,77 @@ impl BenchDb {
             negative,
             updates_sum,
         })
+    }
+}
+
+/// Compares the balances that differ from the initial one with the net amount that the
+/// committed transfers moved into (+) or out of (-) each account over the whole run. The sum
+/// of balances cannot see a transfer lost or applied twice (either keeps the sum); this can.
+pub fn balance_problems(moved: &HashMap<u32, i64>, changed: &[(u32, i64)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (id, balance) in changed {
+        let expected = INITIAL_BALANCE + moved.get(id).copied().unwrap_or(0);
+        if *balance != expected {
+            problems.push(format!(
+                "account {id} holds {balance}, its committed transfers give {expected}"
+            ));
+        }
+    }
+    let mut unchanged: Vec<(u32, i64)> = moved
+        .iter()
+        .filter(|(id, net)| **net != 0 && !changed.iter().any(|(changed, _)| changed == *id))
+        .map(|(id, net)| (*id, *net))
+        .collect();
+    unchanged.sort_unstable();
+    for (id, net) in unchanged {
+        problems.push(format!(
+            "account {id} holds {INITIAL_BALANCE}, its committed transfers give {}",
+            INITIAL_BALANCE + net
+        ));
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balances_must_match_the_committed_transfers() {
+        let moved = HashMap::from([(1, -30), (50_001, 30)]);
+        let good = [(1, INITIAL_BALANCE - 30), (50_001, INITIAL_BALANCE + 30)];
+        assert!(balance_problems(&moved, &good).is_empty());
+        // A transfer applied twice keeps the sum of balances, and is seen here.
+        let doubled = [(1, INITIAL_BALANCE - 60), (50_001, INITIAL_BALANCE + 60)];
+        assert_eq!(balance_problems(&moved, &doubled).len(), 2);
+        // A committed transfer missing from the table, and a row no transfer touched.
+        assert_eq!(balance_problems(&moved, &[]).len(), 2);
+        assert_eq!(
+            balance_problems(&HashMap::new(), &[(7, INITIAL_BALANCE + 1)]),
+            vec![format!(
+                "account 7 holds {}, its committed transfers give {INITIAL_BALANCE}",
+                INITIAL_BALANCE + 1
+            )]
+        );
+        // Transfers that cancel out leave the row at its initial balance, which is right.
+        assert!(balance_problems(&HashMap::from([(3, 0)]), &[]).is_empty());
+    }
+
+    #[test]
+    fn the_server_shows_tcp_clients_with_their_port() {
+        let mut transport = Transport::default();
+        for host in [
+            "127.0.0.1:51234",
+            "localhost:40000",
+            "localhost",
+            "[::1]:3306",
+        ] {
+            transport.count(host);
+        }
+        assert_eq!(transport, Transport { tcp: 3, socket: 1 });
+        assert!(transport.describe().starts_with("MIXED"));
+        assert!(Transport { tcp: 8, socket: 0 }
+            .describe()
+            .starts_with("TCP ("));
     }
 }

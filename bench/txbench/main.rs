@@ -6,8 +6,35 @@
 
 mod db;
 mod report;
+mod server;
 mod target;
 mod workload;
+
+/// The private server of the integration tests, reused as it is (`--server private|binlog`).
+#[path = "../../tests/private_mariadb/mod.rs"]
+mod private_mariadb;
+
+/// What tests/private_mariadb takes from its crate's `common` (the tests' tests/common): its
+/// `run` and `scalar` helpers, which txbench does not call.
+#[allow(dead_code)]
+mod common {
+    use mysql_async::prelude::Queryable;
+
+    pub async fn run_and_disconnect(mut conn: mysql_async::Conn, statements: &[&str]) {
+        for sql in statements {
+            conn.query_drop(*sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        conn.disconnect().await.ok();
+    }
+
+    pub async fn scalar_and_disconnect(mut conn: mysql_async::Conn, sql: &str) -> i64 {
+        let value: Option<i64> = conn.query_first(sql).await.expect(sql);
+        conn.disconnect().await.ok();
+        value.expect("query returns a row")
+    }
+}
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -23,10 +50,11 @@ use txbroker::client::Client;
 use txbroker::protocol::Stats;
 use txbroker::{logging, Broker, Config};
 
-use db::{BenchDb, Totals};
+use db::{BenchDb, ServerInfo, Totals};
 use report::{Check, Latency, RunResult};
+use server::{Server, ServerKind};
 use target::{Session, Target};
-use workload::{Generator, Workload};
+use workload::{Generator, Op, Workload};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -96,9 +124,17 @@ struct Options {
     /// Retries of a transaction after 1213/1205, for every target alike.
     #[arg(long, default_value_t = 3)]
     retries: u32,
-    /// MariaDB for the direct targets, the in-process broker and the table. mysql_async uses
-    /// the Unix socket for a loopback server unless the URL says prefer_socket=false.
-    #[arg(long, default_value = "mysql://root@127.0.0.1:3306/txbench")]
+    /// Which MariaDB: shared (the one at --database-url), private (one started for this run
+    /// with the defaults) or binlog (private, with --log-bin --sync-binlog=1 --server-id=1).
+    #[arg(long, value_enum, default_value = "shared")]
+    server: ServerKind,
+    /// MariaDB for the direct targets, the in-process broker and the table (with --server
+    /// private or binlog, only its database name is used). Without prefer_socket=false,
+    /// mysql_async leaves TCP for the server's Unix socket when it can reach it.
+    #[arg(
+        long,
+        default_value = "mysql://root@127.0.0.1:3306/txbench?prefer_socket=false"
+    )]
     database_url: String,
     /// Use the broker at this address instead of starting one in-process.
     #[arg(long)]
@@ -136,14 +172,31 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let outcome = runtime.block_on(async {
-        match cli.command {
-            Command::Run { target, options } => run_command(target, options).await,
-            Command::Compare {
-                targets,
-                rounds,
-                options,
-            } => compare_command(targets, rounds, options).await,
+        let (Command::Run { options, .. } | Command::Compare { options, .. }) = &cli.command;
+        if options.server != ServerKind::Shared && options.broker_addr.is_some() {
+            return Err(format!(
+                "--broker-addr names a broker connected to another MariaDB than --server {}",
+                options.server.name()
+            ));
         }
+        let server = start_server(options.server, &options.database_url).await?;
+        let command = async {
+            match cli.command {
+                Command::Run { target, options } => run_command(target, options, &server).await,
+                Command::Compare {
+                    targets,
+                    rounds,
+                    options,
+                } => compare_command(targets, rounds, options, &server).await,
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = command => outcome,
+            signal = interrupted() => Err(format!("interrupted by {signal}")),
+        };
+        // Kills a private server and removes its directory.
+        drop(server);
+        outcome
     });
     runtime.shutdown_timeout(Duration::from_secs(2));
     match outcome {
@@ -156,9 +209,54 @@ fn main() {
     }
 }
 
+/// Starts the server of `--server`. Interrupted while a private one starts, it waits until the
+/// start has ended, so that the server is killed and its directory removed before txbench
+/// exits (a second interrupt exits at once).
+async fn start_server(kind: ServerKind, url: &str) -> Result<Server, String> {
+    if kind != ServerKind::Shared {
+        eprintln!("txbench: starting a private MariaDB ({})", kind.name());
+    }
+    let url = url.to_string();
+    let mut starting = tokio::spawn(async move { Server::start(kind, &url).await });
+    let started = tokio::select! {
+        started = &mut starting => started,
+        signal = interrupted() => {
+            eprintln!("txbench: {signal}: removing the private MariaDB once it has started");
+            tokio::select! {
+                _ = starting => {}
+                _ = interrupted() => {}
+            }
+            return Err(format!("interrupted by {signal}"));
+        }
+    };
+    let server = started.map_err(|error| format!("starting the server: {error}"))??;
+    if let Some(dir) = server.data_dir() {
+        eprintln!("txbench: private MariaDB ready at {} ({dir})", server.url);
+    }
+    Ok(server)
+}
+
+/// Resolves on SIGINT (Ctrl-C), SIGTERM or SIGHUP, naming it.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let stream = |kind| async move {
+        match signal(kind) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = stream(SignalKind::interrupt()) => "SIGINT",
+        _ = stream(SignalKind::terminate()) => "SIGTERM",
+        _ = stream(SignalKind::hangup()) => "SIGHUP",
+    }
+}
+
 /// Returns whether every correctness check passed.
-async fn run_command(target: Target, options: Options) -> Result<bool, String> {
-    let mut bench = Bench::new(options).await?;
+async fn run_command(target: Target, options: Options, server: &Server) -> Result<bool, String> {
+    let mut bench = Bench::new(options, server).await?;
     let result = bench.run(target, 1, "").await?;
     if bench.options.json {
         println!("{}", serde_json::to_string_pretty(&result).expect("json"));
@@ -173,11 +271,12 @@ async fn compare_command(
     targets: Vec<Target>,
     rounds: u32,
     options: Options,
+    server: &Server,
 ) -> Result<bool, String> {
     if targets.is_empty() || rounds == 0 {
         return Err("compare needs at least one target and one round".to_string());
     }
-    let mut bench = Bench::new(options).await?;
+    let mut bench = Bench::new(options, server).await?;
     let mut runs = Vec::new();
     for round in 1..=rounds {
         for target in &targets {
@@ -192,15 +291,16 @@ async fn compare_command(
     let all_ok = runs.iter().all(|r| r.check.ok);
     let o = &bench.options;
     let title = format!(
-        "\n{} clients={} accounts={} hot={}: median of {rounds} rounds of {:.0?} (warm-up {:.0?}), targets run alternately",
+        "\n{} clients={} accounts={} hot={}: median of {rounds} rounds of {:.0?} (warm-up {:.0?}), targets run alternately\nserver: {}",
         o.workload.name(),
         o.clients,
         o.accounts,
         o.hot,
         o.duration,
-        o.warmup
+        o.warmup,
+        bench.server.describe()
     );
-    let comparison = report::compare(&targets, runs);
+    let comparison = report::compare(&targets, runs, &bench.server);
     if o.json {
         println!(
             "{}",
@@ -266,6 +366,7 @@ impl InProcessBroker {
 
 struct Bench {
     options: Options,
+    server: ServerInfo,
     db: BenchDb,
     generator: Generator,
     broker: Option<InProcessBroker>,
@@ -285,6 +386,10 @@ struct Live {
     updates_committed: AtomicU64,
 }
 
+/// Net amount the committed transfers moved into (+) or out of (-) each account, over the
+/// whole run (warm-up included), for the correctness check.
+type Moved = HashMap<u32, i64>;
+
 /// One client's figures for the measured window.
 struct ClientTally {
     latency: Histogram<u64>,
@@ -296,6 +401,8 @@ struct ClientTally {
     lock_timeouts: u64,
     errors: HashMap<String, u64>,
     fatal: Option<String>,
+    /// Over the whole run, not only the window.
+    moved: Moved,
 }
 
 impl ClientTally {
@@ -310,12 +417,13 @@ impl ClientTally {
             lock_timeouts: 0,
             errors: HashMap::new(),
             fatal: None,
+            moved: Moved::new(),
         }
     }
 }
 
 impl Bench {
-    async fn new(options: Options) -> Result<Bench, String> {
+    async fn new(options: Options, server: &Server) -> Result<Bench, String> {
         if options.clients == 0 {
             return Err("--clients must be at least 1".to_string());
         }
@@ -325,10 +433,22 @@ impl Bench {
         if options.duration.is_zero() {
             return Err("--duration must be more than 0".to_string());
         }
-        let db = BenchDb::prepare(&options.database_url, options.accounts).await?;
+        let db = BenchDb::prepare(&server.url, options.accounts).await?;
+        let mut info = db.server_info().await?;
+        info.kind = server.kind.name().to_string();
+        info.data_dir = server.data_dir();
+        info.intended_transport = server::intended_transport(&db.url);
+        if !options.json {
+            println!("server: {}", info.describe());
+            if let Some(dir) = &info.data_dir {
+                println!("data directory: {dir} (removed at the end)");
+            }
+            println!("connections: {}", info.intended_transport);
+        }
         let generator = Generator::new(options.workload, options.accounts, options.hot);
         Ok(Bench {
             options,
+            server: info,
             db,
             generator,
             broker: None,
@@ -424,6 +544,9 @@ impl Bench {
             Some((_, stats)) => Some(broker_stats(stats).await?),
             None => None,
         };
+        // Every client is connected now (at the end of the window some have left already):
+        // how they reach the server, as it sees them.
+        let transport = self.db.transport().await?;
         let server_before = self.db.server_counters().await?;
         live.phase.store(MEASURE, Ordering::Relaxed);
         let started = Instant::now();
@@ -488,9 +611,16 @@ impl Bench {
             broker_retries: None,
             broker_lock_waits: None,
             fsyncs_per_tx: server_before.fsyncs_per_tx(&server_after, tally.committed),
+            binlog: None,
+            server: self.server.clone(),
+            transport,
             errors,
             check: Check::default(),
         };
+        if self.server.log_bin {
+            let (commits, groups) = server_after.binlog_since(&server_before);
+            result.binlog = Some(report::Binlog::new(commits, groups, tally.committed));
+        }
         if let (Some(before), Some(after)) = (before, after) {
             result.deadlocks = after.deadlocks.saturating_sub(before.deadlocks);
             result.lock_timeouts = after.lock_timeouts.saturating_sub(before.lock_timeouts);
@@ -515,6 +645,13 @@ impl Bench {
         if totals.negative > 0 {
             problems.push(format!("{} negative balances", totals.negative));
         }
+        let balance_problems =
+            db::balance_problems(&tally.moved, &self.db.changed_balances().await?);
+        let off_balance = balance_problems.len();
+        problems.extend(balance_problems.into_iter().take(5));
+        if off_balance > 5 {
+            problems.push(format!("{} accounts off in all", off_balance));
+        }
         if totals.updates_sum != expected_updates {
             problems.push(format!(
                 "{} updates in the table, {expected_updates} committed",
@@ -531,8 +668,10 @@ impl Bench {
             ok: problems.is_empty(),
             message: if problems.is_empty() {
                 format!(
-                    "sum of balances {} unchanged, none negative, {} committed updates all present",
-                    totals.balance_sum, totals.updates_sum
+                    "sum of balances {} unchanged, none negative, every balance as the committed transfers left it ({} accounts moved), {} committed updates all present",
+                    totals.balance_sum,
+                    tally.moved.values().filter(|net| **net != 0).count(),
+                    totals.updates_sum
                 )
             } else {
                 problems.join("; ")
@@ -566,6 +705,9 @@ fn merge(into: &mut ClientTally, client: ClientTally) {
     if client.fatal.is_some() {
         into.fatal = client.fatal;
     }
+    for (id, net) in client.moved {
+        *into.moved.entry(id).or_default() += net;
+    }
 }
 
 /// Error messages name values (ids, amounts); keep their first words so that kinds group.
@@ -589,6 +731,10 @@ async fn client_loop(
             live.committed.fetch_add(1, Ordering::Relaxed);
             if op.is_update() {
                 live.updates_committed.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Op::Transfer { from, to, amount } = op {
+                *tally.moved.entry(from).or_default() -= amount;
+                *tally.moved.entry(to).or_default() += amount;
             }
         } else {
             live.failed.fetch_add(1, Ordering::Relaxed);
@@ -710,5 +856,29 @@ mod tests {
         );
         assert_eq!(options.clients, 128);
         assert!(options.json);
+        assert_eq!(options.server, ServerKind::Shared);
+    }
+
+    #[test]
+    fn the_default_url_keeps_to_tcp_and_binlog_is_a_server() {
+        let cli = Cli::try_parse_from([
+            "txbench",
+            "run",
+            "--server",
+            "binlog",
+            "--workload",
+            "transfer",
+            "--hot",
+            "2",
+        ])
+        .expect("parses");
+        let Command::Run { options, .. } = cli.command else {
+            panic!("run expected");
+        };
+        assert_eq!(options.server, ServerKind::Binlog);
+        assert_eq!(options.hot, 2);
+        let url = mysql_async::Opts::from_url(&options.database_url).expect("a URL");
+        assert!(!url.prefer_socket() && url.socket().is_none());
+        assert!(server::intended_transport(&options.database_url).starts_with("TCP to"));
     }
 }

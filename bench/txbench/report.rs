@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::db::Totals;
+use crate::db::{ServerInfo, Totals, Transport};
 use crate::target::Target;
 
 /// Latencies are recorded in microseconds, from 1 µs to 10 minutes, 3 significant digits.
@@ -50,6 +50,36 @@ pub struct Check {
     pub expected_updates: u64,
 }
 
+/// The binary log during the window (with `log_bin` on): transactions written to it, and the
+/// groups written at once (with `sync_binlog = 1`, one sync each).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Binlog {
+    pub commits: u64,
+    pub group_commits: u64,
+    /// commits / group_commits: above 1, the binary log's group commit at work.
+    pub commits_per_group: f64,
+    /// group_commits per transaction the clients committed: the binary log's syncs per tx.
+    pub groups_per_tx: f64,
+}
+
+impl Binlog {
+    pub fn new(commits: u64, group_commits: u64, committed: u64) -> Binlog {
+        let ratio = |a: u64, b: u64| {
+            if b == 0 {
+                f64::NAN
+            } else {
+                a as f64 / b as f64
+            }
+        };
+        Binlog {
+            commits,
+            group_commits,
+            commits_per_group: ratio(commits, group_commits),
+            groups_per_tx: ratio(group_commits, committed),
+        }
+    }
+}
+
 /// Every figure of one run. Counts are of the measured window only (after the warm-up).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RunResult {
@@ -82,6 +112,12 @@ pub struct RunResult {
     /// Redo-log fsyncs on the server during the window (server-wide) per transaction committed
     /// in it: below 1, InnoDB flushed several commits at once. NaN when nothing committed.
     pub fsyncs_per_tx: f64,
+    /// The binary log's commits and group commits in the window; absent with `log_bin` off.
+    pub binlog: Option<Binlog>,
+    /// The server measured, as read at the start.
+    pub server: ServerInfo,
+    /// How the clients' (direct) or the broker's sessions' connections reached the server.
+    pub transport: Transport,
     /// One error message per distinct kind, with its count.
     pub errors: Vec<(String, u64)>,
     pub check: Check,
@@ -91,6 +127,10 @@ impl RunResult {
     pub fn lock_timeouts_total(&self) -> u64 {
         self.db_lock_timeouts + self.lock_timeouts
     }
+
+    pub fn binlog_commits_per_group(&self) -> f64 {
+        self.binlog.map_or(f64::NAN, |b| b.commits_per_group)
+    }
 }
 
 pub fn print_run(result: &RunResult) {
@@ -99,6 +139,17 @@ pub fn print_run(result: &RunResult) {
         text,
         "{} {} clients={} accounts={} hot={}: {:.1} s measured",
         result.target, result.workload, result.clients, result.accounts, result.hot, result.seconds
+    );
+    let _ = writeln!(text, "  server           {}", result.server.describe());
+    let _ = writeln!(
+        text,
+        "  transport        {}{}",
+        result.transport.describe(),
+        if result.target == "broker" {
+            ": the broker's sessions"
+        } else {
+            ""
+        }
     );
     let l = &result.latency;
     let _ = writeln!(
@@ -123,9 +174,21 @@ pub fn print_run(result: &RunResult) {
     let _ = writeln!(text, "  failed tx        {:>10}", result.failed);
     let _ = writeln!(
         text,
-        "  fsyncs/tx        {:>10.3} (server-wide)",
+        "  fsyncs/tx        {:>10.3} (server-wide, InnoDB)",
         result.fsyncs_per_tx
     );
+    match &result.binlog {
+        Some(b) => {
+            let _ = writeln!(
+                text,
+                "  binlog commits   {:>10} in {} group commits: {:.2} commits/group, {:.3} groups/tx",
+                b.commits, b.group_commits, b.commits_per_group, b.groups_per_tx
+            );
+        }
+        None => {
+            let _ = writeln!(text, "  binlog                  off");
+        }
+    }
     if let (Some(retries), Some(waits)) = (result.broker_retries, result.broker_lock_waits) {
         let _ = writeln!(text, "  broker retries   {retries:>10}  lock waits {waits}");
     }
@@ -217,10 +280,20 @@ const FIGURES: &[Figure] = &[
         read: |r| r.fsyncs_per_tx,
         decimals: 3,
     },
+    Figure {
+        name: "binlog cmt/group",
+        json: "binlog_commits_per_group",
+        read: RunResult::binlog_commits_per_group,
+        decimals: 2,
+    },
 ];
 
 #[derive(Debug, Serialize)]
 pub struct Comparison {
+    pub server: ServerInfo,
+    /// Per target: how its connections reached the server in each run (`TCP`, `Unix socket`,
+    /// `MIXED`), distinct values joined by `/`.
+    pub transports: Vec<(String, String)>,
     /// Per target, per figure: the median over rounds.
     pub medians: Vec<(String, Vec<(String, f64)>)>,
     /// Per figure: broker/direct and broker/direct-sorted of the medians, where both ran.
@@ -230,7 +303,7 @@ pub struct Comparison {
     pub runs: Vec<RunResult>,
 }
 
-pub fn compare(targets: &[Target], runs: Vec<RunResult>) -> Comparison {
+pub fn compare(targets: &[Target], runs: Vec<RunResult>, server: &ServerInfo) -> Comparison {
     let of_target = |target: Target| -> Vec<&RunResult> {
         runs.iter().filter(|r| r.target == target.name()).collect()
     };
@@ -271,7 +344,22 @@ pub fn compare(targets: &[Target], runs: Vec<RunResult>) -> Comparison {
             (target.name().to_string(), passed, runs.len())
         })
         .collect();
+    let transports = targets
+        .iter()
+        .map(|target| {
+            let mut kinds: Vec<&str> = Vec::new();
+            for run in of_target(*target) {
+                let kind = run.transport.kind();
+                if !kinds.contains(&kind) {
+                    kinds.push(kind);
+                }
+            }
+            (target.name().to_string(), kinds.join("/"))
+        })
+        .collect();
     Comparison {
+        server: server.clone(),
+        transports,
         medians,
         ratios,
         checks_passed,
@@ -293,7 +381,12 @@ pub fn print_comparison(title: &str, comparison: &Comparison) {
     for (index, figure) in FIGURES.iter().enumerate() {
         let _ = write!(text, "{:<16}", figure.name);
         for (_, figures) in &comparison.medians {
-            let _ = write!(text, "{:>15.*}", figure.decimals, figures[index].1);
+            let value = figures[index].1;
+            if value.is_finite() {
+                let _ = write!(text, "{value:>15.*}", figure.decimals);
+            } else {
+                let _ = write!(text, "{:>15}", "-");
+            }
         }
         for (_, figures) in &comparison.ratios {
             let ratio = figures[index].1;
@@ -305,6 +398,11 @@ pub fn print_comparison(title: &str, comparison: &Comparison) {
         }
         let _ = writeln!(text);
     }
+    let _ = write!(text, "{:<16}", "transport");
+    for (_, transport) in &comparison.transports {
+        let _ = write!(text, "{transport:>15}");
+    }
+    let _ = writeln!(text);
     let _ = write!(text, "{:<16}", "check passed");
     for (_, passed, total) in &comparison.checks_passed {
         let _ = write!(text, "{:>15}", format!("{passed}/{total}"));
@@ -343,7 +441,7 @@ mod tests {
             run(Target::DirectSorted, 200.0),
         ];
         let targets = [Target::Broker, Target::Direct, Target::DirectSorted];
-        let comparison = compare(&targets, runs);
+        let comparison = compare(&targets, runs, &ServerInfo::default());
         assert_eq!(comparison.medians[0].1[0], ("tx_per_s".to_string(), 200.0));
         assert_eq!(comparison.ratios[0].0, "broker/direct");
         assert_eq!(comparison.ratios[0].1[0].1, 2.0);

@@ -133,6 +133,35 @@ mod tests {
     }
 
     #[test]
+    fn two_hot_accounts_make_every_transfer_on_the_same_spread_pair() {
+        let generator = Generator::new(Workload::Transfer, 100_000, 2);
+        // Half the table apart: on different index pages.
+        assert_eq!(generator.hot_ids, vec![1, 50_001]);
+        let mut rng = StdRng::seed_from_u64(3);
+        let (mut forward, mut backward) = (0, 0);
+        for _ in 0..10_000 {
+            match generator.next(&mut rng) {
+                Op::Transfer {
+                    from: 1,
+                    to: 50_001,
+                    ..
+                } => forward += 1,
+                Op::Transfer {
+                    from: 50_001,
+                    to: 1,
+                    ..
+                } => backward += 1,
+                other => panic!("not a transfer between the hot pair: {other:?}"),
+            }
+        }
+        // Both directions, so the unsorted clients lock the pair in both orders.
+        assert!(
+            forward > 4_000 && backward > 4_000,
+            "{forward} / {backward}"
+        );
+    }
+
+    #[test]
     fn hot_accounts_are_spread_and_in_range() {
         let generator = Generator::new(Workload::Mixed, 100_000, 10);
         assert_eq!(generator.hot_ids.len(), 10);
