@@ -113,7 +113,7 @@ impl Database {
     pub async fn until_gone(&self, identity: ConnectionIdentity) {
         let mut pause = Duration::from_millis(10);
         loop {
-            if let Ok(true) = self.is_gone(identity).await {
+            if let Ok(true) = self.is_gone(&identity).await {
                 return;
             }
             tokio::time::sleep(pause).await;
@@ -121,26 +121,25 @@ impl Database {
         }
     }
 
-    async fn is_gone(&self, identity: ConnectionIdentity) -> Result<bool, mysql_async::Error> {
+    async fn is_gone(&self, identity: &ConnectionIdentity) -> Result<bool, mysql_async::Error> {
         let mut admin = Conn::new(self.opts.clone()).await?;
         let outcome = async {
-            let started = server_started(&mut admin).await?;
-            if (started - identity.server_started_s).abs() > SERVER_START_TOLERANCE_S {
+            let started: Option<i64> = admin.query_first(SERVER_STARTED_SQL).await?;
+            if started.is_none_or(|started| (started - identity.server_started_s).abs() > 1) {
                 return Ok(true);
             }
-            let listed: Option<u32> = admin
-                .exec_first(
-                    "SELECT ID FROM information_schema.PROCESSLIST WHERE ID = ?",
-                    (identity.id,),
-                )
-                .await?;
-            if listed.is_some() {
+            let listed: Option<(String, i64)> =
+                admin.exec_first(LISTED_SQL, (identity.id,)).await?;
+            let ours = listed.is_some_and(|(host, started)| {
+                host == identity.host && (started - identity.server_started_s).abs() <= 1
+            });
+            if ours {
                 // "Unknown thread id" if it went meanwhile: fine, the next look says so.
                 let _ = admin
                     .query_drop(format!("KILL CONNECTION {}", identity.id))
                     .await;
             }
-            Ok(listed.is_none())
+            Ok(!ours)
         }
         .await;
         let _ = admin.disconnect().await;
@@ -158,23 +157,28 @@ impl Database {
 }
 
 /// Which server connection a session had, so that it can be told gone after the session lost
-/// it: the server's id for it, and when that server started (ids start again after a restart).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// it. Ids start again after a restart, so the id alone could name another connection: the
+/// client's address as the server sees it (its port, over TCP) and the server's start tell
+/// them apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectionIdentity {
     id: u32,
+    host: String,
     server_started_s: i64,
 }
 
 /// How often `until_gone` looks again, at most.
 const GONE_POLL_MAX: Duration = Duration::from_secs(1);
 
-/// The server's start, in seconds since the epoch, by its own clock.
+/// A connection as the server lists it: its client's address, and the server's start in
+/// seconds since the epoch by its own clock (which two readings can place a second apart).
+const LISTED_SQL: &str = "SELECT HOST, CAST(UNIX_TIMESTAMP() - (SELECT VARIABLE_VALUE \
+     FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME') AS SIGNED) \
+     FROM information_schema.PROCESSLIST WHERE ID = ?";
+
+/// The server's start, as in `LISTED_SQL`.
 const SERVER_STARTED_SQL: &str = "SELECT CAST(UNIX_TIMESTAMP() - VARIABLE_VALUE AS SIGNED) \
      FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'";
-
-/// Two readings of the server's start differ by this much when the clock second turned
-/// between the two subtractions.
-const SERVER_START_TOLERANCE_S: i64 = 2;
 
 /// The connection and what the session knows of its settings.
 enum Link {
@@ -229,7 +233,7 @@ impl DbConnection {
     /// Which server connection this is, while there is one.
     pub fn identity(&self) -> Option<ConnectionIdentity> {
         match &self.link {
-            Link::Open { identity, .. } => Some(*identity),
+            Link::Open { identity, .. } => Some(identity.clone()),
             Link::Closed => None,
         }
     }
@@ -281,14 +285,11 @@ impl DbConnection {
         let mut conn = Conn::new(self.database.opts.clone())
             .await
             .map_err(|error| unavailable(&self.database, error))?;
-        let server_started_s = server_started(&mut conn)
+        let identity = identify(&mut conn)
             .await
             .map_err(|error| unavailable(&self.database, error))?;
         self.link = Link::Open {
-            identity: ConnectionIdentity {
-                id: conn.id(),
-                server_started_s,
-            },
+            identity,
             conn: Box::new(conn),
             isolation: self.database.default_isolation,
             last_used: Instant::now(),
@@ -514,9 +515,16 @@ async fn within<T>(
     }
 }
 
-async fn server_started(conn: &mut Conn) -> Result<i64, mysql_async::Error> {
-    let started: Option<i64> = conn.query_first(SERVER_STARTED_SQL).await?;
-    Ok(started.unwrap_or_default())
+/// How the server lists `conn`, for `until_gone` to find it again.
+async fn identify(conn: &mut Conn) -> Result<ConnectionIdentity, mysql_async::Error> {
+    let id = conn.id();
+    let listed: Option<(String, i64)> = conn.exec_first(LISTED_SQL, (id,)).await?;
+    let (host, server_started_s) = listed.unwrap_or_default();
+    Ok(ConnectionIdentity {
+        id,
+        host,
+        server_started_s,
+    })
 }
 
 fn not_connected() -> DbError {

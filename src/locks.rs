@@ -179,8 +179,6 @@ pub struct LockStats {
     pub lock_waiters: u64,
     /// Cumulative count of requests that had to wait, once per request.
     pub lock_waits: u64,
-    /// Cumulative count of requests that joined a group.
-    pub group_joins: u64,
 }
 
 /// A key is stored once and shared by the table, its holders' lists and its
@@ -696,7 +694,6 @@ impl LockTable {
         if let Leadership::Open { members, .. } = &mut owner.leadership {
             *members += 1;
         }
-        stats.group_joins += 1;
     }
 
     /// Opens the group of an owner that just completed a wait, if its request

@@ -14,27 +14,11 @@ mod workload;
 #[path = "../../tests/private_mariadb/mod.rs"]
 mod private_mariadb;
 
-/// What tests/private_mariadb takes from its crate's `common` (the tests' tests/common): its
-/// `run` and `scalar` helpers, which txbench does not call.
+/// The tests' helper module, which tests/private_mariadb uses (processes, signals); txbench
+/// calls none of it directly.
 #[allow(dead_code)]
-mod common {
-    use mysql_async::prelude::Queryable;
-
-    pub async fn run_and_disconnect(mut conn: mysql_async::Conn, statements: &[&str]) {
-        for sql in statements {
-            conn.query_drop(*sql)
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        }
-        conn.disconnect().await.ok();
-    }
-
-    pub async fn scalar_and_disconnect(mut conn: mysql_async::Conn, sql: &str) -> i64 {
-        let value: Option<i64> = conn.query_first(sql).await.expect(sql);
-        conn.disconnect().await.ok();
-        value.expect("query returns a row")
-    }
-}
+#[path = "../../tests/common/mod.rs"]
+mod common;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;

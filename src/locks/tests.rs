@@ -8,6 +8,19 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use AcquireOutcome::{Granted, Waiting};
+
+const GRANTED: AcquireOutcome = AcquireOutcome::Granted(Grant {
+    read_after: Vec::new(),
+    leading: false,
+});
+
+/// The owners a call completed, in order.
+fn owners(completed: Vec<Completion>) -> Vec<OwnerId> {
+    completed
+        .into_iter()
+        .map(|completion| completion.owner)
+        .collect()
+}
 use LockMode::{Exclusive, Shared};
 
 fn request(exclusive: &[&str], shared: &[&str]) -> LockRequest {
@@ -62,25 +75,25 @@ fn empty_request_is_none() {
 #[test]
 fn exclusive_waits_for_exclusive_until_release() {
     let mut table = LockTable::new();
-    assert_eq!(table.acquire(1, request(&["k"], &[])), Granted);
+    assert_eq!(table.acquire(1, request(&["k"], &[])), GRANTED);
     assert_eq!(table.acquire(2, request(&["k"], &[])), Waiting);
     assert!(table.is_waiting(2));
     assert_eq!(table.held_mode(2, "k"), None);
 
-    assert_eq!(table.release_all(1), vec![2]);
+    assert_eq!(owners(table.release_all(1)), vec![2]);
     assert!(!table.is_waiting(2));
     assert_eq!(table.held_mode(1, "k"), None);
     assert_eq!(table.held_mode(2, "k"), Some(Exclusive));
 
-    assert_eq!(table.release_all(2), Vec::<OwnerId>::new());
+    assert_eq!(owners(table.release_all(2)), Vec::<OwnerId>::new());
     assert_empty(&table);
 }
 
 #[test]
 fn readers_share_a_writer_waits_and_a_later_reader_queues_behind_it() {
     let mut table = LockTable::new();
-    assert_eq!(table.acquire(1, request(&[], &["k"])), Granted);
-    assert_eq!(table.acquire(2, request(&[], &["k"])), Granted);
+    assert_eq!(table.acquire(1, request(&[], &["k"])), GRANTED);
+    assert_eq!(table.acquire(2, request(&[], &["k"])), GRANTED);
     assert_eq!(table.held_mode(1, "k"), Some(Shared));
     assert_eq!(table.held_mode(2, "k"), Some(Shared));
 
@@ -88,12 +101,12 @@ fn readers_share_a_writer_waits_and_a_later_reader_queues_behind_it() {
     // Compatible with the holders, but FIFO puts it behind the writer.
     assert_eq!(table.acquire(4, request(&[], &["k"])), Waiting);
 
-    assert_eq!(table.release_all(1), Vec::<OwnerId>::new());
-    assert_eq!(table.release_all(2), vec![3]);
+    assert_eq!(owners(table.release_all(1)), Vec::<OwnerId>::new());
+    assert_eq!(owners(table.release_all(2)), vec![3]);
     assert_eq!(table.held_mode(3, "k"), Some(Exclusive));
     assert!(table.is_waiting(4));
 
-    assert_eq!(table.release_all(3), vec![4]);
+    assert_eq!(owners(table.release_all(3)), vec![4]);
     assert_eq!(table.held_mode(4, "k"), Some(Shared));
     table.release_all(4);
     assert_empty(&table);
@@ -102,18 +115,18 @@ fn readers_share_a_writer_waits_and_a_later_reader_queues_behind_it() {
 #[test]
 fn a_run_of_queued_readers_is_granted_together_up_to_the_next_writer() {
     let mut table = LockTable::new();
-    assert_eq!(table.acquire(1, request(&["k"], &[])), Granted);
+    assert_eq!(table.acquire(1, request(&["k"], &[])), GRANTED);
     assert_eq!(table.acquire(2, request(&[], &["k"])), Waiting);
     assert_eq!(table.acquire(3, request(&[], &["k"])), Waiting);
     assert_eq!(table.acquire(4, request(&["k"], &[])), Waiting);
     assert_eq!(table.acquire(5, request(&[], &["k"])), Waiting);
 
-    assert_eq!(table.release_all(1), vec![2, 3]);
+    assert_eq!(owners(table.release_all(1)), vec![2, 3]);
     assert!(table.is_waiting(4));
     assert!(table.is_waiting(5));
-    assert_eq!(table.release_all(2), Vec::<OwnerId>::new());
-    assert_eq!(table.release_all(3), vec![4]);
-    assert_eq!(table.release_all(4), vec![5]);
+    assert_eq!(owners(table.release_all(2)), Vec::<OwnerId>::new());
+    assert_eq!(owners(table.release_all(3)), vec![4]);
+    assert_eq!(owners(table.release_all(4)), vec![5]);
     table.release_all(5);
     assert_empty(&table);
 }
@@ -121,16 +134,16 @@ fn a_run_of_queued_readers_is_granted_together_up_to_the_next_writer() {
 #[test]
 fn waiting_on_a_later_key_keeps_the_earlier_ones() {
     let mut table = LockTable::new();
-    assert_eq!(table.acquire(1, request(&["b"], &[])), Granted);
+    assert_eq!(table.acquire(1, request(&["b"], &[])), GRANTED);
     assert_eq!(table.acquire(2, request(&["a", "b"], &[])), Waiting);
     assert_eq!(table.held_mode(2, "a"), Some(Exclusive));
     assert_eq!(table.held_mode(2, "b"), None);
     // "a" stays held while 2 waits, so a newcomer queues for it.
     assert_eq!(table.acquire(3, request(&[], &["a"])), Waiting);
 
-    assert_eq!(table.release_all(1), vec![2]);
+    assert_eq!(owners(table.release_all(1)), vec![2]);
     assert_eq!(table.held_mode(2, "b"), Some(Exclusive));
-    assert_eq!(table.release_all(2), vec![3]);
+    assert_eq!(owners(table.release_all(2)), vec![3]);
     table.release_all(3);
     assert_empty(&table);
 }
@@ -138,17 +151,17 @@ fn waiting_on_a_later_key_keeps_the_earlier_ones() {
 #[test]
 fn a_granted_waiter_continues_with_its_next_keys() {
     let mut table = LockTable::new();
-    assert_eq!(table.acquire(1, request(&["a"], &[])), Granted);
-    assert_eq!(table.acquire(3, request(&["c"], &[])), Granted);
+    assert_eq!(table.acquire(1, request(&["a"], &[])), GRANTED);
+    assert_eq!(table.acquire(3, request(&["c"], &[])), GRANTED);
     assert_eq!(table.acquire(2, request(&["a", "b", "c"], &[])), Waiting);
 
     // 2 gets "a" and "b", then queues on "c": not complete yet.
-    assert_eq!(table.release_all(1), Vec::<OwnerId>::new());
+    assert_eq!(owners(table.release_all(1)), Vec::<OwnerId>::new());
     assert!(table.is_waiting(2));
     assert_eq!(table.held_mode(2, "b"), Some(Exclusive));
     assert_eq!(table.held_mode(2, "c"), None);
 
-    assert_eq!(table.release_all(3), vec![2]);
+    assert_eq!(owners(table.release_all(3)), vec![2]);
     assert_eq!(table.held_mode(2, "c"), Some(Exclusive));
     table.release_all(2);
     assert_empty(&table);
@@ -157,11 +170,11 @@ fn a_granted_waiter_continues_with_its_next_keys() {
 #[test]
 fn cancelling_a_queued_writer_lets_the_readers_behind_it_through() {
     let mut table = LockTable::new();
-    assert_eq!(table.acquire(1, request(&[], &["k"])), Granted);
+    assert_eq!(table.acquire(1, request(&[], &["k"])), GRANTED);
     assert_eq!(table.acquire(2, request(&["a", "k"], &[])), Waiting);
     assert_eq!(table.acquire(3, request(&[], &["k"])), Waiting);
 
-    assert_eq!(table.cancel_wait(2), vec![3]);
+    assert_eq!(owners(table.cancel_wait(2)), vec![3]);
     assert!(!table.is_waiting(2));
     // The key granted earlier in the cancelled request stays held.
     assert_eq!(table.held_mode(2, "a"), Some(Exclusive));
@@ -169,12 +182,12 @@ fn cancelling_a_queued_writer_lets_the_readers_behind_it_through() {
     assert_eq!(table.held_mode(3, "k"), Some(Shared));
 
     // Nothing to cancel: no change, nothing completes.
-    assert_eq!(table.cancel_wait(2), Vec::<OwnerId>::new());
+    assert_eq!(owners(table.cancel_wait(2)), Vec::<OwnerId>::new());
     assert_eq!(table.held_mode(2, "a"), Some(Exclusive));
-    assert_eq!(table.cancel_wait(99), Vec::<OwnerId>::new());
+    assert_eq!(owners(table.cancel_wait(99)), Vec::<OwnerId>::new());
 
     for owner in 1..=3 {
-        assert_eq!(table.release_all(owner), Vec::<OwnerId>::new());
+        assert_eq!(owners(table.release_all(owner)), Vec::<OwnerId>::new());
     }
     assert_empty(&table);
 }
@@ -182,24 +195,24 @@ fn cancelling_a_queued_writer_lets_the_readers_behind_it_through() {
 #[test]
 fn waiting_key_names_the_key_an_owner_is_queued_on() {
     let mut table = LockTable::new();
-    assert_eq!(table.acquire(1, request(&["c"], &[])), Granted);
+    assert_eq!(table.acquire(1, request(&["c"], &[])), GRANTED);
     assert_eq!(table.acquire(2, request(&["a", "c", "e"], &[])), Waiting);
     assert_eq!(table.waiting_key(2), Some("c"));
     assert_eq!(table.waiting_key(1), None);
     assert_eq!(table.waiting_key(99), None);
-    assert_eq!(table.release_all(1), vec![2]);
+    assert_eq!(owners(table.release_all(1)), vec![2]);
     assert_eq!(table.waiting_key(2), None);
 }
 
 #[test]
 fn releasing_a_waiting_owner_takes_it_out_of_the_queue() {
     let mut table = LockTable::new();
-    assert_eq!(table.acquire(1, request(&["k"], &[])), Granted);
+    assert_eq!(table.acquire(1, request(&["k"], &[])), GRANTED);
     assert_eq!(table.acquire(2, request(&["k"], &[])), Waiting);
     assert_eq!(table.acquire(3, request(&[], &["k"])), Waiting);
-    assert_eq!(table.release_all(2), Vec::<OwnerId>::new());
+    assert_eq!(owners(table.release_all(2)), Vec::<OwnerId>::new());
     assert!(!table.is_waiting(2));
-    assert_eq!(table.release_all(1), vec![3]);
+    assert_eq!(owners(table.release_all(1)), vec![3]);
     table.release_all(3);
     assert_empty(&table);
 }
@@ -207,10 +220,10 @@ fn releasing_a_waiting_owner_takes_it_out_of_the_queue() {
 #[test]
 fn extension_skips_keys_held_in_the_same_or_a_stronger_mode() {
     let mut table = LockTable::new();
-    assert_eq!(table.acquire(1, request(&["a"], &["b"])), Granted);
+    assert_eq!(table.acquire(1, request(&["a"], &["b"])), GRANTED);
     // Someone queued on "a" does not matter: 1 already has it.
     assert_eq!(table.acquire(2, request(&["a"], &[])), Waiting);
-    assert_eq!(table.acquire(1, request(&[], &["a", "b"])), Granted);
+    assert_eq!(table.acquire(1, request(&[], &["a", "b"])), GRANTED);
     assert_eq!(table.held_mode(1, "a"), Some(Exclusive));
     assert_eq!(table.held_mode(1, "b"), Some(Shared));
     assert_eq!(table.stats().locks_held, 2);
@@ -219,19 +232,19 @@ fn extension_skips_keys_held_in_the_same_or_a_stronger_mode() {
 #[test]
 fn extension_may_wait_for_a_key_greater_than_every_held_one() {
     let mut table = LockTable::new();
-    assert_eq!(table.acquire(1, request(&["a"], &[])), Granted);
-    assert_eq!(table.acquire(2, request(&["b"], &[])), Granted);
+    assert_eq!(table.acquire(1, request(&["a"], &[])), GRANTED);
+    assert_eq!(table.acquire(2, request(&["b"], &[])), GRANTED);
     assert_eq!(table.acquire(1, request(&["b"], &[])), Waiting);
-    assert_eq!(table.release_all(2), vec![1]);
+    assert_eq!(owners(table.release_all(2)), vec![1]);
     assert_eq!(table.held_mode(1, "b"), Some(Exclusive));
 }
 
 #[test]
 fn extension_takes_a_free_lower_key_at_once() {
     let mut table = LockTable::new();
-    assert_eq!(table.acquire(1, request(&["m"], &[])), Granted);
-    assert_eq!(table.acquire(2, request(&[], &["a"])), Granted);
-    assert_eq!(table.acquire(1, request(&["b"], &["a"])), Granted);
+    assert_eq!(table.acquire(1, request(&["m"], &[])), GRANTED);
+    assert_eq!(table.acquire(2, request(&[], &["a"])), GRANTED);
+    assert_eq!(table.acquire(1, request(&["b"], &["a"])), GRANTED);
     assert_eq!(table.held_mode(1, "a"), Some(Shared));
     assert_eq!(table.held_mode(1, "b"), Some(Exclusive));
     table.release_all(1);
@@ -242,14 +255,14 @@ fn extension_takes_a_free_lower_key_at_once() {
 #[test]
 fn extension_refuses_a_busy_lower_key() {
     let mut table = LockTable::new();
-    assert_eq!(table.acquire(1, request(&["m"], &[])), Granted);
-    assert_eq!(table.acquire(2, request(&["a"], &[])), Granted);
+    assert_eq!(table.acquire(1, request(&["m"], &[])), GRANTED);
+    assert_eq!(table.acquire(2, request(&["a"], &[])), GRANTED);
     assert_eq!(table.acquire(1, request(&[], &["a"])), conflict("a"));
     assert!(!table.is_waiting(1));
     assert_eq!(table.held_mode(1, "a"), None);
 
     // Compatible with the holders, but someone is queued: still refused.
-    assert_eq!(table.acquire(3, request(&[], &["c"])), Granted);
+    assert_eq!(table.acquire(3, request(&[], &["c"])), GRANTED);
     assert_eq!(table.acquire(4, request(&["c"], &[])), Waiting);
     assert_eq!(table.acquire(1, request(&[], &["c"])), conflict("c"));
     assert!(!table.is_waiting(1));
@@ -258,15 +271,15 @@ fn extension_refuses_a_busy_lower_key() {
 #[test]
 fn a_conflict_keeps_keys_granted_earlier_in_the_same_request() {
     let mut table = LockTable::new();
-    assert_eq!(table.acquire(1, request(&["m"], &[])), Granted);
-    assert_eq!(table.acquire(2, request(&["c"], &[])), Granted);
+    assert_eq!(table.acquire(1, request(&["m"], &[])), GRANTED);
+    assert_eq!(table.acquire(2, request(&["c"], &[])), GRANTED);
     assert_eq!(
         table.acquire(1, request(&["b", "c", "z"], &[])),
         conflict("c")
     );
     assert_eq!(table.held_mode(1, "b"), Some(Exclusive));
     assert_eq!(table.held_mode(1, "z"), None);
-    assert_eq!(table.release_all(1), Vec::<OwnerId>::new());
+    assert_eq!(owners(table.release_all(1)), Vec::<OwnerId>::new());
     table.release_all(2);
     assert_empty(&table);
 }
@@ -274,23 +287,23 @@ fn a_conflict_keeps_keys_granted_earlier_in_the_same_request() {
 #[test]
 fn the_sole_reader_can_upgrade() {
     let mut table = LockTable::new();
-    assert_eq!(table.acquire(1, request(&[], &["k"])), Granted);
-    assert_eq!(table.acquire(1, request(&["k"], &[])), Granted);
+    assert_eq!(table.acquire(1, request(&[], &["k"])), GRANTED);
+    assert_eq!(table.acquire(1, request(&["k"], &[])), GRANTED);
     assert_eq!(table.held_mode(1, "k"), Some(Exclusive));
     assert_eq!(table.stats().locks_held, 1);
     assert_eq!(table.acquire(2, request(&[], &["k"])), Waiting);
-    assert_eq!(table.release_all(1), vec![2]);
+    assert_eq!(owners(table.release_all(1)), vec![2]);
 }
 
 #[test]
 fn an_upgrade_with_another_reader_or_a_waiter_is_refused() {
     let mut table = LockTable::new();
-    assert_eq!(table.acquire(1, request(&[], &["k"])), Granted);
-    assert_eq!(table.acquire(2, request(&[], &["k"])), Granted);
+    assert_eq!(table.acquire(1, request(&[], &["k"])), GRANTED);
+    assert_eq!(table.acquire(2, request(&[], &["k"])), GRANTED);
     assert_eq!(table.acquire(1, request(&["k"], &[])), conflict("k"));
     assert_eq!(table.held_mode(1, "k"), Some(Shared));
 
-    assert_eq!(table.acquire(3, request(&[], &["q"])), Granted);
+    assert_eq!(table.acquire(3, request(&[], &["q"])), GRANTED);
     assert_eq!(table.acquire(4, request(&["q"], &[])), Waiting);
     assert_eq!(table.acquire(3, request(&["q"], &[])), conflict("q"));
     assert_eq!(table.held_mode(3, "q"), Some(Shared));
@@ -299,20 +312,20 @@ fn an_upgrade_with_another_reader_or_a_waiter_is_refused() {
 #[test]
 fn acquire_while_waiting_is_refused_on_the_first_key_and_changes_nothing() {
     let mut table = LockTable::new();
-    assert_eq!(table.acquire(1, request(&["k"], &[])), Granted);
+    assert_eq!(table.acquire(1, request(&["k"], &[])), GRANTED);
     assert_eq!(table.acquire(2, request(&["k"], &[])), Waiting);
     assert_eq!(table.acquire(2, request(&["z", "a"], &[])), conflict("a"));
     assert_eq!(table.held_mode(2, "a"), None);
     assert!(table.is_waiting(2));
     assert_eq!(table.stats().lock_waits, 1);
-    assert_eq!(table.release_all(1), vec![2]);
+    assert_eq!(owners(table.release_all(1)), vec![2]);
 }
 
 #[test]
 fn stats_count_each_shared_holder_and_each_waiting_request_once() {
     let mut table = LockTable::new();
     for owner in 1..=3 {
-        assert_eq!(table.acquire(owner, request(&[], &["k"])), Granted);
+        assert_eq!(table.acquire(owner, request(&[], &["k"])), GRANTED);
     }
     assert_eq!(
         table.stats(),
@@ -343,7 +356,7 @@ fn stats_count_each_shared_holder_and_each_waiting_request_once() {
             lock_waits: 2
         }
     );
-    assert_eq!(table.release_all(4), vec![5]);
+    assert_eq!(owners(table.release_all(4)), vec![5]);
     assert_eq!(
         table.stats(),
         LockStats {
@@ -354,12 +367,12 @@ fn stats_count_each_shared_holder_and_each_waiting_request_once() {
     );
 
     // One request that waits twice is one wait.
-    assert_eq!(table.acquire(6, request(&["x"], &[])), Granted);
-    assert_eq!(table.acquire(7, request(&["z"], &[])), Granted);
+    assert_eq!(table.acquire(6, request(&["x"], &[])), GRANTED);
+    assert_eq!(table.acquire(7, request(&["z"], &[])), GRANTED);
     assert_eq!(table.acquire(8, request(&["x", "z"], &[])), Waiting);
-    assert_eq!(table.release_all(6), Vec::<OwnerId>::new());
+    assert_eq!(owners(table.release_all(6)), Vec::<OwnerId>::new());
     assert!(table.is_waiting(8));
-    assert_eq!(table.release_all(7), vec![8]);
+    assert_eq!(owners(table.release_all(7)), vec![8]);
     assert_eq!(
         table.stats(),
         LockStats {
@@ -375,15 +388,15 @@ fn key_entries_are_removed_when_free() {
     let mut table = LockTable::new();
     for owner in 0..100 {
         let key = format!("row:{owner}");
-        assert_eq!(table.acquire(owner, request(&[key.as_str()], &[])), Granted);
+        assert_eq!(table.acquire(owner, request(&[key.as_str()], &[])), GRANTED);
         assert_eq!(table.key_entry_count(), 1);
         table.release_all(owner);
     }
     assert_empty(&table);
 
-    assert_eq!(table.acquire(1, request(&["a"], &[])), Granted);
+    assert_eq!(table.acquire(1, request(&["a"], &[])), GRANTED);
     assert_eq!(table.acquire(2, request(&["a"], &[])), Waiting);
-    assert_eq!(table.cancel_wait(2), Vec::<OwnerId>::new());
+    assert_eq!(owners(table.cancel_wait(2)), Vec::<OwnerId>::new());
     assert_eq!(table.key_entry_count(), 1);
     table.release_all(1);
     assert_empty(&table);
@@ -531,7 +544,7 @@ impl Simulation {
         let outcome = self.table.acquire(owner, request);
         self.assert_no_overtaking(owner, &queued_keys, &BTreeMap::new());
         let phase = match outcome {
-            Granted => Phase::Granted,
+            Granted(_) => Phase::Granted,
             Waiting => {
                 self.coverage.waits += 1;
                 Phase::Waiting
@@ -569,7 +582,7 @@ impl Simulation {
             );
         }
         match outcome {
-            Granted => {
+            Granted(_) => {
                 assert!(!self.table.is_waiting(owner));
                 for (key, mode) in &asked {
                     assert!(after.get(key) >= Some(mode), "Granted without {key}");
@@ -630,6 +643,7 @@ impl Simulation {
                 let completed = self.table.release_all(owner);
                 self.record_completions(completed);
             }
+            AcquireOutcome::Joined { .. } => panic!("a table without groups made a member"),
         }
     }
 
@@ -676,9 +690,14 @@ impl Simulation {
         self.record_completions(completed);
     }
 
-    fn record_completions(&mut self, completed: Vec<OwnerId>) {
+    fn record_completions(&mut self, completed: Vec<Completion>) {
         let mut seen = BTreeSet::new();
-        for owner in completed {
+        for completion in completed {
+            assert!(
+                matches!(completion.completed, Completed::Granted(_)),
+                "a table without groups made a member"
+            );
+            let owner = completion.owner;
             assert!(seen.insert(owner), "{owner} reported twice");
             let transaction = self.live.get_mut(&owner).expect("completed owner is live");
             assert_eq!(
