@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""A discrete-event model of contended transfers with protocol 1.1's hand-over at COMMIT and
-group execution, to choose their parameters before building them (companion of
-key_queues.py, which models protocol 1.0 only).
+"""A discrete-event model of hand-over at COMMIT and group execution under contention.
+
+It models protocol 1.1's two mechanisms on txbench's `transfer`, to choose their parameters
+before building them (key_queues.py, beside it, models protocol 1.0 only).
 
 Each of C clients runs transfers back to back: two distinct keys out of H (both of them when
 H = 2), the two UPDATEs in random order (from, to), as txbench's `transfer` does. Two layers
@@ -27,8 +28,10 @@ Durations (ms; defaults calibrated in README.md from the 2026-12-01 measurements
   FSYNC     one redo-log flush; commits that arrive while one runs wait for the next, which
             takes all of them (group commit)
   BINLOG    with --binlog (log_bin, sync_binlog = 1): a second, binary-log sync after the redo
-            flush (prepare), with its own group commit; InnoDB then releases row locks only
-            after it (without --binlog, when the commit is applied, before the flush)
+            flush (prepare); InnoDB then releases row locks only after it (without --binlog,
+            when the commit is applied, before the flush). The two logs sync on one device,
+            one sync at a time (--one-disk), and a binary-log sync takes at most
+            --binlog-batch commits (calibrated: 1)
   HANDOFF   from a key's release to the next holder's first statement (coordinator, wake-up),
             paid by a request that had to wait for a key
   CLIENT    from an answer to the client's next request reaching the broker
@@ -57,16 +60,23 @@ every release and arrival the coordinator scans them in that order and grants a 
 its keys when none is held and none is reserved by an earlier waiter. A waiter whose key went
 to a later request (granted, or taken into a group) has been overtaken; once overtaken
 --bypass times it reserves its keys: no later request is granted any of them, or joins a
-group with them, until it has them. So the oldest waiter is never overtaken more than
-`bypass` times, and the earliest reserving waiter gets its keys as soon as their holders
-finish. Nobody holds a key while waiting, so no cycle of waits can form (bypass 0 is strict
+group with them, until it has them. So no waiter is overtaken much more than `bypass` times
+(a few winners of one scan may pass it together), and the earliest reserving waiter gets its
+keys as soon as their holders and the older waiters before it are done. Nobody holds a key while waiting, so no cycle of waits can form (bypass 0 is strict
 FIFO over all keys). A holder's `lock` extension (interactive transactions, not modelled) must
 go ahead of waiters, who hold nothing, or it could wait for a waiter that waits for it.
 
+The two cores (--cores): the broker, MariaDB and the load generator share them. Every
+operation costs CPU (CPU below: a client request, a database round trip, each further
+statement of a multi-statement, a COMMIT); u is the share of the cores a run needs, and every
+duration but the log syncs is stretched by s = 1 / (1 - u^2), the mean response time of a
+two-server queue at utilization u. Since u depends on s (slower steps, fewer transactions),
+simulate() finds the s that agrees with itself by bisection over short runs, then runs once
+more at that s. --cores 0 turns this off (the lock chain alone).
+
 Output: committed tx/s, commits per redo flush, mean group size (requests per database
-transaction), p50 and p99 latency (from the request reaching the broker to its answer), and
-the CPU the work needs (cores) from per-operation costs (README.md): a run that needs more
-than the 2 cores this machine has cannot reach its figure (the `cpu cap` column).
+transaction), p50 and p99 latency (from the request reaching the broker to its answer), the
+share of the cores used, and the stretch.
 
 Standard library only; deterministic for a given --seed.
 """
@@ -85,12 +95,16 @@ DEFAULTS = {
                fsync_ms=0.112, binlog_ms=0.25, handoff_ms=0.01, wake_ms=0.21, client_ms=0.048),
 }
 
-# CPU per operation, µs of the machine's cores together (README.md), and the cores: a client
-# request to the broker and its answer (txbench and the broker), one database round trip
-# (MariaDB and the driver), a statement's wait for an InnoDB row lock (suspend and wake-up),
-# a database COMMIT (MariaDB's commit work beyond a round trip). cores = 0: no CPU model.
-CPU = dict(cpu_request_us=83.0, cpu_rt_us=44.0, cpu_wait_us=0.0, cpu_commit_us=30.0,
-           cores=2.0, one_disk=1.0)
+# CPU per operation, µs of the machine's cores together, and the cores (README.md): a client
+# request to the broker and its answer (txbench and the broker); one database round trip
+# (MariaDB and the driver); each further statement of a multi-statement; a statement's wait
+# for an InnoDB row lock; a database COMMIT (MariaDB's commit work beyond a round trip).
+# one_disk: the redo log and the binary log sync on one device, one sync at a time.
+# binlog_batch: commits per binary-log sync at most (0: all waiting); 1 fits direct-sorted
+# with the binary log on (README.md, "Calibration").
+# cores = 0: no CPU model (no stretch).
+CPU = dict(cpu_request_us=83.0, cpu_rt_us=44.0, cpu_statement_us=20.0, cpu_wait_us=0.0,
+           cpu_commit_us=30.0, cores=2.0, one_disk=1.0, binlog_batch=1.0)
 for _defaults in DEFAULTS.values():
     _defaults.update(CPU)
 
@@ -126,11 +140,13 @@ class Unit:
 
 
 class Stage:
-    """One log sync with group commit: a batch is everything waiting when a sync starts."""
-    __slots__ = ("duration", "waiting", "busy", "syncs")
+    """One log sync with group commit: a batch is everything waiting when a sync starts (at
+    most `limit` commits when limit > 0)."""
+    __slots__ = ("duration", "limit", "waiting", "busy", "syncs")
 
-    def __init__(self, duration):
+    def __init__(self, duration, limit=0):
         self.duration = duration
+        self.limit = limit
         self.waiting = []
         self.busy = False
         self.syncs = 0
@@ -167,7 +183,7 @@ class Model:
         self.row_holder = {}
         self.row_queue = {k: collections.deque() for k in range(hot)}
         self.redo = Stage(params["fsync_ms"])
-        self.binlog_stage = Stage(params["binlog_ms"])
+        self.binlog_stage = Stage(params["binlog_ms"], int(params["binlog_batch"]))
         # figures
         self.measuring = False
         self.committed = 0
@@ -177,6 +193,7 @@ class Model:
         self.round_trips = 0
         self.broker_requests = 0
         self.innodb_waits = 0
+        self.extra_statements = 0       # statements of a multi-statement after its first
         self.redo_syncs_at_start = 0
 
     # --- events ---------------------------------------------------------------------------
@@ -205,6 +222,7 @@ class Model:
         syncs = self.redo.syncs - self.redo_syncs_at_start
         p = self.p
         cpu_us = (self.broker_requests * p["cpu_request_us"] + self.round_trips * p["cpu_rt_us"]
+                  + self.extra_statements * p["cpu_statement_us"]
                   + self.innodb_waits * p["cpu_wait_us"] + self.unit_commits * p["cpu_commit_us"])
         cores = cpu_us / 1e6 / seconds
         return {
@@ -326,6 +344,7 @@ class Model:
     def run_own_statements(self, unit):
         rows = unit.members[0].rows
         if self.grouping and self.member_rts == 1:
+            self.extra_statements += self.measuring
             self.statement(unit, rows, self.p["member_ms"], self.after_statements, unit)
         else:
             self.statement(unit, rows[:1], self.p["stmt_ms"], self.statement, unit, rows[1:],
@@ -387,13 +406,16 @@ class Model:
                 self.add_member(unit, member)
                 cost = self.p["member_ms"]
                 if self.member_rts == 1:
+                    self.extra_statements += 2 * self.measuring
                     self.statement(unit, member.rows, cost, self.extend_group, unit)
                 else:
-                    # SAVEPOINT, then each UPDATE: the same work in three round trips
+                    # SAVEPOINT, then each UPDATE: the same work in three round trips,
+                    # MEMBER + 2 RT in all
                     rt = self.p["rt_ms"]
-                    self.statement(unit, (), rt, self.statement, unit, member.rows[:1],
-                                   (cost - rt) / 2, self.statement, unit, member.rows[1:],
-                                   (cost - rt) / 2 + rt, self.extend_group, unit)
+                    update = (cost - rt) / 2 + rt
+                    self.statement(unit, (), rt, self.statement, unit, member.rows[:1], update,
+                                   self.statement, unit, member.rows[1:], update,
+                                   self.extend_group, unit)
                 return
             if self.linger_ms > 0 and not unit.lingered:
                 unit.lingered = True
@@ -464,14 +486,15 @@ class Model:
             return      # one device: a sync waits for the other log's sync
         stage.busy = True
         stage.syncs += 1
-        self.at(self.now + stage.duration, self.synced, stage, stage.waiting)
-        stage.waiting = []
+        batch = stage.waiting[:stage.limit] if stage.limit > 0 else stage.waiting
+        stage.waiting = stage.waiting[len(batch):]
+        self.at(self.now + stage.duration, self.synced, stage, batch)
 
     def synced(self, stage, batch):
         stage.busy = False
         for unit in batch:
             if stage is self.redo and self.binlog:
-                self.enter(self.binlog_stage, unit)
+                self.binlog_stage.waiting.append(unit)      # the whole batch, one sync
             else:
                 if self.binlog:
                     self.release_rows(unit)     # commit_ordered, after the binlog sync
@@ -535,7 +558,7 @@ def stretch_for(utilization_at):
     return (low * high) ** 0.5
 
 
-HEADER = (f"{'log':>3} {'H':>2} {'C':>3} {'variant':<15} {'grant':<9} {'max':>4} {'rts':>3} "
+HEADER = (f"{'log':>3} {'H':>2} {'C':>3} {'variant':<15} {'grant':<11} {'max':>4} {'rts':>3} "
           f"{'tx/s':>7} {'c/fsync':>7} {'group':>5} {'p50':>6} {'p99':>6} {'cpu':>4} "
           f"{'stretch':>7}")
 
@@ -543,7 +566,7 @@ HEADER = (f"{'log':>3} {'H':>2} {'C':>3} {'variant':<15} {'grant':<9} {'max':>4}
 def line(binlog, hot, clients, variant, grant, max_group, member_rts, f):
     grouping = variant.endswith("group")
     return (f"{'on' if binlog else 'off':>3} {hot:>2} {clients:>3} {variant:<15} "
-            f"{grant if variant != 'early' else '-':<9} "
+            f"{grant if variant != 'early' else '-':<11} "
             f"{(max_group or 'inf') if grouping else '-':>4} {member_rts if grouping else '-':>3} "
             f"{f['tx/s']:>7.0f} {f['commits/fsync']:>7.2f} {f['group']:>5.1f} {f['p50']:>6.1f} "
             f"{f['p99']:>6.1f} {f['cpu']:>4.0%} {f['stretch']:>7.2f}")
@@ -615,10 +638,10 @@ def sweep(settings, seconds, seed, rows=None):
                              grant=grant, max_group=max_group, member_rts=member_rts, **extra)
             grouping = variant.endswith("group")
             label = variant + "".join(f" {k}={v}" for k, v in extra.items())
+            versus_measured = f"{f['tx/s'] / measured:.2f}" if measured else "-"
             print(f"| {label} | {grant} | {(max_group or '∞') if grouping else '-'} "
                   f"| {member_rts if grouping else '-'} | {f['tx/s']:.0f} "
-                  f"| {f['tx/s'] / early['tx/s']:.2f} "
-                  f"| {f['tx/s'] / measured:.2f} " if measured else "| - ", end="")
+                  f"| {f['tx/s'] / early['tx/s']:.2f} | {versus_measured} ", end="")
             print(f"| {f['commits/fsync']:.2f} | {f['group']:.1f} | {f['p50']:.1f} "
                   f"| {f['p99']:.1f} | {f['p99'] / early['p99']:.2f} | {f['cpu']:.0%} "
                   f"| {f['stretch']:.2f} |", flush=True)
