@@ -70,7 +70,7 @@ impl ReadGate {
     pub fn is_open(&self) -> bool {
         self.pending
             .iter()
-            .all(|watch| watch.borrow().is_some() || !watch.has_changed().is_ok())
+            .all(|watch| watch.borrow().is_some() || watch.has_changed().is_err())
     }
 
     /// Adds the commits of a later grant (a `lock` extension).

@@ -176,6 +176,13 @@ const LISTED_SQL: &str = "SELECT HOST, CAST(UNIX_TIMESTAMP() - (SELECT VARIABLE_
      FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME') AS SIGNED) \
      FROM information_schema.PROCESSLIST WHERE ID = ?";
 
+/// What a new connection learns of itself: as in `LISTED_SQL`, and whether its `sql_mode`
+/// reads a backslash in a string literal as an escape, for writing values into statements.
+const IDENTIFY_SQL: &str = "SELECT HOST, CAST(UNIX_TIMESTAMP() - (SELECT VARIABLE_VALUE \
+     FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME') AS SIGNED), \
+     FIND_IN_SET('NO_BACKSLASH_ESCAPES', @@session.sql_mode) > 0 \
+     FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()";
+
 /// The server's start, as in `LISTED_SQL`.
 const SERVER_STARTED_SQL: &str = "SELECT CAST(UNIX_TIMESTAMP() - VARIABLE_VALUE AS SIGNED) \
      FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'";
@@ -186,6 +193,7 @@ enum Link {
     Open {
         conn: Box<Conn>,
         identity: ConnectionIdentity,
+        literals: LiteralStyle,
         /// The session-level isolation of the connection, which the next transaction uses.
         isolation: Isolation,
         last_used: Instant,
@@ -238,6 +246,104 @@ impl DbConnection {
         }
     }
 
+    /// `statement` as text with its parameters written in at `placeholders` (the byte offsets
+    /// of its `?`), so that several statements can go in one round trip; `None` when a value
+    /// has no literal or the placeholders do not match the parameters.
+    pub fn render(&self, statement: &Statement, placeholders: &[usize]) -> Option<String> {
+        let Link::Open { literals, .. } = &self.link else {
+            return None;
+        };
+        if placeholders.len() != statement.params.len() {
+            return None;
+        }
+        let mut text = String::with_capacity(statement.sql.len() + 8 * placeholders.len());
+        let mut from = 0;
+        for (at, value) in placeholders.iter().zip(&statement.params) {
+            text.push_str(statement.sql.get(from..*at)?);
+            text.push_str(&literal(value, *literals)?);
+            from = at + 1;
+        }
+        text.push_str(statement.sql.get(from..)?);
+        Some(text)
+    }
+
+    /// Runs `statements` (each complete, as `render` writes them) as one multi-statement text
+    /// query inside the open transaction: one round trip. The server runs them in order and
+    /// stops at the first that fails, so the answer is the results of those that ran and the
+    /// error of the one after them, if any.
+    pub async fn execute_script(
+        &mut self,
+        statements: &[String],
+    ) -> (Vec<QueryResult>, Option<DbError>) {
+        // A line break first ends a `--` or `#` comment a statement may end with.
+        let script = statements.join("\n;\n");
+        let deadline = self.deadline;
+        let outcome = match within(deadline, self.run_script(&script, statements.len())).await {
+            Some(outcome) => outcome,
+            None => {
+                self.abandon();
+                return (Vec::new(), Some(DbError::DeadlineExceeded));
+            }
+        };
+        match outcome {
+            (results, Some(error)) => (results, Some(self.failed(error))),
+            (results, None) => {
+                if !self.server_in_transaction() {
+                    return (results, Some(DbError::TransactionEnded));
+                }
+                (results, None)
+            }
+        }
+    }
+
+    async fn run_script(
+        &mut self,
+        script: &str,
+        statements: usize,
+    ) -> (Vec<QueryResult>, Option<mysql_async::Error>) {
+        let mut results = Vec::new();
+        let conn = match self.conn() {
+            Ok(conn) => conn,
+            Err(_) => {
+                return (
+                    results,
+                    Some(mysql_async::Error::Driver(
+                        mysql_async::DriverError::ConnectionClosed,
+                    )),
+                )
+            }
+        };
+        let mut result = match conn.query_iter(script).await {
+            Ok(result) => result,
+            Err(error) => return (results, Some(error)),
+        };
+        // Each statement's answer is there once the one before is read; an answer that does
+        // not come is the error the reading of the one before returns.
+        for _ in 0..statements {
+            let columns = result.columns();
+            // Read before the rows: collecting them moves on to the next statement's answer.
+            let affected = result.affected_rows();
+            let last_insert_id = result.last_insert_id().filter(|id| *id != 0);
+            let rows: Vec<Row> = match result.collect().await {
+                Ok(rows) => rows,
+                Err(error) => {
+                    // This statement ran (its rows, if any, are lost: the caller only keeps
+                    // results of scripts that ran whole); the error is the next one's.
+                    results.push(query_result(columns, Vec::new(), affected, last_insert_id));
+                    return (results, Some(error));
+                }
+            };
+            let has_rows = columns.as_ref().is_some_and(|columns| !columns.is_empty());
+            results.push(query_result(
+                columns,
+                rows,
+                if has_rows { 0 } else { affected },
+                last_insert_id,
+            ));
+        }
+        (results, None)
+    }
+
     /// `SAVEPOINT name`, inside the open transaction.
     pub async fn savepoint(&mut self, name: &str) -> Result<(), DbError> {
         self.run_bounded(&format!("SAVEPOINT {name}")).await
@@ -285,11 +391,12 @@ impl DbConnection {
         let mut conn = Conn::new(self.database.opts.clone())
             .await
             .map_err(|error| unavailable(&self.database, error))?;
-        let identity = identify(&mut conn)
+        let (identity, literals) = identify(&mut conn)
             .await
             .map_err(|error| unavailable(&self.database, error))?;
         self.link = Link::Open {
             identity,
+            literals,
             conn: Box::new(conn),
             isolation: self.database.default_isolation,
             last_used: Instant::now(),
@@ -515,16 +622,45 @@ async fn within<T>(
     }
 }
 
-/// How the server lists `conn`, for `until_gone` to find it again.
-async fn identify(conn: &mut Conn) -> Result<ConnectionIdentity, mysql_async::Error> {
-    let id = conn.id();
-    let listed: Option<(String, i64)> = conn.exec_first(LISTED_SQL, (id,)).await?;
-    let (host, server_started_s) = listed.unwrap_or_default();
-    Ok(ConnectionIdentity {
-        id,
+/// How the server lists `conn` (for `until_gone` to find it again), and how its string
+/// literals are written.
+async fn identify(
+    conn: &mut Conn,
+) -> Result<(ConnectionIdentity, LiteralStyle), mysql_async::Error> {
+    let listed: Option<(String, i64, bool)> = conn.query_first(IDENTIFY_SQL).await?;
+    let (host, server_started_s, no_backslash_escapes) = listed.unwrap_or_default();
+    let identity = ConnectionIdentity {
+        id: conn.id(),
         host,
         server_started_s,
-    })
+    };
+    let literals = if no_backslash_escapes {
+        LiteralStyle::NoBackslashEscapes
+    } else {
+        LiteralStyle::BackslashEscapes
+    };
+    Ok((identity, literals))
+}
+
+/// How a string literal escapes, per the connection's `sql_mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LiteralStyle {
+    BackslashEscapes,
+    NoBackslashEscapes,
+}
+
+/// `value` as an SQL literal that the server reads as it reads the same value sent as a
+/// prepared statement's parameter; `None` when there is none (a float that is not finite,
+/// bytes that are not UTF-8, which a text query cannot carry).
+fn literal(value: &Value, style: LiteralStyle) -> Option<String> {
+    match value {
+        // An exponent makes it a DOUBLE, as the parameter is, not a DECIMAL.
+        Value::Float(f) if f.is_finite() => Some(format!("{:e}", f64::from(*f))),
+        Value::Double(f) if f.is_finite() => Some(format!("{f:e}")),
+        Value::Float(_) | Value::Double(_) => None,
+        Value::Bytes(bytes) if std::str::from_utf8(bytes).is_err() => None,
+        other => Some(to_mysql(other).as_sql(style == LiteralStyle::NoBackslashEscapes)),
+    }
 }
 
 fn not_connected() -> DbError {
@@ -570,9 +706,26 @@ async fn read_result<P: mysql_async::prelude::Protocol>(
 ) -> Result<QueryResult, mysql_async::Error> {
     let columns = result.columns();
     let rows: Vec<Row> = result.collect().await?;
+    let converted = query_result(
+        columns,
+        rows,
+        result.affected_rows(),
+        result.last_insert_id().filter(|id| *id != 0),
+    );
+    // A procedure call may leave more result sets; the protocol reports the first.
+    result.drop_result().await?;
+    Ok(converted)
+}
+
+fn query_result(
+    columns: Option<Arc<[Column]>>,
+    rows: Vec<Row>,
+    affected: u64,
+    last_insert_id: Option<u64>,
+) -> QueryResult {
     let mut query_result = QueryResult {
-        affected: result.affected_rows(),
-        last_insert_id: result.last_insert_id().filter(|id| *id != 0),
+        affected,
+        last_insert_id,
         columns: Vec::new(),
         rows: Vec::with_capacity(rows.len()),
     };
@@ -591,9 +744,7 @@ async fn read_result<P: mysql_async::prelude::Protocol>(
             );
         }
     }
-    // A procedure call may leave more result sets; the protocol reports the first.
-    result.drop_result().await?;
-    Ok(query_result)
+    query_result
 }
 
 fn to_mysql(value: &Value) -> mysql_async::Value {

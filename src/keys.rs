@@ -16,8 +16,8 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::coordinator::{
-    Acquire, Admission, CancelWait, Coordinator, CoordinatorStats, GetStats, HandOver,
-    LockFailure, ReleaseAll, Settled, Settlement,
+    Acquire, Admission, CancelWait, Coordinator, CoordinatorStats, GetStats, HandOver, LockFailure,
+    ReleaseAll, Settled, Settlement,
 };
 use crate::locks::{CommitTicket, Grouping, LockRequest, OwnerId};
 use crate::protocol::TxRequest;
@@ -156,7 +156,8 @@ impl LockClient {
 
     /// Tells the coordinator that this session's group takes no more members.
     pub fn close_group(&self) {
-        self.coordinator.do_send(crate::coordinator::CloseGroup { owner: self.owner });
+        self.coordinator
+            .do_send(crate::coordinator::CloseGroup { owner: self.owner });
     }
 
     pub async fn stats(&self) -> Option<CoordinatorStats> {

@@ -746,9 +746,10 @@ impl LockTable {
         if !state.held.is_empty() || state.grouping != Grouping::Groupable(class) {
             return None;
         }
-        let keys: Vec<(String, LockMode)> = std::iter::once((waiting.key.to_string(), waiting.mode))
-            .chain(waiting.remaining_keys.as_slice().iter().cloned())
-            .collect();
+        let keys: Vec<(String, LockMode)> =
+            std::iter::once((waiting.key.to_string(), waiting.mode))
+                .chain(waiting.remaining_keys.as_slice().iter().cloned())
+                .collect();
         (self.leader_to_join(&keys, class) == Some(leader)).then_some(keys)
     }
 

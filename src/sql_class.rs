@@ -20,13 +20,15 @@
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use sqlparser::ast::{
-    BinaryOperator, Expr, FromTable, FunctionArguments, Query, SetExpr, Statement as Ast, TableFactor, Visit,
-    Visitor,
+    BinaryOperator, Expr, FromTable, FunctionArguments, Query, Select, SetExpr, Statement as Ast,
+    TableFactor, Visit, Visitor,
 };
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::protocol::Isolation;
 
@@ -171,6 +173,14 @@ impl Visitor for Look {
         ControlFlow::Continue(())
     }
 
+    fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<()> {
+        // `SELECT ... INTO @x` sets a variable.
+        if select.into.is_some() {
+            self.note(SessionUse::Changes);
+        }
+        ControlFlow::Continue(())
+    }
+
     fn pre_visit_table_factor(&mut self, _: &TableFactor) -> ControlFlow<()> {
         self.tables += 1;
         ControlFlow::Continue(())
@@ -178,11 +188,11 @@ impl Visitor for Look {
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
         match expr {
-            Expr::Identifier(ident) if ident.value.starts_with('@') => {
-                self.note(SessionUse::Reads)
-            }
+            Expr::Identifier(ident) if ident.value.starts_with('@') => self.note(SessionUse::Reads),
             Expr::CompoundIdentifier(parts)
-                if parts.first().is_some_and(|part| part.value.starts_with('@')) =>
+                if parts
+                    .first()
+                    .is_some_and(|part| part.value.starts_with('@')) =>
             {
                 self.note(SessionUse::Reads)
             }
@@ -232,31 +242,126 @@ enum FunctionKind {
 /// Built-ins that read no table and no session state: their result depends on their
 /// arguments (and the clock) only.
 const PURE_FUNCTIONS: &[&str] = &[
-    "abs", "ceil", "ceiling", "floor", "round", "truncate", "mod", "sign", "greatest", "least",
-    "coalesce", "ifnull", "nullif", "if", "concat", "concat_ws", "substring", "substr", "left",
-    "right", "length", "char_length", "character_length", "lower", "upper", "lcase", "ucase",
-    "trim", "ltrim", "rtrim", "replace", "lpad", "rpad", "repeat", "reverse", "locate", "instr",
-    "position", "now", "current_timestamp", "utc_timestamp", "sysdate", "curdate",
-    "current_date", "curtime", "current_time", "unix_timestamp", "from_unixtime", "date",
-    "time", "year", "month", "day", "hour", "minute", "second", "date_add", "date_sub",
-    "adddate", "subdate", "timestampadd", "timestampdiff", "datediff", "date_format",
-    "str_to_date", "json_set", "json_insert", "json_replace", "json_remove", "json_extract",
-    "json_object", "json_array", "json_array_append", "json_merge_patch", "json_value",
-    "json_unquote", "json_quote", "hex", "unhex", "md5", "sha1", "sha2", "crc32", "uuid",
-    "uuid_short", "rand", "to_base64", "from_base64", "inet_aton", "inet_ntoa", "bin", "oct",
-    "conv", "format", "pow", "power", "sqrt", "exp", "ln", "log", "log2", "log10",
+    "abs",
+    "ceil",
+    "ceiling",
+    "floor",
+    "round",
+    "truncate",
+    "mod",
+    "sign",
+    "greatest",
+    "least",
+    "coalesce",
+    "ifnull",
+    "nullif",
+    "if",
+    "concat",
+    "concat_ws",
+    "substring",
+    "substr",
+    "left",
+    "right",
+    "length",
+    "char_length",
+    "character_length",
+    "lower",
+    "upper",
+    "lcase",
+    "ucase",
+    "trim",
+    "ltrim",
+    "rtrim",
+    "replace",
+    "lpad",
+    "rpad",
+    "repeat",
+    "reverse",
+    "locate",
+    "instr",
+    "position",
+    "now",
+    "current_timestamp",
+    "utc_timestamp",
+    "sysdate",
+    "curdate",
+    "current_date",
+    "curtime",
+    "current_time",
+    "unix_timestamp",
+    "from_unixtime",
+    "date",
+    "time",
+    "year",
+    "month",
+    "day",
+    "hour",
+    "minute",
+    "second",
+    "date_add",
+    "date_sub",
+    "adddate",
+    "subdate",
+    "timestampadd",
+    "timestampdiff",
+    "datediff",
+    "date_format",
+    "str_to_date",
+    "json_set",
+    "json_insert",
+    "json_replace",
+    "json_remove",
+    "json_extract",
+    "json_object",
+    "json_array",
+    "json_array_append",
+    "json_merge_patch",
+    "json_value",
+    "json_unquote",
+    "json_quote",
+    "hex",
+    "unhex",
+    "md5",
+    "sha1",
+    "sha2",
+    "crc32",
+    "uuid",
+    "uuid_short",
+    "rand",
+    "to_base64",
+    "from_base64",
+    "inet_aton",
+    "inet_ntoa",
+    "bin",
+    "oct",
+    "conv",
+    "format",
+    "pow",
+    "power",
+    "sqrt",
+    "exp",
+    "ln",
+    "log",
+    "log2",
+    "log10",
     // The inserted row's value in ON DUPLICATE KEY UPDATE.
-    "values", "value",
+    "values",
+    "value",
     // Aggregates over the rows the statement itself reads (and locks).
-    "count", "sum", "min", "max", "avg", "group_concat",
+    "count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group_concat",
 ];
 
 fn function_kind(name: &str, has_arguments: bool) -> FunctionKind {
     match name {
         // LAST_INSERT_ID(expr) sets the session's value; without an argument it reads it.
         "last_insert_id" if has_arguments => FunctionKind::ChangesSession,
-        "last_insert_id" | "found_rows" | "row_count" | "connection_id" | "database"
-        | "schema" | "user" | "current_user" | "session_user" | "system_user" | "lastval" => {
+        "last_insert_id" | "found_rows" | "row_count" | "connection_id" | "database" | "schema"
+        | "user" | "current_user" | "session_user" | "system_user" | "lastval" => {
             FunctionKind::ReadsSession
         }
         "get_lock" | "release_lock" | "release_all_locks" | "is_used_lock" | "is_free_lock"
@@ -266,11 +371,45 @@ fn function_kind(name: &str, has_arguments: bool) -> FunctionKind {
     }
 }
 
-/// Statement classes a session has met, by SQL text and isolation: statements repeat (they
-/// are prepared statements with parameters), and a parse costs some ten microseconds.
+/// The byte offsets of the `?` placeholders of `sql`, as MySQL reads it (not those in
+/// strings, quoted names or comments), for sending it as text with its values written in;
+/// `None` when the tokenizer cannot vouch for them.
+pub fn placeholder_offsets(sql: &str) -> Option<Vec<usize>> {
+    let tokens = Tokenizer::new(&MySqlDialect {}, sql)
+        .tokenize_with_location()
+        .ok()?;
+    // Locations are lines and columns, counted in characters from 1.
+    let mut line_starts = vec![0];
+    line_starts.extend(sql.match_indices('\n').map(|(at, _)| at + 1));
+    let mut offsets = Vec::new();
+    for token in tokens {
+        match &token.token {
+            Token::Placeholder(text) if text == "?" => {
+                let location = token.span.start;
+                let line_start =
+                    *line_starts.get(usize::try_from(location.line).ok()?.checked_sub(1)?)?;
+                let column = usize::try_from(location.column).ok()?.checked_sub(1)?;
+                let (offset, _) = sql[line_start..].char_indices().nth(column)?;
+                let offset = line_start + offset;
+                (sql.as_bytes().get(offset) == Some(&b'?')).then_some(())?;
+                offsets.push(offset);
+            }
+            // Numbered placeholders are not MySQL's; a `;` would end the statement early in a
+            // multi-statement query.
+            Token::Placeholder(_) | Token::SemiColon => return None,
+            _ => {}
+        }
+    }
+    Some(offsets)
+}
+
+/// Statement classes (and placeholders) a session has met, by SQL text and isolation:
+/// statements repeat (they are prepared statements with parameters), and a parse costs some
+/// ten microseconds.
 #[derive(Default)]
 pub struct ClassCache {
     classes: HashMap<Box<str>, [Option<StatementClass>; 4]>,
+    placeholders: HashMap<Box<str>, Option<Arc<[usize]>>>,
 }
 
 /// Past this many entries the cache starts over, so that a client sending ever new SQL text
@@ -294,5 +433,232 @@ impl ClassCache {
         }
         self.classes.entry(sql.into()).or_default()[slot] = Some(class);
         class
+    }
+
+    /// `placeholder_offsets(sql)`, remembered.
+    pub fn placeholders(&mut self, sql: &str) -> Option<Arc<[usize]>> {
+        if let Some(offsets) = self.placeholders.get(sql) {
+            return offsets.clone();
+        }
+        let offsets: Option<Arc<[usize]>> = placeholder_offsets(sql).map(Arc::from);
+        if self.placeholders.len() >= CLASS_CACHE_ENTRIES {
+            self.placeholders.clear();
+        }
+        self.placeholders.insert(sql.into(), offsets.clone());
+        offsets
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Access::{Locking, Reading};
+    use Isolation::{ReadCommitted, RepeatableRead, Serializable};
+
+    fn check(isolation: Isolation, cases: &[(&str, Access)]) {
+        for (sql, access) in cases {
+            assert_eq!(classify(sql, isolation).access, *access, "{sql}");
+        }
+    }
+
+    #[test]
+    fn single_table_data_changes_and_locking_selects_lock() {
+        check(
+            RepeatableRead,
+            &[
+                (
+                    "UPDATE accounts SET balance = balance - ? WHERE id = ?",
+                    Locking,
+                ),
+                (
+                    "update t set v = greatest(v - 1, 0), at = now() where id = 1",
+                    Locking,
+                ),
+                ("INSERT INTO t (a, b) VALUES (?, ?), (?, ?)", Locking),
+                (
+                    "INSERT INTO t (a) VALUES (?) ON DUPLICATE KEY UPDATE a = VALUES(a) + 1",
+                    Locking,
+                ),
+                ("INSERT IGNORE INTO t SET a = 1", Locking),
+                ("REPLACE INTO t VALUES (1, 'x')", Locking),
+                ("DELETE FROM t WHERE id = ? LIMIT 1", Locking),
+                (
+                    "SELECT balance FROM accounts WHERE id = ? FOR UPDATE",
+                    Locking,
+                ),
+                (
+                    "SELECT * FROM accounts WHERE id IN (1, 2) FOR SHARE",
+                    Locking,
+                ),
+                (
+                    "/* leading comment */ SELECT v FROM t WHERE id = 1 FOR UPDATE",
+                    Locking,
+                ),
+                (
+                    "SELECT v FROM t WHERE id = 1 -- trailing\n FOR UPDATE",
+                    Locking,
+                ),
+                ("SELECT count(*) FROM t WHERE k = 1 FOR UPDATE", Locking),
+            ],
+        );
+    }
+
+    #[test]
+    fn plain_reads_and_anything_unvouched_for_read() {
+        check(
+            RepeatableRead,
+            &[
+                ("SELECT balance FROM accounts WHERE id = ?", Reading),
+                // The words are in a string or a comment, not a lock clause.
+                ("SELECT 'for update' FROM t", Reading),
+                ("SELECT * FROM t -- FOR UPDATE", Reading),
+                ("SELECT * FROM t /* FOR UPDATE */", Reading),
+                // Executable comments run on the server: never vouched for.
+                (
+                    "UPDATE t SET v = 1 WHERE id = 1 /*!50000 , w = (SELECT 1) */",
+                    Reading,
+                ),
+                // Subqueries read other rows without locking (or with, depending on the
+                // isolation level and the binary log): wait.
+                (
+                    "UPDATE t SET v = (SELECT max(v) FROM u) WHERE id = 1",
+                    Reading,
+                ),
+                ("DELETE FROM t WHERE id IN (SELECT id FROM u)", Reading),
+                ("INSERT INTO t SELECT * FROM u", Reading),
+                ("INSERT INTO t (a) VALUES ((SELECT max(a) FROM u))", Reading),
+                (
+                    "SELECT * FROM t WHERE id = (SELECT id FROM u LIMIT 1) FOR UPDATE",
+                    Reading,
+                ),
+                (
+                    "WITH x AS (SELECT 1 AS id) SELECT * FROM t JOIN x USING (id) FOR UPDATE",
+                    Reading,
+                ),
+                ("WITH x AS (SELECT 1) UPDATE t SET v = 1", Reading),
+                ("SELECT v FROM t UNION SELECT v FROM u FOR UPDATE", Reading),
+                // More than one table written or read.
+                ("UPDATE a, b SET a.x = b.y WHERE a.id = b.id", Reading),
+                ("UPDATE a JOIN b ON a.id = b.id SET a.x = b.y", Reading),
+                ("DELETE a FROM a JOIN b ON a.id = b.id", Reading),
+                ("DELETE FROM a USING a, b WHERE a.id = b.id", Reading),
+                // Locks that do not wait would fail on, or skip, a row whose commit is in flight.
+                ("SELECT v FROM t WHERE id = 1 FOR UPDATE NOWAIT", Reading),
+                (
+                    "SELECT v FROM t WHERE id = 1 FOR UPDATE SKIP LOCKED",
+                    Reading,
+                ),
+                // Not parsed: wait.
+                ("SELECT v FROM t WHERE id = 1 LOCK IN SHARE MODE", Reading),
+                ("SELECT v FROM t WHERE id = 1 FOR UPDATE WAIT 5", Reading),
+                ("this is not sql", Reading),
+                ("", Reading),
+                ("SELECT 1; SELECT 2", Reading),
+                // A stored function may read any table.
+                ("UPDATE t SET v = my_function(1) WHERE id = 1", Reading),
+                ("CALL move_money(1, 2)", Reading),
+                ("DO 1", Reading),
+            ],
+        );
+    }
+
+    #[test]
+    fn the_isolation_level_decides_for_plain_selects_and_semi_consistent_reads() {
+        check(
+            Serializable,
+            &[
+                ("SELECT balance FROM accounts WHERE id = ?", Locking),
+                ("SELECT * FROM t WHERE id IN (SELECT id FROM u)", Reading),
+                ("UPDATE t SET v = v + 1 WHERE id = 1", Locking),
+            ],
+        );
+        check(
+            ReadCommitted,
+            &[
+                ("UPDATE t SET v = v + 1 WHERE id = 1", Reading),
+                ("SELECT v FROM t WHERE id = 1 FOR UPDATE", Reading),
+                ("INSERT INTO t VALUES (1)", Reading),
+            ],
+        );
+        check(
+            Isolation::ReadUncommitted,
+            &[("UPDATE t SET v = v + 1 WHERE id = 1", Reading)],
+        );
+    }
+
+    #[test]
+    fn session_state_is_seen_and_keeps_a_statement_out_of_groups() {
+        let cases = [
+            ("UPDATE t SET v = v + 1 WHERE id = 1", SessionUse::Untouched),
+            ("SELECT LAST_INSERT_ID()", SessionUse::Reads),
+            ("SELECT FOUND_ROWS()", SessionUse::Reads),
+            (
+                "INSERT INTO log (n) VALUES (ROW_COUNT())",
+                SessionUse::Reads,
+            ),
+            ("UPDATE t SET v = @x WHERE id = 1", SessionUse::Reads),
+            ("SELECT @@session.sql_mode", SessionUse::Reads),
+            (
+                "UPDATE seq SET id = LAST_INSERT_ID(id + 1)",
+                SessionUse::Changes,
+            ),
+            (
+                "SELECT @x := v FROM t WHERE id = 1 FOR UPDATE",
+                SessionUse::Changes,
+            ),
+            (
+                "SELECT v INTO @x FROM t WHERE id = 1 FOR UPDATE",
+                SessionUse::Changes,
+            ),
+            ("SET @x = 1", SessionUse::Changes),
+            ("SET time_zone = '+00:00'", SessionUse::Changes),
+            ("USE other", SessionUse::Changes),
+            ("CREATE TEMPORARY TABLE tmp (id INT)", SessionUse::Changes),
+            ("DROP TEMPORARY TABLE tmp", SessionUse::Changes),
+            ("SELECT GET_LOCK('x', 1)", SessionUse::Changes),
+            ("CREATE TABLE t (id INT)", SessionUse::Untouched),
+        ];
+        for (sql, session) in cases {
+            let class = classify(sql, RepeatableRead);
+            assert_eq!(class.session, session, "{sql}");
+            if session != SessionUse::Untouched {
+                assert!(!class.may_be_grouped(), "{sql}");
+            }
+        }
+        assert!(classify("UPDATE t SET v = v + 1 WHERE id = 1", RepeatableRead).may_be_grouped());
+        assert!(!classify("SELECT v FROM t WHERE id = 1", RepeatableRead).may_be_grouped());
+    }
+
+    #[test]
+    fn placeholders_are_found_where_mysql_reads_them() {
+        let sql = "UPDATE t SET a = ?, b = '?', `c?` = ? -- ?\n WHERE /* ? */ id = ? AND s = \"?\"";
+        let offsets = placeholder_offsets(sql).expect("tokenizes");
+        assert_eq!(offsets.len(), 3, "{offsets:?}");
+        assert!(offsets.iter().all(|&at| &sql[at..at + 1] == "?"));
+        assert_eq!(
+            placeholder_offsets("SELECT 'é', ?").map(|o| o.len()),
+            Some(1)
+        );
+        assert_eq!(placeholder_offsets("SELECT ?1"), None);
+        assert_eq!(placeholder_offsets("UPDATE t SET v = ?;"), None);
+        assert_eq!(
+            placeholder_offsets("UPDATE t SET v = ';'").map(|o| o.len()),
+            Some(0)
+        );
+        assert_eq!(placeholder_offsets("SELECT 'unterminated"), None);
+    }
+
+    #[test]
+    fn the_cache_answers_like_the_classifier_and_stays_bounded() {
+        let mut cache = ClassCache::default();
+        for isolation in [RepeatableRead, ReadCommitted, Serializable] {
+            let sql = "SELECT v FROM t WHERE id = 1";
+            assert_eq!(cache.classify(sql, isolation), classify(sql, isolation));
+            assert_eq!(cache.classify(sql, isolation), classify(sql, isolation));
+        }
+        for n in 0..CLASS_CACHE_ENTRIES * 2 {
+            cache.classify(&format!("UPDATE t SET v = {n}"), RepeatableRead);
+        }
+        assert!(cache.classes.len() <= CLASS_CACHE_ENTRIES);
     }
 }

@@ -15,8 +15,7 @@ mod workload;
 mod private_mariadb;
 
 /// The tests' helper module, which tests/private_mariadb uses (processes, signals); txbench
-/// calls none of it directly.
-#[allow(dead_code)]
+/// calls none of it directly (the module allows its own dead code).
 #[path = "../../tests/common/mod.rs"]
 mod common;
 

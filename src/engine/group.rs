@@ -28,8 +28,11 @@ use crate::error::{BrokerError, CommitCarrier, Conflict, DbFailure};
 use crate::protocol::{QueryResult, Reply, TxRequest};
 use crate::txn::TxMode;
 
-/// The savepoint before each member; each member sets it anew.
-const MEMBER_SAVEPOINT: &str = "txbroker_member";
+/// The savepoint before the member at `index`. Each has its own name: a failed `SAVEPOINT`
+/// must not leave a rollback to it undoing the member before.
+fn savepoint(index: usize) -> String {
+    format!("txbroker_member_{index}")
+}
 
 type Answer = oneshot::Sender<Result<Reply, BrokerError>>;
 
@@ -187,15 +190,19 @@ impl SessionEngine {
         }
     }
 
-    /// The statements of the request at `index`; a member's after its savepoint.
+    /// The statements of the request at `index`; a member's after its savepoint, in one
+    /// round trip when its values can be written into the statements.
     async fn run_entry(
         &mut self,
         index: usize,
         tx: &TxRequest,
     ) -> Result<Vec<QueryResult>, TxFailure> {
         if index > 0 {
+            if let Some(script) = self.member_script(index, tx) {
+                return self.run_member_script(&script).await;
+            }
             self.db
-                .savepoint(MEMBER_SAVEPOINT)
+                .savepoint(&savepoint(index))
                 .await
                 .map_err(|error| TxFailure {
                     statement: None,
@@ -217,11 +224,43 @@ impl SessionEngine {
         Ok(results)
     }
 
+    /// A member as one multi-statement query: its savepoint, then its statements with their
+    /// values written in.
+    fn member_script(&mut self, index: usize, tx: &TxRequest) -> Option<Vec<String>> {
+        let mut script = Vec::with_capacity(tx.statements.len() + 1);
+        script.push(format!("SAVEPOINT {}", savepoint(index)));
+        for statement in &tx.statements {
+            let placeholders = self.classes.placeholders(&statement.sql)?;
+            script.push(self.db.render(statement, &placeholders)?);
+        }
+        Some(script)
+    }
+
+    async fn run_member_script(
+        &mut self,
+        script: &[String],
+    ) -> Result<Vec<QueryResult>, TxFailure> {
+        let (mut results, failure) = self.db.execute_script(script).await;
+        match failure {
+            None if results.len() == script.len() => Ok(results.split_off(1)),
+            None => Err(TxFailure {
+                statement: None,
+                error: DbError::Rejected("a statement of the group's script gave no answer".into()),
+            }),
+            // The savepoint is the script's first statement, so the failing statement's
+            // index in the request is the count of those that ran, minus the savepoint.
+            Some(error) => Err(TxFailure {
+                statement: results.len().checked_sub(1),
+                error,
+            }),
+        }
+    }
+
     /// Takes back what the request at `index` did: a member to its savepoint; the leader,
     /// which runs first and has none, by rolling back and starting the transaction again.
     async fn undo_entry(&mut self, index: usize, tx: &TxRequest) -> Result<(), DbError> {
         if index > 0 {
-            return self.db.rollback_to_savepoint(MEMBER_SAVEPOINT).await;
+            return self.db.rollback_to_savepoint(&savepoint(index)).await;
         }
         self.db.rollback().await?;
         self.db.begin(tx.options.isolation, false).await
@@ -325,7 +364,11 @@ impl SessionEngine {
     }
 
     /// The connection is gone (or the deadline passed) before `COMMIT`: nothing committed.
-    async fn lose_group(&mut self, group: &mut Group, error: DbError) -> Result<Reply, BrokerError> {
+    async fn lose_group(
+        &mut self,
+        group: &mut Group,
+        error: DbError,
+    ) -> Result<Reply, BrokerError> {
         let lost = BrokerError::from(error);
         for entry in &mut group.entries {
             if matches!(entry.state, EntryState::ToRun | EntryState::Ran(_)) {
@@ -372,9 +415,14 @@ impl SessionEngine {
 
 /// Sends each member its answer and returns the leader's.
 fn answer_all(group: &mut Group, outcome: &GroupOutcome) -> Result<Reply, BrokerError> {
-    let mut leader_answer = Err(BrokerError::Internal("the leader's request has no answer".into()));
+    let mut leader_answer = Err(BrokerError::Internal(
+        "the leader's request has no answer".into(),
+    ));
     for entry in &mut group.entries {
-        let answer = match (std::mem::replace(&mut entry.state, EntryState::Abandoned), outcome) {
+        let answer = match (
+            std::mem::replace(&mut entry.state, EntryState::Abandoned),
+            outcome,
+        ) {
             (EntryState::Ran(results), GroupOutcome::Committed) => Ok(Reply::Tx {
                 results,
                 attempts: entry.attempts,

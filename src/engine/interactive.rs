@@ -62,7 +62,9 @@ impl SessionEngine {
             }
             // A request asked alone never joins a group.
             Ok(Admission::Joined(_)) => {
-                return Err(BrokerError::Internal("a lock request joined a group".into()))
+                return Err(BrokerError::Internal(
+                    "a lock request joined a group".into(),
+                ))
             }
             Err(failure) => failure,
         };

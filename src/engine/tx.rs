@@ -76,7 +76,10 @@ impl SessionEngine {
                 BrokerError::BadRequest(format!("statements[{index}]: {}", refusal.message()))
             })?;
         }
-        let isolation = tx.options.isolation.unwrap_or(self.config.default_isolation);
+        let isolation = tx
+            .options
+            .isolation
+            .unwrap_or(self.config.default_isolation);
         let classes: Vec<StatementClass> = tx
             .statements
             .iter()
@@ -100,7 +103,12 @@ impl SessionEngine {
     /// Whether `tx` may run in a group: groups are on, it writes, each statement locks every
     /// row it reads and touches no session state, and this session's connection is like any
     /// other. Its class is its isolation level.
-    fn grouping(&self, tx: &TxRequest, classes: &[StatementClass], isolation: Isolation) -> Grouping {
+    fn grouping(
+        &self,
+        tx: &TxRequest,
+        classes: &[StatementClass],
+        isolation: Isolation,
+    ) -> Grouping {
         let groupable = self.config.max_group_size > 1
             && !tx.options.read_only
             && self.connection == ConnectionProfile::Pristine
@@ -143,7 +151,10 @@ impl SessionEngine {
             };
             // Keys handed over at a COMMIT that then failed are gone: no retry without them.
             let keys_kept = self.handed_over.is_none();
-            if !keys_kept || !self.retry_after_conflict(&failure.error, attempts, retries).await
+            if !keys_kept
+                || !self
+                    .retry_after_conflict(&failure.error, attempts, retries)
+                    .await
             {
                 self.end_transaction(TxEnd::RolledBack).await;
                 return Err(failure.into_answer());
@@ -189,7 +200,11 @@ impl SessionEngine {
         self.hand_over_keys();
         match self.db.commit().await {
             Ok(()) => Ok(results),
-            Err(error) => Err(AttemptFailure::of_commit(error, CommitCarrier::Commit, None)),
+            Err(error) => Err(AttemptFailure::of_commit(
+                error,
+                CommitCarrier::Commit,
+                None,
+            )),
         }
     }
 
