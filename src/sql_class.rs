@@ -56,6 +56,8 @@ pub enum SessionUse {
 pub struct StatementClass {
     pub access: Access,
     pub session: SessionUse,
+    /// It may answer with a result set (a query, or anything not parsed).
+    pub returns_rows: bool,
 }
 
 impl StatementClass {
@@ -68,6 +70,7 @@ impl StatementClass {
     const UNKNOWN: StatementClass = StatementClass {
         access: Access::Reading,
         session: SessionUse::Changes,
+        returns_rows: true,
     };
 }
 
@@ -97,6 +100,12 @@ pub fn classify(sql: &str, isolation: Isolation) -> StatementClass {
             Access::Reading
         },
         session,
+        returns_rows: match &statement {
+            Ast::Insert(insert) => insert.returning.is_some(),
+            Ast::Update(update) => update.returning.is_some(),
+            Ast::Delete(delete) => delete.returning.is_some(),
+            _ => true,
+        },
     }
 }
 

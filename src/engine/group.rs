@@ -78,6 +78,14 @@ struct Group {
     commit: CommitStage,
 }
 
+/// Requests that run together: each with its script part (savepoint and statements written
+/// out), or a lone one with `None` that runs as prepared statements; `after` is the position
+/// the pass goes on from once all ran.
+struct Batch {
+    parts: Vec<(usize, Option<Vec<String>>)>,
+    after: usize,
+}
+
 /// How one pass over the group, in one database transaction, ended.
 enum Pass {
     /// Every request ran or failed on its own.
@@ -138,69 +146,198 @@ impl SessionEngine {
     }
 
     /// Runs, in order, every request still to run, taking members as they come; members stop
-    /// coming once the inbox is empty and the group is closed.
+    /// coming once the inbox is empty and the group is closed. The leader's statements go as
+    /// prepared statements; members go in scripts, several to a round trip.
     async fn run_group_pass(&mut self, group: &mut Group) -> Pass {
         let mut index = 0;
         loop {
-            if index == group.entries.len() && !self.take_member(group).await {
+            let Some(next) = self.next_to_run(group, index).await else {
                 return Pass::Complete;
-            }
-            let entry = &mut group.entries[index];
-            match (&entry.state, &entry.answer) {
-                (EntryState::ToRun, Some(answer)) if entry.attempts == 0 && answer.is_closed() => {
-                    entry.state = EntryState::Abandoned;
-                    index += 1;
-                    continue;
-                }
-                (EntryState::ToRun, _) => {}
-                _ => {
-                    index += 1;
-                    continue;
-                }
-            }
-            entry.attempts += 1;
-            entry.state = EntryState::Ran(Vec::new());
-            let tx = entry.tx.clone();
-            let failure = match self.run_entry(index, &tx).await {
-                Ok(results) => {
-                    group.entries[index].state = EntryState::Ran(results);
-                    index += 1;
-                    continue;
-                }
-                Err(failure) => failure,
             };
-            match failure.error.conflict() {
-                Some(Conflict::Deadlock) => return Pass::RolledBack { index, failure },
-                _ if is_lost(&failure.error) => return Pass::Lost(failure.error),
-                conflict => {
-                    if let Err(error) = self.undo_entry(index, &tx).await {
-                        return Pass::Lost(error);
+            let batch = self.batch_from(group, next);
+            for &(position, _) in &batch.parts {
+                group.entries[position].attempts += 1;
+                group.entries[position].state = EntryState::Ran(Vec::new());
+            }
+            let (ran, failure) = self.run_batch(group, &batch).await;
+            for (position, results) in ran {
+                group.entries[position].state = EntryState::Ran(results);
+            }
+            index = match failure {
+                None => batch.after,
+                Some((position, failure)) => {
+                    for &(untouched, _) in batch.parts.iter().filter(|(at, _)| *at > position) {
+                        group.entries[untouched].attempts -= 1;
+                        group.entries[untouched].state = EntryState::ToRun;
                     }
-                    let entry = &mut group.entries[index];
-                    if conflict.is_some() && entry.attempts <= entry.retries {
-                        // 1205: the entry alone runs again.
-                        self.metrics.retried();
-                        entry.state = EntryState::ToRun;
-                    } else {
-                        entry.state = EntryState::Failed(failure.into_answer());
-                        index += 1;
+                    match self.after_failure(group, position, failure).await {
+                        Ok(next) => next,
+                        Err(pass) => return pass,
                     }
                 }
-            }
+            };
         }
     }
 
-    /// The statements of the request at `index`; a member's after its savepoint, in one
-    /// round trip when its values can be written into the statements.
+    /// The first request at or after `from` still to run, taking the members that have
+    /// arrived; once none is left, closes the group and waits for the last joiners.
+    async fn next_to_run(&mut self, group: &mut Group, mut from: usize) -> Option<usize> {
+        loop {
+            while let Ok(member) = group.inbox.try_recv() {
+                self.take_member(group, member);
+            }
+            for position in from..group.entries.len() {
+                let entry = &mut group.entries[position];
+                if !matches!(entry.state, EntryState::ToRun) {
+                    continue;
+                }
+                if entry.attempts == 0 && entry.answer.as_ref().is_some_and(Answer::is_closed) {
+                    entry.state = EntryState::Abandoned;
+                    continue;
+                }
+                return Some(position);
+            }
+            from = group.entries.len();
+            if group.door == Door::Open {
+                // The coordinator drops the inbox's sender when it closes the group, so the
+                // receive below ends once no one else can join.
+                self.keys.close_group();
+                group.door = Door::Closed;
+            }
+            let member = group.inbox.recv().await?;
+            self.take_member(group, member);
+        }
+    }
+
+    /// What runs next from `first`: the leader alone; or consecutive members, each as its
+    /// savepoint and statements written out, up to one whose last statement returns rows
+    /// (the rows of a statement are lost when the next one in the script fails); or a member
+    /// whose values have no literal, alone with prepared statements.
+    fn batch_from(&mut self, group: &Group, first: usize) -> Batch {
+        let alone = |position| Batch {
+            parts: vec![(position, None)],
+            after: position + 1,
+        };
+        if first == 0 {
+            return alone(0);
+        }
+        let mut batch = Batch {
+            parts: Vec::new(),
+            after: first,
+        };
+        for (position, entry) in group.entries.iter().enumerate().skip(first) {
+            batch.after = position;
+            if !matches!(entry.state, EntryState::ToRun) {
+                continue;
+            }
+            let Some(script) = self.member_script(position, &entry.tx) else {
+                if batch.parts.is_empty() {
+                    return alone(position);
+                }
+                return batch;
+            };
+            batch.parts.push((position, Some(script)));
+            batch.after = position + 1;
+            if self.returns_rows(&entry.tx) {
+                return batch;
+            }
+        }
+        batch
+    }
+
+    fn returns_rows(&mut self, tx: &TxRequest) -> bool {
+        let isolation = self.current.isolation;
+        tx.statements
+            .last()
+            .is_some_and(|last| self.classes.classify(&last.sql, isolation).returns_rows)
+    }
+
+    /// Runs a batch: the results of the requests that ran whole, and the failure of the one
+    /// that did not, if any (those after it did not run).
+    async fn run_batch(
+        &mut self,
+        group: &Group,
+        batch: &Batch,
+    ) -> (Vec<(usize, Vec<QueryResult>)>, Option<(usize, TxFailure)>) {
+        if let [(position, None)] = batch.parts.as_slice() {
+            let tx = group.entries[*position].tx.clone();
+            return match self.run_entry(*position, &tx).await {
+                Ok(results) => (vec![(*position, results)], None),
+                Err(failure) => (Vec::new(), Some((*position, failure))),
+            };
+        }
+        let script: Vec<String> = batch
+            .parts
+            .iter()
+            .flat_map(|(_, part)| part.iter().flatten().cloned())
+            .collect();
+        let (mut results, error) = self.db.execute_script(&script).await;
+        let mut ran = Vec::new();
+        for (position, part) in &batch.parts {
+            let length = part.as_ref().map_or(0, Vec::len);
+            if results.len() >= length {
+                let rest = results.split_off(length);
+                // Its savepoint's answer first, then its statements'.
+                ran.push((*position, results.split_off(1)));
+                results = rest;
+                continue;
+            }
+            // The savepoint is the part's first statement, so the failing statement's index
+            // in the request is the count of those that ran, minus the savepoint.
+            let failure = TxFailure {
+                statement: results.len().checked_sub(1),
+                error: error.unwrap_or_else(|| {
+                    DbError::Rejected("a statement of the group's script gave no answer".into())
+                }),
+            };
+            return (ran, Some((*position, failure)));
+        }
+        (ran, None)
+    }
+
+    /// What a request's failure does: a deadlock reruns the group, a lost connection ends it;
+    /// otherwise the request is undone and runs again (1205, within its retries) or is
+    /// answered its error. The position to go on from, or how the pass ends.
+    async fn after_failure(
+        &mut self,
+        group: &mut Group,
+        position: usize,
+        failure: TxFailure,
+    ) -> Result<usize, Pass> {
+        match failure.error.conflict() {
+            Some(Conflict::Deadlock) => {
+                return Err(Pass::RolledBack {
+                    index: position,
+                    failure,
+                })
+            }
+            _ if is_lost(&failure.error) => return Err(Pass::Lost(failure.error)),
+            _ => {}
+        }
+        let tx = group.entries[position].tx.clone();
+        if let Err(error) = self.undo_entry(position, &tx).await {
+            return Err(Pass::Lost(error));
+        }
+        let entry = &mut group.entries[position];
+        if failure.error.conflict().is_some() && entry.attempts <= entry.retries {
+            // 1205: the request alone runs again.
+            self.metrics.retried();
+            entry.state = EntryState::ToRun;
+            Ok(position)
+        } else {
+            entry.state = EntryState::Failed(failure.into_answer());
+            Ok(position + 1)
+        }
+    }
+
+    /// The statements of the request at `index`, as prepared statements; a member's after
+    /// its savepoint.
     async fn run_entry(
         &mut self,
         index: usize,
         tx: &TxRequest,
     ) -> Result<Vec<QueryResult>, TxFailure> {
         if index > 0 {
-            if let Some(script) = self.member_script(index, tx) {
-                return self.run_member_script(&script).await;
-            }
             self.db
                 .savepoint(&savepoint(index))
                 .await
@@ -224,8 +361,7 @@ impl SessionEngine {
         Ok(results)
     }
 
-    /// A member as one multi-statement query: its savepoint, then its statements with their
-    /// values written in.
+    /// A member's savepoint and statements with their values written in, for a script.
     fn member_script(&mut self, index: usize, tx: &TxRequest) -> Option<Vec<String>> {
         let mut script = Vec::with_capacity(tx.statements.len() + 1);
         script.push(format!("SAVEPOINT {}", savepoint(index)));
@@ -234,26 +370,6 @@ impl SessionEngine {
             script.push(self.db.render(statement, &placeholders)?);
         }
         Some(script)
-    }
-
-    async fn run_member_script(
-        &mut self,
-        script: &[String],
-    ) -> Result<Vec<QueryResult>, TxFailure> {
-        let (mut results, failure) = self.db.execute_script(script).await;
-        match failure {
-            None if results.len() == script.len() => Ok(results.split_off(1)),
-            None => Err(TxFailure {
-                statement: None,
-                error: DbError::Rejected("a statement of the group's script gave no answer".into()),
-            }),
-            // The savepoint is the script's first statement, so the failing statement's
-            // index in the request is the count of those that ran, minus the savepoint.
-            Some(error) => Err(TxFailure {
-                statement: results.len().checked_sub(1),
-                error,
-            }),
-        }
     }
 
     /// Takes back what the request at `index` did: a member to its savepoint; the leader,
@@ -266,23 +382,8 @@ impl SessionEngine {
         self.db.begin(tx.options.isolation, false).await
     }
 
-    /// The next member, if one is there or comes before the group is closed.
-    async fn take_member(&mut self, group: &mut Group) -> bool {
-        let member = match group.inbox.try_recv() {
-            Ok(member) => Some(member),
-            Err(_) => {
-                if group.door == Door::Open {
-                    // The coordinator drops the inbox's sender when it closes the group, so
-                    // the receive below ends once no one else can join.
-                    self.keys.close_group();
-                    group.door = Door::Closed;
-                }
-                group.inbox.recv().await
-            }
-        };
-        let Some(Member { tx, outcome }) = member else {
-            return false;
-        };
+    fn take_member(&mut self, group: &mut Group, member: Member) {
+        let Member { tx, outcome } = member;
         group.entries.push(Entry {
             retries: tx.retries.unwrap_or(self.config.default_retries),
             tx,
@@ -290,7 +391,6 @@ impl SessionEngine {
             state: EntryState::ToRun,
             answer: Some(outcome),
         });
-        true
     }
 
     /// After the database rolled the whole transaction back: every request that had run runs
@@ -387,9 +487,6 @@ impl SessionEngine {
         &mut self,
         answer: oneshot::Receiver<Result<Reply, BrokerError>>,
     ) -> Result<Reply, BrokerError> {
-        // The START TRANSACTION sent while the keys were awaited serves nothing: the request
-        // runs in its leader's transaction. This ends that unused one on this connection.
-        self.end_transaction(TxEnd::NotStarted).await;
         let client_gone = self.keys.cancellation();
         let answer = tokio::select! {
             // The leader answers every request it took; one it drops unanswered never ran.

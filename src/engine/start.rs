@@ -31,7 +31,9 @@ impl SessionEngine {
     /// TRANSACTION` takes no row locks and no snapshot, so overlapping it with the wait keeps
     /// one round trip out of the time the keys are held. A single write starts nothing: its
     /// statement carries its own commit, so its connection is checked for life beforehand.
-    /// `member` is the request itself when `grouping` lets it join a group.
+    /// `member` is the request itself when `grouping` lets it join a group; such a request
+    /// starts its transaction only once it holds its keys, since under contention it mostly
+    /// joins a group and would otherwise start, then roll back, a transaction for nothing.
     pub(super) async fn start_transaction(
         &mut self,
         options: &TxOptions,
@@ -49,11 +51,16 @@ impl SessionEngine {
                 .map(|limit| Instant::now() + limit),
         );
         self.current = TxContext::new(options.isolation.unwrap_or(self.config.default_isolation));
+        let begins = match (shape, grouping) {
+            (TxShape::SingleWrite, _) => Begin::Never,
+            (TxShape::Explicit, Grouping::Alone) => Begin::WhileWaiting,
+            (TxShape::Explicit, Grouping::Groupable(_)) => Begin::OnceGranted,
+        };
         let db = &mut self.db;
         let begin = async move {
-            match shape {
-                TxShape::Explicit => begin_on_live_connection(db, options).await,
-                TxShape::SingleWrite => Ok(()),
+            match begins {
+                Begin::WhileWaiting => begin_on_live_connection(db, options).await,
+                Begin::Never | Begin::OnceGranted => Ok(()),
             }
         };
         let (admitted, begun) = match options.locks.clone() {
@@ -61,7 +68,16 @@ impl SessionEngine {
             None => (Ok(no_keys()), begin.await),
         };
         let failure = match (admitted, begun) {
-            (Ok(admission), Ok(())) => return Ok(self.admitted(admission)),
+            (Ok(admission @ Admission::Joined(_)), Ok(())) => return Ok(self.admitted(admission)),
+            (Ok(admission), Ok(())) if begins != Begin::OnceGranted => {
+                return Ok(self.admitted(admission))
+            }
+            (Ok(admission), Ok(())) => {
+                match begin_on_live_connection(&mut self.db, options).await {
+                    Ok(()) => return Ok(self.admitted(admission)),
+                    Err(error) => BrokerError::from(error),
+                }
+            }
             (_, Err(error)) => BrokerError::from(error),
             (Err(failure), Ok(())) => BrokerError::from(failure),
         };
@@ -81,6 +97,17 @@ impl SessionEngine {
             Admission::Joined(outcome) => Started::Joined(outcome),
         }
     }
+}
+
+/// When a transaction sends `START TRANSACTION`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Begin {
+    /// While its keys are awaited.
+    WhileWaiting,
+    /// Once its keys are held (not at all if it joins a group).
+    OnceGranted,
+    /// Never: a single write is its own transaction.
+    Never,
 }
 
 fn no_keys() -> Admission {
