@@ -331,8 +331,9 @@ impl Handler<Settled> for Coordinator {
     }
 }
 
-/// Sender: a group's leader, when it has run the members it has and is about to commit.
-/// No one joins any more; dropping the inbox's sender ends the leader's reading.
+/// Sender: a group's leader, when it has run the members it has. Waiters that may join now
+/// are sent to its inbox; when there are none the group closes, and dropping the inbox's
+/// sender ends the leader's reading.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CloseGroup {
@@ -342,9 +343,13 @@ pub struct CloseGroup {
 impl Handler<CloseGroup> for Coordinator {
     type Result = ();
 
-    fn handle(&mut self, message: CloseGroup, _: &mut Context<Self>) {
-        self.table.close_group(message.owner);
-        self.inboxes.remove(&message.owner);
+    fn handle(&mut self, message: CloseGroup, ctx: &mut Context<Self>) {
+        let joined = self.table.close_group(message.owner);
+        if joined.is_empty() {
+            self.inboxes.remove(&message.owner);
+        } else {
+            self.complete(joined, ctx);
+        }
     }
 }
 

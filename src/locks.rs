@@ -453,9 +453,8 @@ impl LockTable {
             .is_none_or(|owner| owner.held.is_empty());
         if let (true, Grouping::Groupable(class)) = (holds_nothing, grouping) {
             if !self.is_waiting(owner_id) {
-                if let Some(leader) = self.leader_to_join(request.keys(), class) {
-                    self.owners.remove(&owner_id);
-                    self.join(leader, request.keys());
+                if let Some(leader) = self.leader_to_join(owner_id, request.keys(), class) {
+                    self.join(leader, owner_id, request.keys());
                     return AcquireOutcome::Joined { leader };
                 }
             }
@@ -549,19 +548,20 @@ impl LockTable {
         }
     }
 
-    /// Stops `owner`'s group from taking members, and says how many joined it.
-    pub fn close_group(&mut self, owner_id: OwnerId) -> usize {
-        let Some(owner) = self.owners.get_mut(&owner_id) else {
-            return 0;
-        };
-        let members = match owner.leadership {
-            Leadership::None => 0,
-            Leadership::Open { members, .. } | Leadership::Closed { members } => members,
-        };
-        if owner.leadership != Leadership::None {
-            owner.leadership = Leadership::Closed { members };
+    /// A group's leader is out of members: takes into its group the waiters
+    /// that may join it now (keys freed since may have made some eligible) and
+    /// returns them; when there are none, closes the group, and no one joins
+    /// any more.
+    pub fn close_group(&mut self, owner_id: OwnerId) -> Vec<Completion> {
+        let joined = self.gather(owner_id);
+        if joined.is_empty() {
+            if let Some(owner) = self.owners.get_mut(&owner_id) {
+                if let Leadership::Open { members, .. } = owner.leadership {
+                    owner.leadership = Leadership::Closed { members };
+                }
+            }
         }
-        members
+        joined
     }
 
     /// Drops `owner`'s waiting request from its queue, keeping every key it
@@ -636,10 +636,16 @@ impl LockTable {
         completed
     }
 
-    /// The open leader of `class` that a request for `keys`, holding nothing,
-    /// may join: every key is either held by that one leader in a mode that
-    /// covers the request's, or free; at least one is the leader's.
-    fn leader_to_join(&self, keys: &[(String, LockMode)], class: GroupClass) -> Option<OwnerId> {
+    /// The open leader of `class` that a request for `keys` by `joiner` may
+    /// join: every key is held by that one leader in a mode that covers the
+    /// request's, or by the joiner itself (keys it took while it waited), or
+    /// is free; at least one is the leader's.
+    fn leader_to_join(
+        &self,
+        joiner: OwnerId,
+        keys: &[(String, LockMode)],
+        class: GroupClass,
+    ) -> Option<OwnerId> {
         let mut leader = None;
         for (key, mode) in keys {
             let Some(entry) = self.keys.get(key.as_str()) else {
@@ -649,7 +655,10 @@ impl LockTable {
                 continue;
             }
             let holder = entry.holders.sole_holder_covering(*mode)?;
-            if leader.is_some_and(|leader| leader != holder) {
+            if holder == joiner || leader == Some(holder) {
+                continue;
+            }
+            if leader.is_some() {
                 return None;
             }
             leader = Some(holder);
@@ -664,9 +673,26 @@ impl LockTable {
         }
     }
 
-    /// Makes a request for `keys` a member of `leader`'s group: the free keys
-    /// become the leader's; `leader_to_join` said it may.
-    fn join(&mut self, leader: OwnerId, keys: &[(String, LockMode)]) {
+    /// Makes `joiner`'s request for `keys` a member of `leader`'s group, as
+    /// `leader_to_join` said it may: the joiner leaves the table, and every
+    /// key of the request it held, or that was free, becomes the leader's.
+    /// Whoever waited behind the joiner for a key now waits for the leader,
+    /// which waits for no one.
+    fn join(&mut self, leader: OwnerId, joiner: OwnerId, keys: &[(String, LockMode)]) {
+        if let Some(state) = self.owners.remove(&joiner) {
+            if let RequestState::Waiting(waiting) = &state.request {
+                if let Some(entry) = self.keys.get_mut(&waiting.key) {
+                    entry.queue.retain(|queued| queued.owner != joiner);
+                }
+                self.stats.lock_waiters -= 1;
+            }
+            for (key, _) in &state.held {
+                if let Some(entry) = self.keys.get_mut(key) {
+                    entry.holders.remove(joiner);
+                }
+                self.stats.locks_held -= 1;
+            }
+        }
         let LockTable {
             keys: entries,
             owners,
@@ -680,7 +706,7 @@ impl LockTable {
             if owner.find_held(key).is_ok() {
                 continue;
             }
-            // The key is free: `leader_to_join` checked every key not held.
+            // Free, or the joiner's until a moment ago: `leader_to_join` checked.
             let name = match entries.get_mut(key.as_str()) {
                 Some(entry) => {
                     entry.holders.try_add(leader, *mode);
@@ -697,19 +723,31 @@ impl LockTable {
     }
 
     /// Opens the group of an owner that just completed a wait, if its request
-    /// may be grouped, and takes into it the waiters on its keys that may join.
+    /// may be grouped, and takes into it the waiters that may join.
     fn open_group(&mut self, leader: OwnerId) -> Vec<Completion> {
-        let mut completed = Vec::new();
         let Some(owner) = self.owners.get_mut(&leader) else {
-            return completed;
+            return Vec::new();
         };
         let Grouping::Groupable(class) = owner.grouping else {
-            return completed;
+            return Vec::new();
         };
         if self.max_group_size <= 1 {
-            return completed;
+            return Vec::new();
         }
         owner.leadership = Leadership::Open { class, members: 0 };
+        self.gather(leader)
+    }
+
+    /// Takes into `leader`'s open group, in queue order, the waiters queued on
+    /// its keys that may join it now.
+    fn gather(&mut self, leader: OwnerId) -> Vec<Completion> {
+        let mut completed = Vec::new();
+        let Some(owner) = self.owners.get(&leader) else {
+            return completed;
+        };
+        let Leadership::Open { class, .. } = owner.leadership else {
+            return completed;
+        };
         let held: Vec<KeyName> = owner.held.iter().map(|(key, _)| key.clone()).collect();
         for key in held {
             let queued: Vec<OwnerId> = self
@@ -719,8 +757,7 @@ impl LockTable {
                 .unwrap_or_default();
             for waiter in queued {
                 if let Some(keys) = self.joinable_waiter(waiter, class, leader) {
-                    self.remove_waiter(waiter, &key);
-                    self.join(leader, &keys);
+                    self.join(leader, waiter, &keys);
                     completed.push(Completion {
                         owner: waiter,
                         completed: Completed::Joined { leader },
@@ -731,8 +768,8 @@ impl LockTable {
         completed
     }
 
-    /// The keys of `waiter`'s request when it may join `leader`'s group: it
-    /// holds nothing, may be grouped in `class`, and `leader_to_join` agrees.
+    /// The keys of `waiter`'s request when it may join `leader`'s group: it may
+    /// be grouped in `class`, and `leader_to_join` agrees.
     fn joinable_waiter(
         &self,
         waiter: OwnerId,
@@ -743,23 +780,18 @@ impl LockTable {
         let RequestState::Waiting(waiting) = &state.request else {
             return None;
         };
-        if !state.held.is_empty() || state.grouping != Grouping::Groupable(class) {
+        if state.grouping != Grouping::Groupable(class) {
             return None;
         }
-        let keys: Vec<(String, LockMode)> =
-            std::iter::once((waiting.key.to_string(), waiting.mode))
-                .chain(waiting.remaining_keys.as_slice().iter().cloned())
-                .collect();
-        (self.leader_to_join(&keys, class) == Some(leader)).then_some(keys)
-    }
-
-    /// Takes `waiter`, which holds nothing, out of `key`'s queue and the table.
-    fn remove_waiter(&mut self, waiter: OwnerId, key: &str) {
-        if let Some(entry) = self.keys.get_mut(key) {
-            entry.queue.retain(|queued| queued.owner != waiter);
-        }
-        self.owners.remove(&waiter);
-        self.stats.lock_waiters -= 1;
+        // A groupable owner runs one `tx`: all it holds is of this request.
+        let keys: Vec<(String, LockMode)> = state
+            .held
+            .iter()
+            .map(|(key, mode)| (key.to_string(), *mode))
+            .chain(std::iter::once((waiting.key.to_string(), waiting.mode)))
+            .chain(waiting.remaining_keys.as_slice().iter().cloned())
+            .collect();
+        (self.leader_to_join(waiter, &keys, class) == Some(leader)).then_some(keys)
     }
 
     /// Applies `change` to `key`, lets in whoever the change unblocked, and

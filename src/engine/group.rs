@@ -57,13 +57,6 @@ enum EntryState {
     Abandoned,
 }
 
-/// Whether members may still join.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Door {
-    Open,
-    Closed,
-}
-
 /// Whether the group's `COMMIT` has been sent, for the answers of a group dropped unfinished.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum CommitStage {
@@ -74,7 +67,6 @@ enum CommitStage {
 struct Group {
     entries: Vec<Entry>,
     inbox: mpsc::UnboundedReceiver<Member>,
-    door: Door,
     commit: CommitStage,
 }
 
@@ -122,7 +114,6 @@ impl SessionEngine {
                 answer: None,
             }],
             inbox,
-            door: Door::Open,
             commit: CommitStage::NotSent,
         };
         // A single write leads in a transaction like the rest: its own commit would flush
@@ -180,7 +171,8 @@ impl SessionEngine {
     }
 
     /// The first request at or after `from` still to run, taking the members that have
-    /// arrived; once none is left, closes the group and waits for the last joiners.
+    /// arrived; once none is left, asks the coordinator to close the group, which it does
+    /// unless more may join now, and waits for those.
     async fn next_to_run(&mut self, group: &mut Group, mut from: usize) -> Option<usize> {
         loop {
             while let Ok(member) = group.inbox.try_recv() {
@@ -198,12 +190,9 @@ impl SessionEngine {
                 return Some(position);
             }
             from = group.entries.len();
-            if group.door == Door::Open {
-                // The coordinator drops the inbox's sender when it closes the group, so the
-                // receive below ends once no one else can join.
-                self.keys.close_group();
-                group.door = Door::Closed;
-            }
+            // The coordinator drops the inbox's sender when it closes the group, so the
+            // receive below ends once no one else can join.
+            self.keys.close_group();
             let member = group.inbox.recv().await?;
             self.take_member(group, member);
         }
