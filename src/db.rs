@@ -317,8 +317,9 @@ impl DbConnection {
             Ok(result) => result,
             Err(error) => return (results, Some(error)),
         };
-        // Each statement's answer is there once the one before is read; an answer that does
-        // not come is the error the reading of the one before returns.
+        // Each statement's answer is there once the one before is read. The driver keeps a
+        // statement's error until its answer is asked for, so a statement failed when
+        // collecting its rows does.
         for _ in 0..statements {
             let columns = result.columns();
             // Read before the rows: collecting them moves on to the next statement's answer.
@@ -326,12 +327,7 @@ impl DbConnection {
             let last_insert_id = result.last_insert_id().filter(|id| *id != 0);
             let rows: Vec<Row> = match result.collect().await {
                 Ok(rows) => rows,
-                Err(error) => {
-                    // This statement ran (its rows, if any, are lost: the caller only keeps
-                    // results of scripts that ran whole); the error is the next one's.
-                    results.push(query_result(columns, Vec::new(), affected, last_insert_id));
-                    return (results, Some(error));
-                }
+                Err(error) => return (results, Some(error)),
             };
             let has_rows = columns.as_ref().is_some_and(|columns| !columns.is_empty());
             results.push(query_result(

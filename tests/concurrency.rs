@@ -22,23 +22,6 @@ async fn accounts(label: &str, rows: u32) -> TestDb {
     bank(label, rows, 100).await
 }
 
-/// Waits until `statement` is running in the test's database and returns the id of the
-/// connection running it.
-async fn running(db: &TestDb, what: &str, statement: &str) -> i64 {
-    let probe = format!(
-        "SELECT COALESCE(MAX(ID), 0) FROM information_schema.PROCESSLIST WHERE DB = '{}' AND INFO = '{}'",
-        db.name, statement
-    );
-    eventually(what, PATIENCE, || async { db.scalar(&probe).await > 0 }).await;
-    db.scalar(&probe).await
-}
-
-/// Waits until `statement` is running in the test's database. Used for a statement that can
-/// only be running because it waits for a row lock another transaction holds.
-async fn blocked_on_row_lock(db: &TestDb, statement: &str) {
-    running(db, "the statement waits for a row lock", statement).await;
-}
-
 const ROW_2_UPDATE: &str = "UPDATE accounts SET balance = balance + 5 WHERE id = 2";
 
 /// The other party of a database deadlock, working directly on the database: a transaction
@@ -328,7 +311,7 @@ async fn a_database_deadlock_in_tx_is_retried_to_success() {
                 .into_request(),
         )),
     );
-    blocked_on_row_lock(&db, ROW_2_UPDATE).await;
+    db.blocked_on_row_lock(ROW_2_UPDATE).await;
     close_the_deadlock_and_commit(heavy).await;
 
     let reply = tx
@@ -367,7 +350,7 @@ async fn a_database_deadlock_inside_an_interactive_transaction_aborts_it() {
         .expect("row 1");
     let heavy = heavy_transaction_holding_row_2(&db).await;
     let blocked = tokio::spawn(client.send(Request::Exec(Statement::new(ROW_2_UPDATE, vec![]))));
-    blocked_on_row_lock(&db, ROW_2_UPDATE).await;
+    db.blocked_on_row_lock(ROW_2_UPDATE).await;
     close_the_deadlock_and_commit(heavy).await;
 
     let error = blocked.await.expect("task").expect_err("deadlock victim");
@@ -477,7 +460,7 @@ async fn a_one_write_tx_whose_connection_dies_under_it_answers_commit_unknown() 
     let client = broker.client().await;
     let slow_write = "UPDATE accounts SET balance = 7 + SLEEP(30) WHERE id = 1";
     let killer = async {
-        let id = running(&db, "the write is running", slow_write).await;
+        let id = db.running("the write is running", slow_write).await;
         db.run(&[&format!("KILL CONNECTION {id}")]).await;
     };
     let (outcome, ()) = tokio::join!(

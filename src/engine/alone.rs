@@ -24,6 +24,8 @@ impl SessionEngine {
     ) -> Result<Reply, BrokerError> {
         sql_guard::check(&statement.sql, TxMode::Autocommit)
             .map_err(|refusal| BrokerError::BadRequest(refusal.message()))?;
+        // Only for what it does to the session: it takes no keys.
+        self.classify(&statement.sql, self.config.default_isolation);
         self.db.ensure_live(AUTOCOMMIT_PING_AFTER).await?;
         match self.execute_alone(statement, None).await {
             Ok(result) => Ok(Reply::Exec { result }),

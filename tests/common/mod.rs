@@ -97,6 +97,33 @@ impl TestDb {
         self.scalar(&format!("SELECT COUNT(*) FROM {table}")).await
     }
 
+    /// Waits until a statement whose text is `statement` runs on a connection to this
+    /// database, and returns that connection's id.
+    pub async fn running(&self, what: &str, statement: &str) -> i64 {
+        self.running_like(what, &statement.replace('%', "\\%"))
+            .await
+    }
+
+    /// Waits until a statement whose text matches the SQL `LIKE` pattern runs on a connection
+    /// to this database (a multi-statement query shows whole), and returns that connection's id.
+    pub async fn running_like(&self, what: &str, pattern: &str) -> i64 {
+        let probe = format!(
+            "SELECT COALESCE(MAX(ID), 0) FROM information_schema.PROCESSLIST \
+             WHERE DB = '{}' AND INFO LIKE '{}'",
+            self.name,
+            pattern.replace('\'', "''")
+        );
+        eventually(what, PATIENCE, || async { self.scalar(&probe).await > 0 }).await;
+        self.scalar(&probe).await
+    }
+
+    /// Waits until `statement` runs, when it can only be running because it waits for a row
+    /// lock another transaction holds.
+    pub async fn blocked_on_row_lock(&self, statement: &str) {
+        self.running("the statement waits for a row lock", statement)
+            .await;
+    }
+
     pub async fn table_exists(&self, table: &str) -> bool {
         self.scalar(&format!(
             "SELECT COUNT(*) FROM information_schema.tables \
