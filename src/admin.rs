@@ -232,7 +232,7 @@ mod tests {
         assert_eq!(json["deadlocks_per_s"], 0.0);
         assert_eq!(json["locks_held"], 2);
         assert_eq!(json["lock_waiters"], 1);
-        assert_eq!(json.as_object().map(|o| o.len()), Some(12));
+        assert_eq!(json.as_object().map(|o| o.len()), Some(13));
 
         let header = rates_header();
         let row = render_rates(&before, &now, 0.5, false);
@@ -241,7 +241,7 @@ mod tests {
         let cells: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(
             cells,
-            ["3", "500.0", "0.0", "2.0", "0.0", "0.0", "0.0", "2", "1", "0.0", "0.0", "0.0"]
+            ["3", "500.0", "0.0", "2.0", "0.0", "0.0", "0.0", "2", "1", "0.0", "0.0", "0.0", "0"]
         );
     }
 
@@ -249,7 +249,7 @@ mod tests {
     fn stats_render_as_json_with_every_counter() {
         let json: serde_json::Value =
             serde_json::from_str(&render_stats(&Stats::default(), true)).expect("valid json");
-        assert_eq!(json.as_object().map(|o| o.len()), Some(12));
+        assert_eq!(json.as_object().map(|o| o.len()), Some(13));
         assert!(render_stats(&Stats::default(), false).contains("lock_waiters"));
     }
 }

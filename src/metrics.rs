@@ -14,6 +14,7 @@ pub struct Metrics {
     handovers: AtomicU64,
     groups_committed: AtomicU64,
     transactions_grouped: AtomicU64,
+    reads_waiting: AtomicU64,
 }
 
 /// The counters as read at one moment.
@@ -27,6 +28,7 @@ pub struct MetricsSnapshot {
     pub handovers: u64,
     pub groups_committed: u64,
     pub transactions_grouped: u64,
+    pub reads_waiting: u64,
 }
 
 impl Metrics {
@@ -66,6 +68,12 @@ impl Metrics {
             .fetch_add(requests, Ordering::Relaxed);
     }
 
+    /// A statement starts waiting for a handed-over commit; the guard counts its end.
+    pub fn read_waiting(&self) -> ReadWaiting<'_> {
+        self.reads_waiting.fetch_add(1, Ordering::Relaxed);
+        ReadWaiting(self)
+    }
+
     pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
             sessions: self.sessions.load(Ordering::Relaxed),
@@ -76,6 +84,17 @@ impl Metrics {
             handovers: self.handovers.load(Ordering::Relaxed),
             groups_committed: self.groups_committed.load(Ordering::Relaxed),
             transactions_grouped: self.transactions_grouped.load(Ordering::Relaxed),
+            reads_waiting: self.reads_waiting.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// A statement waiting for a handed-over commit, counted in `reads_waiting` until dropped
+/// (the wait may end by timeout or by the request being abandoned, as well as by the commit).
+pub struct ReadWaiting<'a>(&'a Metrics);
+
+impl Drop for ReadWaiting<'_> {
+    fn drop(&mut self) {
+        self.0.reads_waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -4,6 +4,7 @@
 //! transaction, the requests queue behind it (seen in `stats`), and the holder lets go.
 
 mod common;
+mod private_mariadb;
 
 use common::answers::{expect_code, server_error};
 use common::raw::{req, statement, RawConn};
@@ -210,11 +211,15 @@ async fn a_deadlock_in_a_group_reruns_every_request_that_had_run() {
 
 #[actix_rt::test]
 async fn every_request_of_a_group_whose_connection_dies_in_commit_is_answered_commit_unknown() {
-    let (db, broker, observer) = setup(
-        "group_commit_unknown",
-        &["CREATE TABLE t (id INT PRIMARY KEY, v INT NOT NULL) ENGINE=InnoDB"],
-    )
-    .await;
+    // A backup lock holds the group's COMMIT in flight; it would hold every commit of the
+    // shared server, so this test has a private one.
+    let server =
+        private_mariadb::PrivateMariaDb::launch("group_commit_unknown", "groups", &[]).await;
+    let db = server.test_db();
+    db.run(&["CREATE TABLE t (id INT PRIMARY KEY, v INT NOT NULL) ENGINE=InnoDB"])
+        .await;
+    let broker = TestBroker::start(db.config());
+    let observer = broker.client().await;
     let holder = hold_key(&broker).await;
     let leader = queue(
         &broker,

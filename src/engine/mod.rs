@@ -229,6 +229,7 @@ impl SessionEngine {
             handovers: counters.handovers,
             groups_committed: counters.groups_committed,
             transactions_grouped: counters.transactions_grouped,
+            reads_waiting: counters.reads_waiting,
         })
     }
 }
@@ -292,6 +293,7 @@ impl SessionEngine {
             return Ok(());
         }
         let limit = self.config.lock_wait_timeout();
+        let _waiting = self.metrics.read_waiting();
         match tokio::time::timeout(limit, self.current.read_gate.wait()).await {
             Ok(()) => Ok(()),
             Err(_) => Err(BrokerError::LockTimeout {

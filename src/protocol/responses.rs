@@ -229,6 +229,9 @@ pub struct Stats {
     /// Requests committed in those groups, leaders included: over `groups_committed`, the
     /// mean group size.
     pub transactions_grouped: u64,
+    /// Statements that read without locking, waiting now for the commit of the previous
+    /// holder of their transaction's keys.
+    pub reads_waiting: u64,
 }
 
 /// What a `stats` counter measures.
@@ -242,12 +245,12 @@ pub enum StatKind {
 
 impl Stats {
     /// Name and value of every counter: the contract's, in its order, then the broker's own.
-    pub fn entries(&self) -> [(&'static str, u64); 12] {
+    pub fn entries(&self) -> [(&'static str, u64); 13] {
         self.counters().map(|(name, value, _)| (name, value))
     }
 
     /// Name, value and kind of every counter, in the contract's order.
-    pub fn counters(&self) -> [(&'static str, u64, StatKind); 12] {
+    pub fn counters(&self) -> [(&'static str, u64, StatKind); 13] {
         use StatKind::{Gauge, Total};
         [
             ("sessions", self.sessions, Gauge),
@@ -266,6 +269,7 @@ impl Stats {
             ("handovers", self.handovers, Total),
             ("groups_committed", self.groups_committed, Total),
             ("transactions_grouped", self.transactions_grouped, Total),
+            ("reads_waiting", self.reads_waiting, Gauge),
         ]
     }
 
@@ -296,6 +300,7 @@ impl Stats {
             "handovers" => &mut self.handovers,
             "groups_committed" => &mut self.groups_committed,
             "transactions_grouped" => &mut self.transactions_grouped,
+            "reads_waiting" => &mut self.reads_waiting,
             _ => return None,
         })
     }

@@ -41,6 +41,7 @@ pub fn base_url() -> String {
 }
 
 /// A database that belongs to one test: dropped and created anew when the test starts.
+#[derive(Clone)]
 pub struct TestDb {
     pub name: String,
     pub url: String,

@@ -168,6 +168,14 @@ impl PrivateMariaDb {
         self.url_as("root")
     }
 
+    /// The test's database on this server, for the helpers of `common::TestDb`.
+    pub fn test_db(&self) -> crate::common::TestDb {
+        crate::common::TestDb {
+            name: self.database.clone(),
+            url: self.url(),
+        }
+    }
+
     /// A root connection (to the test's database once it exists).
     pub async fn admin(&self) -> mysql_async::Conn {
         let url = if self.database.is_empty() {
