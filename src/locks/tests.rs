@@ -993,3 +993,238 @@ proptest! {
         simulation.finish();
     }
 }
+
+// Hand-over and groups (protocol 1.1).
+
+const GROUP: GroupClass = GroupClass(2);
+
+fn ticket(owner: OwnerId) -> CommitTicket {
+    CommitTicket { owner, sequence: 1 }
+}
+
+fn granted_with(read_after: &[CommitTicket], leading: bool) -> Completed {
+    Completed::Granted(Grant {
+        read_after: read_after.to_vec(),
+        leading,
+    })
+}
+
+fn joined(leader: OwnerId) -> Completed {
+    Completed::Joined { leader }
+}
+
+fn completions(completed: Vec<Completion>) -> Vec<(OwnerId, Completed)> {
+    completed
+        .into_iter()
+        .map(|completion| (completion.owner, completion.completed))
+        .collect()
+}
+
+#[test]
+fn a_hand_over_grants_the_next_waiter_with_the_commit_to_read_after() {
+    let mut table = LockTable::new();
+    assert_eq!(table.acquire(1, request(&["k"], &[])), GRANTED);
+    assert_eq!(table.acquire(2, request(&["k"], &[])), Waiting);
+    assert_eq!(
+        completions(table.hand_over(1, ticket(1))),
+        [(2, granted_with(&[ticket(1)], false))]
+    );
+    // A later grant, while the commit is unsettled, is told too; after it, nobody is.
+    assert_eq!(table.acquire(3, request(&["k"], &[])), Waiting);
+    assert_eq!(
+        completions(table.hand_over(2, ticket(2))),
+        [(3, granted_with(&[ticket(1), ticket(2)], false))]
+    );
+    table.settle(ticket(1));
+    table.settle(ticket(2));
+    assert_eq!(owners(table.release_all(3)), Vec::<OwnerId>::new());
+    assert_eq!(table.acquire(4, request(&["k"], &[])), GRANTED);
+    table.release_all(4);
+    assert_empty(&table);
+}
+
+#[test]
+fn only_a_conflicting_mode_reads_after_a_handed_over_commit() {
+    let mut table = LockTable::new();
+    assert_eq!(table.acquire(1, request(&[], &["k"])), GRANTED);
+    table.hand_over(1, ticket(1));
+    // Two readers do not conflict: the second need not wait for the first's commit.
+    assert_eq!(table.acquire(2, request(&[], &["k"])), GRANTED);
+    // A writer does.
+    table.release_all(2);
+    assert_eq!(
+        table.acquire(3, request(&["k"], &[])),
+        AcquireOutcome::Granted(Grant {
+            read_after: vec![ticket(1)],
+            leading: false
+        })
+    );
+    table.release_all(3);
+    table.settle(ticket(1));
+    assert_empty(&table);
+}
+
+#[test]
+fn a_key_carrying_an_unsettled_commit_stays_known_until_it_settles() {
+    let mut table = LockTable::new();
+    assert_eq!(table.acquire(1, request(&["a", "b"], &[])), GRANTED);
+    assert!(table.hand_over(1, ticket(1)).is_empty());
+    assert_eq!(
+        table.key_entry_count(),
+        2,
+        "the tickets keep the keys' entries"
+    );
+    assert_eq!(table.stats().locks_held, 0);
+    table.settle(ticket(1));
+    assert_empty(&table);
+}
+
+#[test]
+fn a_groupable_request_granted_after_a_wait_leads_and_gathers_the_waiters_that_may_join() {
+    let mut table = LockTable::with_max_group_size(4);
+    let groupable = Grouping::Groupable(GROUP);
+    assert_eq!(table.acquire(1, request(&["k"], &[])), GRANTED);
+    assert_eq!(
+        table.acquire_as(2, request(&["k"], &[]), groupable),
+        Waiting
+    );
+    assert_eq!(
+        table.acquire_as(3, request(&["k"], &[]), groupable),
+        Waiting
+    );
+    // Another class, and a request that runs alone, cannot join.
+    let other = Grouping::Groupable(GroupClass(3));
+    assert_eq!(table.acquire_as(4, request(&["k"], &[]), other), Waiting);
+    assert_eq!(table.acquire(5, request(&["k"], &[])), Waiting);
+    // Its other key is free: it joins, and the leader takes that key.
+    assert_eq!(
+        table.acquire_as(6, request(&["k", "z"], &[]), groupable),
+        Waiting
+    );
+    assert_eq!(
+        completions(table.release_all(1)),
+        [(2, granted_with(&[], true)), (3, joined(2)), (6, joined(2)),]
+    );
+    assert_eq!(table.held_mode(2, "z"), Some(Exclusive));
+    assert!(!table.is_waiting(3) && table.held_mode(3, "k").is_none());
+    // The group holds three of its four: one more joins at once, the next queues.
+    assert_eq!(
+        table.acquire_as(7, request(&["k"], &[]), groupable),
+        AcquireOutcome::Joined { leader: 2 }
+    );
+    assert_eq!(
+        table.acquire_as(8, request(&["k"], &[]), groupable),
+        Waiting,
+        "the group is full"
+    );
+    assert_eq!(
+        completions(table.release_all(2)),
+        [(4, granted_with(&[], true))],
+        "the next waiter in queue order leads next"
+    );
+    assert_eq!(
+        completions(table.release_all(4)),
+        [(5, granted_with(&[], false))]
+    );
+    assert_eq!(
+        completions(table.release_all(5)),
+        [(8, granted_with(&[], true))]
+    );
+    table.release_all(8);
+    assert_empty(&table);
+}
+
+#[test]
+fn a_waiter_holding_a_lower_key_joins_and_its_key_passes_to_the_leader() {
+    let mut table = LockTable::with_max_group_size(8);
+    let groupable = Grouping::Groupable(GROUP);
+    assert_eq!(table.acquire(1, request(&["b"], &[])), GRANTED);
+    assert_eq!(
+        table.acquire_as(2, request(&["b"], &[]), groupable),
+        Waiting
+    );
+    // It takes "a" (free) and waits for "b".
+    assert_eq!(
+        table.acquire_as(3, request(&["a", "b"], &[]), groupable),
+        Waiting
+    );
+    assert_eq!(table.held_mode(3, "a"), Some(Exclusive));
+    // Someone waits behind it for "a".
+    assert_eq!(table.acquire(4, request(&["a"], &[])), Waiting);
+    assert_eq!(
+        completions(table.release_all(1)),
+        [(2, granted_with(&[], true)), (3, joined(2))]
+    );
+    assert_eq!(table.held_mode(2, "a"), Some(Exclusive));
+    assert_eq!(table.stats().locks_held, 2);
+    // The one behind now waits for the leader, which waits for nobody.
+    assert!(table.is_waiting(4));
+    assert_eq!(
+        completions(table.release_all(2)),
+        [(4, granted_with(&[], false))]
+    );
+    table.release_all(4);
+    assert_empty(&table);
+}
+
+#[test]
+fn close_group_gathers_waiters_that_became_joinable_and_closes_when_none_is_left() {
+    let mut table = LockTable::with_max_group_size(8);
+    let groupable = Grouping::Groupable(GROUP);
+    assert_eq!(table.acquire(1, request(&["a"], &[])), GRANTED);
+    assert_eq!(table.acquire(2, request(&["b"], &[])), GRANTED);
+    assert_eq!(
+        table.acquire_as(3, request(&["a"], &[]), groupable),
+        Waiting
+    );
+    assert_eq!(
+        table.acquire_as(4, request(&["a", "b"], &[]), groupable),
+        Waiting
+    );
+    assert_eq!(
+        completions(table.release_all(1)),
+        [(3, granted_with(&[], true))],
+        "4 waits for b, held by someone else"
+    );
+    // b is free now: 4 may join, and does when the leader runs out of members.
+    assert!(table.release_all(2).is_empty());
+    assert_eq!(completions(table.close_group(3)), [(4, joined(3))]);
+    assert!(table.close_group(3).is_empty());
+    // Closed: a newcomer queues.
+    assert_eq!(
+        table.acquire_as(5, request(&["a"], &[]), groupable),
+        Waiting
+    );
+    assert_eq!(
+        completions(table.hand_over(3, ticket(3))),
+        [(5, granted_with(&[ticket(3)], true))]
+    );
+    table.release_all(5);
+    table.settle(ticket(3));
+    assert_empty(&table);
+}
+
+#[test]
+fn a_table_without_groups_never_makes_a_leader() {
+    let mut table = LockTable::new();
+    let groupable = Grouping::Groupable(GROUP);
+    assert_eq!(table.acquire(1, request(&["k"], &[])), GRANTED);
+    assert_eq!(
+        table.acquire_as(2, request(&["k"], &[]), groupable),
+        Waiting
+    );
+    assert_eq!(
+        table.acquire_as(3, request(&["k"], &[]), groupable),
+        Waiting
+    );
+    assert_eq!(
+        completions(table.release_all(1)),
+        [(2, granted_with(&[], false))]
+    );
+    assert_eq!(
+        completions(table.release_all(2)),
+        [(3, granted_with(&[], false))]
+    );
+    table.release_all(3);
+    assert_empty(&table);
+}
