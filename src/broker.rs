@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use actix_rt::Arbiter;
+use actix_rt::{Arbiter, ArbiterHandle};
 use slog::{info, warn, Logger};
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -122,19 +122,66 @@ impl BrokerBuilder {
             Listener::None => None,
         };
         check_database(&database, &log).await;
+        let threads = Threads::start(&config, listener.is_some());
+        let coordinator = Coordinator::start_in_arbiter(&threads.coordinator, {
+            let (lock_wait_timeout, max_group_size) =
+                (config.lock_wait_timeout(), config.max_group_size);
+            move |_| Coordinator::new(lock_wait_timeout, max_group_size)
+        });
+        let sessions = SessionFactory::new(
+            config.clone(),
+            database,
+            coordinator.clone(),
+            metrics,
+            log.clone(),
+        );
+        let acceptor = listener.map(|(listener, local_addr)| {
+            let acceptor =
+                Acceptor::new(sessions.clone(), tls, listener, threads.sessions.clone()).start();
+            info!(log, "listening"; "address" => %local_addr,
+                "session_threads" => config.session_thread_count(),
+                "coordinator_thread" => ?config.coordinator_thread);
+            (acceptor, local_addr)
+        });
+        if acceptor.is_none() {
+            info!(log, "started without a listener");
+        }
+        let (phase, _) = watch::channel(ServerPhase::Serving);
+        Ok(Broker {
+            local_addr: acceptor.as_ref().map(|(_, local_addr)| *local_addr),
+            acceptor: acceptor.map(|(acceptor, _)| acceptor),
+            coordinator,
+            arbiters: threads.arbiters,
+            sessions,
+            phase,
+            log,
+        })
+    }
+}
 
-        let lock_wait_timeout = config.lock_wait_timeout();
-        let max_group_size = config.max_group_size;
-        let mut arbiters: Vec<Arbiter> = match listener {
-            Some(_) => (0..config.session_thread_count())
+/// The broker's threads: the arbiters it started (stopped at shutdown), where sessions run,
+/// and where the coordinator runs.
+struct Threads {
+    arbiters: Vec<Arbiter>,
+    sessions: Vec<ArbiterHandle>,
+    coordinator: ArbiterHandle,
+}
+
+impl Threads {
+    /// Session threads only with a listener: embedded sessions run on their callers'.
+    fn start(config: &Config, listening: bool) -> Threads {
+        let mut arbiters: Vec<Arbiter> = if listening {
+            (0..config.session_thread_count())
                 .map(|_| Arbiter::new())
-                .collect(),
-            None => Vec::new(),
+                .collect()
+        } else {
+            Vec::new()
         };
+        let sessions = arbiters.iter().map(Arbiter::handle).collect();
         // Measured on 2 cores shared with MariaDB: the coordinator on the (single) session
         // thread turns every grant and release into a same-thread message, +14-25 % tx/s
         // over a thread of its own (bench/README.md).
-        let coordinator_home = match (config.coordinator_thread, arbiters.first()) {
+        let coordinator = match (config.coordinator_thread, arbiters.first()) {
             (CoordinatorThread::WithSessions, Some(first)) => first.handle(),
             (CoordinatorThread::WithSessions, None) => actix_rt::Arbiter::current(),
             (CoordinatorThread::Own, _) => {
@@ -144,44 +191,11 @@ impl BrokerBuilder {
                 handle
             }
         };
-        let coordinator = Coordinator::start_in_arbiter(&coordinator_home, move |_| {
-            Coordinator::new(lock_wait_timeout, max_group_size)
-        });
-        let sessions = SessionFactory::new(
-            config.clone(),
-            database,
-            coordinator.clone(),
-            metrics,
-            log.clone(),
-        );
-        let (acceptor, local_addr) = match listener {
-            Some((listener, local_addr)) => {
-                let handles = arbiters
-                    .iter()
-                    .take(config.session_thread_count())
-                    .map(Arbiter::handle)
-                    .collect();
-                let acceptor = Acceptor::new(sessions.clone(), tls, listener, handles).start();
-                info!(log, "listening"; "address" => %local_addr,
-                    "session_threads" => config.session_thread_count(),
-                    "coordinator_thread" => ?config.coordinator_thread);
-                (Some(acceptor), Some(local_addr))
-            }
-            None => {
-                info!(log, "started without a listener");
-                (None, None)
-            }
-        };
-        let (phase, _) = watch::channel(ServerPhase::Serving);
-        Ok(Broker {
-            local_addr,
-            acceptor,
-            coordinator,
+        Threads {
             arbiters,
             sessions,
-            phase,
-            log,
-        })
+            coordinator,
+        }
     }
 }
 

@@ -143,50 +143,10 @@ impl Client {
         R: tokio::io::AsyncRead + Unpin + Send + 'static,
         W: tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let (submissions, mut submitted) = mpsc::unbounded_channel::<Submission>();
-        let (awaiting_sender, mut awaiting) = mpsc::unbounded_channel::<oneshot::Sender<Answer>>();
-        tokio::spawn(async move {
-            let mut writer = FramedWrite::new(write_half, FrameCodec::new(MAX_RESPONSE_BYTES));
-            while let Some(first) = submitted.recv().await {
-                // Write everything already submitted before flushing: one syscall for a burst.
-                let mut batch = vec![first];
-                while let Ok(next) = submitted.try_recv() {
-                    batch.push(next);
-                }
-                for Submission { frame, answer } in batch {
-                    if let Err(error) = writer.feed(&frame).await {
-                        let _ = answer.send(Err(ClientError::Protocol(error.to_string())));
-                        return;
-                    }
-                    if awaiting_sender.send(answer).is_err() {
-                        return;
-                    }
-                }
-                if SinkExt::<&RequestFrame>::flush(&mut writer).await.is_err() {
-                    return;
-                }
-            }
-        });
-        tokio::spawn(async move {
-            let mut reader = FramedRead::new(read_half, FrameCodec::new(MAX_RESPONSE_BYTES));
-            while let Some(frame) = reader.next().await {
-                let answer = match frame {
-                    Ok(body) => Response::decode(&body)
-                        .map_err(|error| ClientError::Protocol(error.to_string())),
-                    Err(error) => Err(ClientError::Protocol(error.to_string())),
-                };
-                // Answers come in request order; one that arrives before any request (a
-                // `busy` refusal) belongs to the first request sent.
-                let Some(waiting) = awaiting.recv().await else {
-                    return;
-                };
-                let failed = answer.is_err();
-                let _ = waiting.send(answer);
-                if failed {
-                    return;
-                }
-            }
-        });
+        let (submissions, submitted) = mpsc::unbounded_channel::<Submission>();
+        let (awaiting_sender, awaiting) = mpsc::unbounded_channel::<oneshot::Sender<Answer>>();
+        tokio::spawn(write_requests(write_half, submitted, awaiting_sender));
+        tokio::spawn(read_answers(read_half, awaiting));
         Client {
             submissions,
             next_id: AtomicU64::new(1),
@@ -484,5 +444,64 @@ impl TxBuilder<'_> {
             ));
         };
         client.run_tx(self.into_request()).await
+    }
+}
+
+/// The writer task of a `Client`: frames the requests in the order they were submitted and
+/// passes each answer's sender on to the reader, in the same order.
+async fn write_requests<W>(
+    write_half: W,
+    mut submitted: mpsc::UnboundedReceiver<Submission>,
+    awaiting: mpsc::UnboundedSender<oneshot::Sender<Answer>>,
+) where
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut writer = FramedWrite::new(write_half, FrameCodec::new(MAX_RESPONSE_BYTES));
+    while let Some(first) = submitted.recv().await {
+        // Write everything already submitted before flushing: one syscall for a burst.
+        let mut batch = vec![first];
+        while let Ok(next) = submitted.try_recv() {
+            batch.push(next);
+        }
+        for Submission { frame, answer } in batch {
+            if let Err(error) = writer.feed(&frame).await {
+                let _ = answer.send(Err(ClientError::Protocol(error.to_string())));
+                return;
+            }
+            if awaiting.send(answer).is_err() {
+                return;
+            }
+        }
+        if SinkExt::<&RequestFrame>::flush(&mut writer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The reader task of a `Client`: hands each answer to the oldest request still waiting.
+async fn read_answers<R>(
+    read_half: R,
+    mut awaiting: mpsc::UnboundedReceiver<oneshot::Sender<Answer>>,
+) where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    let mut reader = FramedRead::new(read_half, FrameCodec::new(MAX_RESPONSE_BYTES));
+    while let Some(frame) = reader.next().await {
+        let answer = match frame {
+            Ok(body) => {
+                Response::decode(&body).map_err(|error| ClientError::Protocol(error.to_string()))
+            }
+            Err(error) => Err(ClientError::Protocol(error.to_string())),
+        };
+        // Answers come in request order; one that arrives before any request (a `busy`
+        // refusal) belongs to the first request sent.
+        let Some(waiting) = awaiting.recv().await else {
+            return;
+        };
+        let failed = answer.is_err();
+        let _ = waiting.send(answer);
+        if failed {
+            return;
+        }
     }
 }

@@ -447,17 +447,8 @@ impl LockTable {
         request: LockRequest,
         grouping: Grouping,
     ) -> AcquireOutcome {
-        let holds_nothing = self
-            .owners
-            .get(&owner_id)
-            .is_none_or(|owner| owner.held.is_empty());
-        if let (true, Grouping::Groupable(class)) = (holds_nothing, grouping) {
-            if !self.is_waiting(owner_id) {
-                if let Some(leader) = self.leader_to_join(owner_id, request.keys(), class) {
-                    self.join(leader, owner_id, request.keys());
-                    return AcquireOutcome::Joined { leader };
-                }
-            }
+        if let Some(leader) = self.join_on_arrival(owner_id, &request, grouping) {
+            return AcquireOutcome::Joined { leader };
         }
         let LockTable {
             keys,
@@ -474,32 +465,10 @@ impl LockTable {
         owner.grouping = grouping;
         let mut remaining = request.keys.into_iter();
         while let Some((key, mode)) = remaining.next() {
-            match owner.find_held(&key) {
-                Ok(position) => {
-                    if owner.held[position].1 >= mode {
-                        continue;
-                    }
-                    // Waiting for an upgrade could deadlock with another
-                    // reader of the same key doing the same, so it is try-only.
-                    if !try_upgrade(keys, owner_id, owner, &key) {
-                        return AcquireOutcome::Conflict { key };
-                    }
-                    owner.held[position].1 = LockMode::Exclusive;
-                }
-                Err(position) if position < owner.held.len() => {
-                    // Waiting here would mean waiting for a key below one
-                    // already held: the one shape of wait that can close a cycle.
-                    match try_grant_new_key_at_once(keys, owner_id, owner, key, mode) {
-                        Ok(name) => {
-                            owner.held.insert(position, (name, mode));
-                            stats.locks_held += 1;
-                        }
-                        Err(key) => return AcquireOutcome::Conflict { key },
-                    }
-                }
-                Err(_) => {
-                    // From here on every key is greater than all held ones,
-                    // so the rest of the request may wait.
+            let position = match owner.find_held(&key) {
+                // From here on every key is greater than all held ones, so the rest of the
+                // request may wait.
+                Err(position) if position == owner.held.len() => {
                     return match take_ascending(
                         keys,
                         stats,
@@ -515,9 +484,36 @@ impl LockTable {
                         }
                     };
                 }
+                held_or_lower => held_or_lower,
+            };
+            if let Err(key) =
+                take_without_waiting(keys, stats, owner_id, owner, (key, mode), position)
+            {
+                return AcquireOutcome::Conflict { key };
             }
         }
         AcquireOutcome::Granted(owner.take_grant())
+    }
+
+    /// Makes a groupable request of an owner that holds nothing and waits for nothing a
+    /// member of the open group it may join, if there is one.
+    fn join_on_arrival(
+        &mut self,
+        owner_id: OwnerId,
+        request: &LockRequest,
+        grouping: Grouping,
+    ) -> Option<OwnerId> {
+        let Grouping::Groupable(class) = grouping else {
+            return None;
+        };
+        if let Some(owner) = self.owners.get(&owner_id) {
+            if !owner.held.is_empty() || matches!(owner.request, RequestState::Waiting(_)) {
+                return None;
+            }
+        }
+        let leader = self.leader_to_join(owner_id, request.keys(), class)?;
+        self.join(leader, owner_id, request.keys());
+        Some(leader)
     }
 
     /// Releases every key `owner` holds and drops its waiting request, if any.
@@ -916,6 +912,37 @@ fn take_ascending(
             None => return AscendingOutcome::Complete,
         }
     }
+}
+
+/// A key `owner` already holds (an upgrade, at `Ok(position)`) or one below a key it holds
+/// (to insert at `Err(position)`): granted at once or refused, never waited for, because
+/// waiting for a key below one already held is the one shape of wait that can close a cycle.
+/// Waiting for an upgrade could deadlock with another reader of the same key doing the same.
+/// The refused key comes back for `Conflict`.
+fn take_without_waiting(
+    keys: &mut HashMap<KeyName, KeyEntry>,
+    stats: &mut LockStats,
+    owner_id: OwnerId,
+    owner: &mut OwnerState,
+    (key, mode): (String, LockMode),
+    position: Result<usize, usize>,
+) -> Result<(), String> {
+    match position {
+        Ok(position) => {
+            if owner.held[position].1 < mode {
+                if !try_upgrade(keys, owner_id, owner, &key) {
+                    return Err(key);
+                }
+                owner.held[position].1 = LockMode::Exclusive;
+            }
+        }
+        Err(position) => {
+            let name = try_grant_new_key_at_once(keys, owner_id, owner, key, mode)?;
+            owner.held.insert(position, (name, mode));
+            stats.locks_held += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Grants a key the owner does not hold if that is possible without waiting;

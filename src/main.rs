@@ -147,6 +147,42 @@ async fn wait_for_signal() -> &'static str {
 }
 
 /// `stats --every`: a line per interval, until `count` lines or the broker goes away.
+async fn run_admin_command(command: Command) -> Result<(), txbroker::client::ClientError> {
+    match command {
+        Command::Stats {
+            addr,
+            token,
+            json,
+            every,
+            count,
+        } => {
+            let client = admin::connect(&addr, token.as_deref()).await?;
+            match every {
+                Some(seconds) => {
+                    watch_stats(&client, Duration::from_secs_f64(seconds), count, json).await
+                }
+                None => {
+                    let stats = client.stats().await?;
+                    println!("{}", admin::render_stats(&stats, json));
+                    Ok(())
+                }
+            }
+        }
+        Command::Exec {
+            addr,
+            token,
+            sql,
+            params,
+        } => {
+            let client = admin::connect(&addr, token.as_deref()).await?;
+            let params = params.iter().map(|p| admin::parse_param(p)).collect();
+            let result = client.exec(&sql, params).await?;
+            println!("{}", admin::render_result(&result));
+            Ok(())
+        }
+    }
+}
+
 async fn watch_stats(
     client: &txbroker::client::Client,
     interval: Duration,
@@ -192,45 +228,11 @@ fn run_admin(command: Command) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(async {
-        match command {
-            Command::Stats {
-                addr,
-                token,
-                json,
-                every,
-                count,
-            } => {
-                let client = admin::connect(&addr, token.as_deref()).await?;
-                match every {
-                    Some(seconds) => {
-                        watch_stats(&client, Duration::from_secs_f64(seconds), count, json).await
-                    }
-                    None => {
-                        let stats = client.stats().await?;
-                        println!("{}", admin::render_stats(&stats, json));
-                        Ok(())
-                    }
-                }
-            }
-            Command::Exec {
-                addr,
-                token,
-                sql,
-                params,
-            } => {
-                let client = admin::connect(&addr, token.as_deref()).await?;
-                let params = params.iter().map(|p| admin::parse_param(p)).collect();
-                let result = client.exec(&sql, params).await?;
-                println!("{}", admin::render_result(&result));
-                Ok(())
-            }
-        }
-    });
+    let outcome: Result<(), txbroker::client::ClientError> =
+        runtime.block_on(run_admin_command(command));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            let error: txbroker::client::ClientError = error;
             eprintln!("txbroker: {error}");
             ExitCode::FAILURE
         }

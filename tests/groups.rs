@@ -194,8 +194,12 @@ async fn a_deadlock_in_a_group_reruns_every_request_that_had_run() {
         .expect("heavy gets row 1 once the group is rolled back");
     heavy.query_drop("COMMIT").await.expect("commit heavy");
 
-    assert_eq!(outcome(leader).await.expect("leader").attempts, 2);
-    assert_eq!(outcome(member).await.expect("member").attempts, 2);
+    let attempts = (
+        outcome(leader).await.expect("leader").attempts,
+        outcome(member).await.expect("member").attempts,
+    );
+    let after = observer.stats().await.expect("stats");
+    assert_eq!(attempts, (2, 2), "both reran: {after:?}");
     let balances: Vec<i64> = db
         .conn()
         .await
@@ -203,7 +207,6 @@ async fn a_deadlock_in_a_group_reruns_every_request_that_had_run() {
         .await
         .expect("balances");
     assert_eq!(balances, [1100, 11], "each update applied once");
-    let after = observer.stats().await.expect("stats");
     assert!(after.deadlocks > before.deadlocks, "{after:?}");
     assert!(after.retries >= before.retries + 2, "{after:?}");
     assert_eq!(grouped_since(&before, &after), (1, 2));

@@ -67,22 +67,29 @@ impl SessionEngine {
             Some(keys) => futures_util::join!(self.keys.acquire_as(keys, grouping, member), begin),
             None => (Ok(no_keys()), begin.await),
         };
-        let failure = match (admitted, begun) {
-            (Ok(admission @ Admission::Joined(_)), Ok(())) => return Ok(self.admitted(admission)),
-            (Ok(admission), Ok(())) if begins != Begin::OnceGranted => {
-                return Ok(self.admitted(admission))
-            }
-            (Ok(admission), Ok(())) => {
-                match begin_on_live_connection(&mut self.db, options).await {
-                    Ok(()) => return Ok(self.admitted(admission)),
-                    Err(error) => BrokerError::from(error),
-                }
-            }
-            (_, Err(error)) => BrokerError::from(error),
-            (Err(failure), Ok(())) => BrokerError::from(failure),
+        let outcome = match (admitted, begun) {
+            (Ok(admission), Ok(())) => self.begin_if_granted(admission, begins, options).await,
+            (_, Err(error)) => Err(BrokerError::from(error)),
+            (Err(failure), Ok(())) => Err(BrokerError::from(failure)),
         };
-        self.end_transaction(TxEnd::NotStarted).await;
-        Err(failure)
+        if outcome.is_err() {
+            self.end_transaction(TxEnd::NotStarted).await;
+        }
+        outcome
+    }
+
+    /// What an admitted request starts as; one whose transaction was to begin once its keys
+    /// were granted begins it now, unless it joined a group.
+    async fn begin_if_granted(
+        &mut self,
+        admission: Admission,
+        begins: Begin,
+        options: &TxOptions,
+    ) -> Result<Started, BrokerError> {
+        if begins == Begin::OnceGranted && matches!(admission, Admission::Granted { .. }) {
+            begin_on_live_connection(&mut self.db, options).await?;
+        }
+        Ok(self.admitted(admission))
     }
 
     fn admitted(&mut self, admission: Admission) -> Started {

@@ -159,16 +159,22 @@ impl SessionEngine {
                 self.end_transaction(TxEnd::RolledBack).await;
                 return Err(failure.into_answer());
             }
-            if shape == TxShape::Explicit {
-                if let Err(error) = self
-                    .db
+            if let Err(error) = self.begin_again(tx, shape).await {
+                self.end_transaction(TxEnd::RolledBack).await;
+                return Err(BrokerError::from(error));
+            }
+        }
+    }
+
+    /// Starts the next attempt's database transaction (a single write needs none).
+    async fn begin_again(&mut self, tx: &TxRequest, shape: TxShape) -> Result<(), DbError> {
+        match shape {
+            TxShape::Explicit => {
+                self.db
                     .begin(tx.options.isolation, tx.options.read_only)
                     .await
-                {
-                    self.end_transaction(TxEnd::RolledBack).await;
-                    return Err(BrokerError::from(error));
-                }
             }
+            TxShape::SingleWrite => Ok(()),
         }
     }
 
