@@ -593,6 +593,7 @@ impl Bench {
             failed: tally.failed,
             broker_retries: None,
             broker_lock_waits: None,
+            broker_group_size: None,
             fsyncs_per_tx: server_before.fsyncs_per_tx(&server_after, tally.committed),
             binlog: None,
             server: self.server.clone(),
@@ -609,6 +610,13 @@ impl Bench {
             result.lock_timeouts = after.lock_timeouts.saturating_sub(before.lock_timeouts);
             result.broker_retries = Some(after.retries.saturating_sub(before.retries));
             result.broker_lock_waits = Some(after.lock_waits.saturating_sub(before.lock_waits));
+            let groups = after
+                .groups_committed
+                .saturating_sub(before.groups_committed);
+            let grouped = after
+                .transactions_grouped
+                .saturating_sub(before.transactions_grouped);
+            result.broker_group_size = Some(grouped as f64 / groups as f64);
         }
         drop(broker);
 

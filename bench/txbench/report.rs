@@ -109,6 +109,10 @@ pub struct RunResult {
     pub broker_retries: Option<u64>,
     /// The broker's `stats.lock_waits` difference; absent for direct targets.
     pub broker_lock_waits: Option<u64>,
+    /// Requests per group the broker committed in the window (`stats.transactions_grouped`
+    /// over `stats.groups_committed`, differences); absent for direct targets, NaN when no
+    /// group committed.
+    pub broker_group_size: Option<f64>,
     /// Redo-log fsyncs on the server during the window (server-wide) per transaction committed
     /// in it: below 1, InnoDB flushed several commits at once. NaN when nothing committed.
     pub fsyncs_per_tx: f64,
@@ -130,6 +134,10 @@ impl RunResult {
 
     pub fn binlog_commits_per_group(&self) -> f64 {
         self.binlog.map_or(f64::NAN, |b| b.commits_per_group)
+    }
+
+    pub fn group_size(&self) -> f64 {
+        self.broker_group_size.unwrap_or(f64::NAN)
     }
 }
 
@@ -191,6 +199,12 @@ pub fn print_run(result: &RunResult) {
     }
     if let (Some(retries), Some(waits)) = (result.broker_retries, result.broker_lock_waits) {
         let _ = writeln!(text, "  broker retries   {retries:>10}  lock waits {waits}");
+    }
+    if let Some(size) = result.broker_group_size {
+        let _ = writeln!(
+            text,
+            "  broker groups    {size:>10.1} requests per group committed"
+        );
     }
     for (message, count) in &result.errors {
         let _ = writeln!(text, "  error x{count}: {message}");
@@ -285,6 +299,12 @@ const FIGURES: &[Figure] = &[
         json: "binlog_commits_per_group",
         read: RunResult::binlog_commits_per_group,
         decimals: 2,
+    },
+    Figure {
+        name: "broker group size",
+        json: "broker_group_size",
+        read: RunResult::group_size,
+        decimals: 1,
     },
 ];
 
