@@ -106,14 +106,16 @@ impl Database {
         format!("{}:{}", self.opts.ip_or_hostname(), self.opts.tcp_port())
     }
 
-    /// Completes once the connection `identity` is gone from the server: the server restarted
-    /// since, or no longer lists it (it is killed first, in case it still runs). Until the
-    /// database answers it keeps asking, so that what the connection did is settled on the
-    /// server when it completes, whatever it was.
+    /// Completes once what the connection `identity` did is settled on the server: the
+    /// server restarted since, or no longer lists it, or lists it idle with no transaction
+    /// open (its last statement has finished, and nothing can be sent on it any more since
+    /// the session dropped it). One that sits idle with a transaction open can never commit
+    /// it, and is killed so that it rolls back and lets its row locks go. Until the database
+    /// answers it keeps asking.
     pub async fn until_gone(&self, identity: ConnectionIdentity) {
         let mut pause = Duration::from_millis(10);
         loop {
-            if let Ok(true) = self.is_gone(&identity).await {
+            if let Ok(true) = self.is_settled(&identity).await {
                 return;
             }
             tokio::time::sleep(pause).await;
@@ -121,25 +123,37 @@ impl Database {
         }
     }
 
-    async fn is_gone(&self, identity: &ConnectionIdentity) -> Result<bool, mysql_async::Error> {
+    async fn is_settled(&self, identity: &ConnectionIdentity) -> Result<bool, mysql_async::Error> {
         let mut admin = Conn::new(self.opts.clone()).await?;
         let outcome = async {
-            let started: Option<i64> = admin.query_first(SERVER_STARTED_SQL).await?;
-            if started.is_none_or(|started| (started - identity.server_started_s).abs() > 1) {
+            let uptime: Option<u64> = admin.query_first(UPTIME_SQL).await?;
+            let since_connected = identity.connected.elapsed().as_secs();
+            // Ids only grow while a server runs: a new connection with an id not above the
+            // lost one's, or an uptime shorter than the lost one's age, means a restart since.
+            let restarted = uptime.is_none_or(|uptime| uptime + 1 < since_connected)
+                || admin.id() <= identity.id;
+            if restarted {
                 return Ok(true);
             }
-            let listed: Option<(String, i64)> =
-                admin.exec_first(LISTED_SQL, (identity.id,)).await?;
-            let ours = listed.is_some_and(|(host, started)| {
-                host == identity.host && (started - identity.server_started_s).abs() <= 1
-            });
-            if ours {
-                // "Unknown thread id" if it went meanwhile: fine, the next look says so.
-                let _ = admin
-                    .query_drop(format!("KILL CONNECTION {}", identity.id))
-                    .await;
+            let command: Option<String> = admin.exec_first(LISTED_SQL, (identity.id,)).await?;
+            let Some(command) = command else {
+                return Ok(true);
+            };
+            if command != "Sleep" {
+                // Still running its last statement: look again.
+                return Ok(false);
             }
-            Ok(!ours)
+            let open: Option<u64> = admin
+                .exec_first(OPEN_TRANSACTION_SQL, (identity.id,))
+                .await?;
+            if open.unwrap_or(0) == 0 {
+                return Ok(true);
+            }
+            // "Unknown thread id" if it went meanwhile: fine, the next look says so.
+            let _ = admin
+                .query_drop(format!("KILL CONNECTION {}", identity.id))
+                .await;
+            Ok(false)
         }
         .await;
         let _ = admin.disconnect().await;
@@ -157,35 +171,27 @@ impl Database {
 }
 
 /// Which server connection a session had, so that it can be told gone after the session lost
-/// it. Ids start again after a restart, so the id alone could name another connection: the
-/// client's address as the server sees it (its port, over TCP) and the server's start tell
-/// them apart.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// it: the server's id for it, and when it was made. Ids start again after a restart, so an
+/// id names this connection only if the server has been up since it was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionIdentity {
     id: u32,
-    host: String,
-    server_started_s: i64,
+    connected: Instant,
 }
 
 /// How often `until_gone` looks again, at most.
 const GONE_POLL_MAX: Duration = Duration::from_secs(1);
 
-/// A connection as the server lists it: its client's address, and the server's start in
-/// seconds since the epoch by its own clock (which two readings can place a second apart).
-const LISTED_SQL: &str = "SELECT HOST, CAST(UNIX_TIMESTAMP() - (SELECT VARIABLE_VALUE \
-     FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME') AS SIGNED) \
-     FROM information_schema.PROCESSLIST WHERE ID = ?";
+/// The server's uptime; its seconds and ours may differ by one.
+const UPTIME_SQL: &str =
+    "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'";
 
-/// What a new connection learns of itself: as in `LISTED_SQL`, and whether its `sql_mode`
-/// reads a backslash in a string literal as an escape, for writing values into statements.
-const IDENTIFY_SQL: &str = "SELECT HOST, CAST(UNIX_TIMESTAMP() - (SELECT VARIABLE_VALUE \
-     FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME') AS SIGNED), \
-     FIND_IN_SET('NO_BACKSLASH_ESCAPES', @@session.sql_mode) > 0 \
-     FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()";
+/// What a connection id is doing on the server, if it is there.
+const LISTED_SQL: &str = "SELECT COMMAND FROM information_schema.PROCESSLIST WHERE ID = ?";
 
-/// The server's start, as in `LISTED_SQL`.
-const SERVER_STARTED_SQL: &str = "SELECT CAST(UNIX_TIMESTAMP() - VARIABLE_VALUE AS SIGNED) \
-     FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'";
+/// Whether a connection id has a transaction open in InnoDB.
+const OPEN_TRANSACTION_SQL: &str =
+    "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id = ?";
 
 /// The connection and what the session knows of its settings.
 enum Link {
@@ -193,7 +199,6 @@ enum Link {
     Open {
         conn: Box<Conn>,
         identity: ConnectionIdentity,
-        literals: LiteralStyle,
         /// The session-level isolation of the connection, which the next transaction uses.
         isolation: Isolation,
         last_used: Instant,
@@ -241,7 +246,7 @@ impl DbConnection {
     /// Which server connection this is, while there is one.
     pub fn identity(&self) -> Option<ConnectionIdentity> {
         match &self.link {
-            Link::Open { identity, .. } => Some(identity.clone()),
+            Link::Open { identity, .. } => Some(*identity),
             Link::Closed => None,
         }
     }
@@ -250,8 +255,14 @@ impl DbConnection {
     /// of its `?`), so that several statements can go in one round trip; `None` when a value
     /// has no literal or the placeholders do not match the parameters.
     pub fn render(&self, statement: &Statement, placeholders: &[usize]) -> Option<String> {
-        let Link::Open { literals, .. } = &self.link else {
+        let Link::Open { conn, .. } = &self.link else {
             return None;
+        };
+        let status = conn.last_ok_packet()?.status_flags();
+        let literals = if status.contains(StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES) {
+            LiteralStyle::NoBackslashEscapes
+        } else {
+            LiteralStyle::BackslashEscapes
         };
         if placeholders.len() != statement.params.len() {
             return None;
@@ -260,7 +271,7 @@ impl DbConnection {
         let mut from = 0;
         for (at, value) in placeholders.iter().zip(&statement.params) {
             text.push_str(statement.sql.get(from..*at)?);
-            text.push_str(&literal(value, *literals)?);
+            text.push_str(&literal(value, literals)?);
             from = at + 1;
         }
         text.push_str(statement.sql.get(from..)?);
@@ -384,15 +395,14 @@ impl DbConnection {
             }
             self.link = Link::Closed;
         }
-        let mut conn = Conn::new(self.database.opts.clone())
-            .await
-            .map_err(|error| unavailable(&self.database, error))?;
-        let (identity, literals) = identify(&mut conn)
+        let conn = Conn::new(self.database.opts.clone())
             .await
             .map_err(|error| unavailable(&self.database, error))?;
         self.link = Link::Open {
-            identity,
-            literals,
+            identity: ConnectionIdentity {
+                id: conn.id(),
+                connected: Instant::now(),
+            },
             conn: Box::new(conn),
             isolation: self.database.default_isolation,
             last_used: Instant::now(),
@@ -618,27 +628,8 @@ async fn within<T>(
     }
 }
 
-/// How the server lists `conn` (for `until_gone` to find it again), and how its string
-/// literals are written.
-async fn identify(
-    conn: &mut Conn,
-) -> Result<(ConnectionIdentity, LiteralStyle), mysql_async::Error> {
-    let listed: Option<(String, i64, bool)> = conn.query_first(IDENTIFY_SQL).await?;
-    let (host, server_started_s, no_backslash_escapes) = listed.unwrap_or_default();
-    let identity = ConnectionIdentity {
-        id: conn.id(),
-        host,
-        server_started_s,
-    };
-    let literals = if no_backslash_escapes {
-        LiteralStyle::NoBackslashEscapes
-    } else {
-        LiteralStyle::BackslashEscapes
-    };
-    Ok((identity, literals))
-}
-
-/// How a string literal escapes, per the connection's `sql_mode`.
+/// How a string literal escapes, per the connection's `sql_mode`, which the server reports
+/// in the status flags of every answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum LiteralStyle {
     BackslashEscapes,

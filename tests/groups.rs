@@ -303,7 +303,11 @@ async fn a_member_whose_client_left_does_not_run_and_its_group_goes_on() {
     let leader = queue(
         &broker,
         &observer,
-        tx_on_key(&["UPDATE t SET v = v + 1 WHERE id = 100"]),
+        // Its last statement returns rows, so its members go in a later round trip.
+        tx_on_key(&[
+            "UPDATE t SET v = v + 1 WHERE id = 100",
+            "SELECT v FROM t WHERE id = 100 FOR UPDATE",
+        ]),
         1,
     )
     .await;
@@ -323,8 +327,11 @@ async fn a_member_whose_client_left_does_not_run_and_its_group_goes_on() {
     )
     .await;
     holder.rollback().await.expect("let go of the key");
-    db.blocked_on_row_lock("UPDATE t SET v = v + 1 WHERE id = 100")
-        .await;
+    db.running_like(
+        "the leader waits for row 100",
+        "UPDATE t SET v = v + 1 WHERE id = 100%",
+    )
+    .await;
     // Both members joined the group when the leader was granted; one client now leaves.
     let sessions = observer.stats().await.expect("stats").sessions;
     drop(leaving);

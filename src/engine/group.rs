@@ -137,8 +137,8 @@ impl SessionEngine {
     }
 
     /// Runs, in order, every request still to run, taking members as they come; members stop
-    /// coming once the inbox is empty and the group is closed. The leader's statements go as
-    /// prepared statements; members go in scripts, several to a round trip.
+    /// coming once the inbox is empty and the group is closed. Requests go in scripts, several
+    /// to a round trip, the leader's first.
     async fn run_group_pass(&mut self, group: &mut Group) -> Pass {
         let mut index = 0;
         loop {
@@ -198,18 +198,15 @@ impl SessionEngine {
         }
     }
 
-    /// What runs next from `first`: the leader alone; or consecutive members, each as its
-    /// savepoint and statements written out, up to one whose last statement returns rows
-    /// (the rows of a statement are lost when the next one in the script fails); or a member
-    /// whose values have no literal, alone with prepared statements.
+    /// What runs next from `first`: consecutive requests, each as its statements written out
+    /// (after its savepoint, for a member), up to one whose last statement returns rows (the
+    /// rows of a statement are lost when the next one in the script fails); or one whose
+    /// values have no literal, alone with prepared statements.
     fn batch_from(&mut self, group: &Group, first: usize) -> Batch {
         let alone = |position| Batch {
             parts: vec![(position, None)],
             after: position + 1,
         };
-        if first == 0 {
-            return alone(0);
-        }
         let mut batch = Batch {
             parts: Vec::new(),
             after: first,
@@ -219,7 +216,7 @@ impl SessionEngine {
             if !matches!(entry.state, EntryState::ToRun) {
                 continue;
             }
-            let Some(script) = self.member_script(position, &entry.tx) else {
+            let Some(script) = self.script_part(position, &entry.tx) else {
                 if batch.parts.is_empty() {
                     return alone(position);
                 }
@@ -264,17 +261,18 @@ impl SessionEngine {
         let mut ran = Vec::new();
         for (position, part) in &batch.parts {
             let length = part.as_ref().map_or(0, Vec::len);
+            // A member's part starts with its savepoint; the leader's has none.
+            let savepoints = usize::from(*position > 0);
             if results.len() >= length {
                 let rest = results.split_off(length);
-                // Its savepoint's answer first, then its statements'.
-                ran.push((*position, results.split_off(1)));
+                ran.push((*position, results.split_off(savepoints)));
                 results = rest;
                 continue;
             }
-            // The savepoint is the part's first statement, so the failing statement's index
-            // in the request is the count of those that ran, minus the savepoint.
+            // The failing statement's index in the request is the count of the part's
+            // statements that ran, not counting its savepoint.
             let failure = TxFailure {
-                statement: results.len().checked_sub(1),
+                statement: results.len().checked_sub(savepoints),
                 error: error.unwrap_or_else(|| {
                     DbError::Rejected("a statement of the group's script gave no answer".into())
                 }),
@@ -350,10 +348,13 @@ impl SessionEngine {
         Ok(results)
     }
 
-    /// A member's savepoint and statements with their values written in, for a script.
-    fn member_script(&mut self, index: usize, tx: &TxRequest) -> Option<Vec<String>> {
+    /// A request's statements with their values written in, for a script; a member's after
+    /// its savepoint.
+    fn script_part(&mut self, index: usize, tx: &TxRequest) -> Option<Vec<String>> {
         let mut script = Vec::with_capacity(tx.statements.len() + 1);
-        script.push(format!("SAVEPOINT {}", savepoint(index)));
+        if index > 0 {
+            script.push(format!("SAVEPOINT {}", savepoint(index)));
+        }
         for statement in &tx.statements {
             let placeholders = self.classes.placeholders(&statement.sql)?;
             script.push(self.db.render(statement, &placeholders)?);
