@@ -40,6 +40,9 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+mod snapshot;
+pub use snapshot::{KeySnapshot, OwnerSnapshot, TableSnapshot, WaitSnapshot};
+
 /// One owner is one session's current transaction.
 pub type OwnerId = u64;
 
@@ -74,7 +77,7 @@ pub struct CommitTicket {
 pub struct GroupClass(pub u8);
 
 /// Whether a request may run in a group, its own or another's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Grouping {
     Alone,
     Groupable(GroupClass),
@@ -187,7 +190,7 @@ pub struct LockStats {
 /// coordinator.
 type KeyName = Arc<str>;
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Holders {
     Nobody,
     Shared(Vec<OwnerId>),
@@ -239,7 +242,7 @@ struct QueuedRequest {
     mode: LockMode,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct KeyEntry {
     name: KeyName,
     holders: Holders,
@@ -300,7 +303,7 @@ impl KeyEntry {
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct WaitingRequest {
     /// The key this owner is queued on.
     key: KeyName,
@@ -310,15 +313,15 @@ struct WaitingRequest {
     remaining_keys: std::vec::IntoIter<(String, LockMode)>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum RequestState {
     Idle,
     Waiting(WaitingRequest),
 }
 
 /// Whether an owner takes members into its group.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Leadership {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Leadership {
     /// Runs alone.
     None,
     /// Requests of `class` may join, up to the table's group size.
@@ -327,7 +330,7 @@ enum Leadership {
     Closed { members: usize },
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct OwnerState {
     /// Sorted ascending by key, so the greatest held key is the last one and
     /// the extension rule is one binary search.
@@ -389,7 +392,9 @@ enum AscendingOutcome {
     Queued,
 }
 
-#[derive(Debug)]
+/// `Clone` lets the model check (`tests/model_check.rs`) keep one table per
+/// explored state; the table holds no handle to anything outside itself.
+#[derive(Clone, Debug)]
 pub struct LockTable {
     keys: HashMap<KeyName, KeyEntry>,
     owners: HashMap<OwnerId, OwnerState>,

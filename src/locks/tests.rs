@@ -1,6 +1,7 @@
 //! Tests of the lock table (`src/locks.rs`): key ordering and merging in a request, grants
-//! and FIFO queues step by step, extension and upgrade rules, stats, and a randomized
-//! simulation (seeded and proptest-driven) that checks for deadlocks, starvation and leaks.
+//! and FIFO queues step by step, extension and upgrade rules, stats, canonical snapshots, and
+//! a randomized simulation (seeded and proptest-driven) that checks for deadlocks, starvation
+//! and leaks.
 
 use super::*;
 use proptest::prelude::*;
@@ -400,6 +401,37 @@ fn key_entries_are_removed_when_free() {
     assert_eq!(table.key_entry_count(), 1);
     table.release_all(1);
     assert_empty(&table);
+}
+
+#[test]
+fn snapshots_of_equal_content_are_equal_whatever_the_order_of_events() {
+    // Readers joined and left in a different order, so their `Vec`s differ in
+    // order; owners and keys were inserted into the maps in a different order.
+    let mut first = LockTable::new();
+    first.acquire(1, request(&[], &["k"]));
+    first.acquire(2, request(&[], &["k"]));
+    first.acquire(3, request(&[], &["k"]));
+    first.acquire(4, request(&["a"], &[]));
+    first.release_all(1);
+    let mut second = LockTable::new();
+    second.acquire(4, request(&["a"], &[]));
+    second.acquire(3, request(&[], &["k"]));
+    second.acquire(2, request(&[], &["k"]));
+    assert_eq!(first.snapshot(), second.snapshot());
+
+    let snapshot = first.snapshot();
+    let names: Vec<&str> = snapshot.keys.iter().map(|key| key.name.as_str()).collect();
+    assert_eq!(names, ["a", "k"]);
+    assert_eq!(snapshot.keys[1].holders, [(2, Shared), (3, Shared)]);
+    let owners: Vec<OwnerId> = snapshot.owners.iter().map(|owner| owner.owner).collect();
+    assert_eq!(owners, [2, 3, 4]);
+
+    // A queue keeps its order: it says who is served first.
+    first.acquire(5, request(&["k"], &[]));
+    first.acquire(6, request(&["k"], &[]));
+    second.acquire(6, request(&["k"], &[]));
+    second.acquire(5, request(&["k"], &[]));
+    assert_ne!(first.snapshot(), second.snapshot());
 }
 
 // ---- Randomized simulation -------------------------------------------
