@@ -679,6 +679,11 @@ impl LockTable {
     /// key of the request it held, or that was free, becomes the leader's.
     /// Whoever waited behind the joiner for a key now waits for the leader,
     /// which waits for no one.
+    ///
+    /// A free key may still carry an unsettled commit ticket; the leader is not
+    /// told to read after it, since a member's statements all lock rows, and
+    /// InnoDB orders them after that commit. Grouping a request that reads
+    /// without locking would need the ticket here.
     fn join(&mut self, leader: OwnerId, joiner: OwnerId, keys: &[(String, LockMode)]) {
         if let Some(state) = self.owners.remove(&joiner) {
             if let RequestState::Waiting(waiting) = &state.request {

@@ -88,7 +88,9 @@ impl PrivateMariaDb {
             std::process::id(),
             stamp % 1_000_000_000
         ));
-        std::fs::create_dir_all(&dir).expect("create the instance directory");
+        // Its own temporary directory too: a starting server deletes the `#sql*` files it
+        // finds in its tmpdir, which in a shared /tmp are other servers' temporary tables.
+        std::fs::create_dir_all(dir.join("tmp")).expect("create the instance directory");
         // The guard owns the directory from here on, so a failure below still removes it.
         let mut server = PrivateMariaDb {
             dir,
@@ -118,6 +120,7 @@ impl PrivateMariaDb {
         let mut child = Command::new("mariadb-install-db")
             .arg("--no-defaults")
             .arg(format!("--datadir={}", self.data_dir().display()))
+            .arg(format!("--tmpdir={}", self.dir.join("tmp").display()))
             .arg("--auth-root-authentication-method=normal")
             .arg("--user=root")
             .arg("--skip-test-db")
@@ -257,6 +260,7 @@ impl PrivateMariaDb {
             .arg("--no-defaults")
             .arg("--user=root")
             .arg(format!("--datadir={}", self.data_dir().display()))
+            .arg(format!("--tmpdir={}", self.dir.join("tmp").display()))
             .arg(format!("--port={}", self.port))
             .arg(format!("--socket={}", self.dir.join("sock").display()))
             .arg(format!(
