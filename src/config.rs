@@ -162,7 +162,7 @@ impl Default for Config {
             innodb_lock_wait_timeout_s: 10,
             single_write_autocommit: true,
             handover_at_commit: true,
-            max_group_size: 16,
+            max_group_size: 24,
             log_level: "info".to_string(),
         }
     }
