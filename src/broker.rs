@@ -1,7 +1,9 @@
-//! The broker as a whole: starts the lock coordinator on its own arbiter, one arbiter per
-//! session thread, and (unless told not to) the acceptor with its TCP listener, inside the
-//! caller's running actix `System`; and hands back a `Broker` handle: the bound address, the
-//! actors' addresses, embedded sessions (`session()`), and `shutdown()`.
+//! The broker as a whole: starts one arbiter per session thread, the lock coordinator on the
+//! first of them (or on a thread of its own, `coordinator_thread = "own"`; on the caller's
+//! arbiter when there is no listener), and (unless told not to) the acceptor with its TCP
+//! listener, inside the caller's running actix `System`; and hands back a `Broker` handle:
+//! the bound address, the actors' addresses, embedded sessions (`session()`), and
+//! `shutdown()`.
 //!
 //! This is the embedding API: the binary's `main` uses it exactly as an application does.
 //!
@@ -33,6 +35,7 @@ use slog::{info, warn, Logger};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use crate::acceptor::{Acceptor, Shutdown};
 use crate::config::{Config, CoordinatorThread};
@@ -113,10 +116,7 @@ impl BrokerBuilder {
             metrics.clone(),
         )
         .map_err(|error| StartError::Database(error.to_string()))?;
-        let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
-            _ => None,
-        };
+        let tls = tls_acceptor(&config)?;
         let listener = match listener {
             Listener::Tcp => Some(bind(&config.listen).await?),
             Listener::None => None,
@@ -135,17 +135,13 @@ impl BrokerBuilder {
             metrics,
             log.clone(),
         );
-        let acceptor = listener.map(|(listener, local_addr)| {
-            let acceptor =
-                Acceptor::new(sessions.clone(), tls, listener, threads.sessions.clone()).start();
-            info!(log, "listening"; "address" => %local_addr,
-                "session_threads" => config.session_thread_count(),
-                "coordinator_thread" => ?config.coordinator_thread);
-            (acceptor, local_addr)
-        });
-        if acceptor.is_none() {
-            info!(log, "started without a listener");
-        }
+        let acceptor = match listener {
+            Some(listener) => Some(start_acceptor(&sessions, tls, listener, &threads)),
+            None => {
+                info!(log, "started without a listener");
+                None
+            }
+        };
         let (phase, _) = watch::channel(ServerPhase::Serving);
         Ok(Broker {
             local_addr: acceptor.as_ref().map(|(_, local_addr)| *local_addr),
@@ -157,6 +153,29 @@ impl BrokerBuilder {
             log,
         })
     }
+}
+
+/// TLS for client connections when the config names a certificate and a key.
+fn tls_acceptor(config: &Config) -> Result<Option<TlsAcceptor>, StartError> {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::acceptor(cert, key)?)),
+        _ => Ok(None),
+    }
+}
+
+/// Starts the acceptor on `listener`.
+fn start_acceptor(
+    sessions: &SessionFactory,
+    tls: Option<TlsAcceptor>,
+    (listener, local_addr): (TcpListener, SocketAddr),
+    threads: &Threads,
+) -> (Addr<Acceptor>, SocketAddr) {
+    let config = &sessions.config;
+    let acceptor = Acceptor::new(sessions.clone(), tls, listener, threads.sessions.clone()).start();
+    info!(sessions.log, "listening"; "address" => %local_addr,
+        "session_threads" => config.session_thread_count(),
+        "coordinator_thread" => ?config.coordinator_thread);
+    (acceptor, local_addr)
 }
 
 /// The broker's threads: the arbiters it started (stopped at shutdown), where sessions run,
