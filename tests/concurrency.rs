@@ -24,33 +24,6 @@ async fn accounts(label: &str, rows: u32) -> TestDb {
 
 const ROW_2_UPDATE: &str = "UPDATE accounts SET balance = balance + 5 WHERE id = 2";
 
-/// The other party of a database deadlock, working directly on the database: a transaction
-/// that has changed many rows (so that InnoDB picks the broker's lighter transaction as the
-/// deadlock victim) and holds row 2.
-async fn heavy_transaction_holding_row_2(db: &TestDb) -> mysql_async::Conn {
-    let mut heavy = db.conn().await;
-    heavy.query_drop("START TRANSACTION").await.expect("begin");
-    heavy
-        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id > 10")
-        .await
-        .expect("many rows");
-    heavy
-        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 2")
-        .await
-        .expect("row 2");
-    heavy
-}
-
-/// Closes the cycle once the broker's transaction holds row 1 and waits for row 2: the heavy
-/// transaction asks for row 1, survives the deadlock, and commits.
-async fn close_the_deadlock_and_commit(mut heavy: mysql_async::Conn) {
-    heavy
-        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
-        .await
-        .expect("the heavy transaction survives the deadlock");
-    heavy.query_drop("COMMIT").await.expect("commit");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_client_waits_for_the_key_then_runs_after_the_first() {
     let db = accounts("cc_wait", 1).await;
@@ -297,7 +270,7 @@ async fn a_database_deadlock_in_tx_is_retried_to_success() {
     let db = accounts("cc_deadlock_retry", 200).await;
     let broker = TestBroker::start(db.config());
     let client = broker.client().await;
-    let heavy = heavy_transaction_holding_row_2(&db).await;
+    let heavy = db.heavy_transaction_holding_row_2().await;
 
     let tx = tokio::spawn(
         client.send(Request::Tx(
@@ -312,7 +285,7 @@ async fn a_database_deadlock_in_tx_is_retried_to_success() {
         )),
     );
     db.blocked_on_row_lock(ROW_2_UPDATE).await;
-    close_the_deadlock_and_commit(heavy).await;
+    common::close_the_deadlock_and_commit(heavy).await;
 
     let reply = tx
         .await
@@ -348,10 +321,10 @@ async fn a_database_deadlock_inside_an_interactive_transaction_aborts_it() {
         )
         .await
         .expect("row 1");
-    let heavy = heavy_transaction_holding_row_2(&db).await;
+    let heavy = db.heavy_transaction_holding_row_2().await;
     let blocked = tokio::spawn(client.send(Request::Exec(Statement::new(ROW_2_UPDATE, vec![]))));
     db.blocked_on_row_lock(ROW_2_UPDATE).await;
-    close_the_deadlock_and_commit(heavy).await;
+    common::close_the_deadlock_and_commit(heavy).await;
 
     let error = blocked.await.expect("task").expect_err("deadlock victim");
     assert_eq!(error.code(), Some(ErrorCode::Deadlock));

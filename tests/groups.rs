@@ -9,7 +9,7 @@ mod private_mariadb;
 use common::answers::{expect_code, server_error};
 use common::raw::{req, statement, RawConn};
 use common::requests::with_keys;
-use common::{setup, stats_until, within, TestBroker, TestDb};
+use common::{answered, close_the_deadlock_and_commit, setup, stats_until, TestBroker, TestDb};
 use mysql_async::prelude::Queryable;
 use tokio::task::JoinHandle;
 use txbroker::client::{Client, ClientError, TxBuilder, TxOutcome};
@@ -41,21 +41,12 @@ async fn queue(
     tx: TxRequest,
     waiters: u64,
 ) -> JoinHandle<Result<TxOutcome, ClientError>> {
-    let client = broker.client().await;
-    let sent = tokio::spawn(async move { client.run_tx(tx).await });
+    let sent = broker.send_tx(tx).await;
     stats_until(observer, "the request is queued", |s| {
         s.lock_waiters == waiters
     })
     .await;
     sent
-}
-
-async fn outcome(
-    sent: JoinHandle<Result<TxOutcome, ClientError>>,
-) -> Result<TxOutcome, ClientError> {
-    within("the request is answered", sent)
-        .await
-        .expect("the request's task")
 }
 
 fn grouped_since(before: &Stats, after: &Stats) -> (u64, u64) {
@@ -115,9 +106,9 @@ async fn a_failing_member_is_absent_and_the_rest_of_its_group_commits() {
     holder.rollback().await.expect("let go of the key");
 
     for sent in [leader, first, last] {
-        assert_eq!(outcome(sent).await.expect("committed").attempts, 1);
+        assert_eq!(answered(sent).await.expect("committed").attempts, 1);
     }
-    let error = server_error(outcome(failing).await);
+    let error = server_error(answered(failing).await);
     assert_eq!(error.code, ErrorCode::Sql);
     assert_eq!((error.mysql_code, error.statement), (Some(1062), Some(1)));
     let rows: Vec<(i32, String)> = db
@@ -157,16 +148,7 @@ async fn a_deadlock_in_a_group_reruns_every_request_that_had_run() {
     .await;
     // The other party, straight on the database: it has changed many rows (so InnoDB picks
     // the group's lighter transaction as the victim) and holds row 2.
-    let mut heavy = db.conn().await;
-    heavy.query_drop("START TRANSACTION").await.expect("begin");
-    heavy
-        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id > 10")
-        .await
-        .expect("many rows");
-    heavy
-        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 2")
-        .await
-        .expect("row 2");
+    let heavy = db.heavy_transaction_holding_row_2().await;
     let holder = hold_key(&broker).await;
     let before = observer.stats().await.expect("stats");
     let leader = queue(
@@ -188,15 +170,11 @@ async fn a_deadlock_in_a_group_reruns_every_request_that_had_run() {
     // the cycle, and InnoDB rolls the whole group back.
     db.running_like("the member waits for row 2", "%balance + 10 WHERE id = 2%")
         .await;
-    heavy
-        .query_drop("UPDATE accounts SET balance = balance + 1000 WHERE id = 1")
-        .await
-        .expect("heavy gets row 1 once the group is rolled back");
-    heavy.query_drop("COMMIT").await.expect("commit heavy");
+    close_the_deadlock_and_commit(heavy).await;
 
     let attempts = (
-        outcome(leader).await.expect("leader").attempts,
-        outcome(member).await.expect("member").attempts,
+        answered(leader).await.expect("leader").attempts,
+        answered(member).await.expect("member").attempts,
     );
     let after = observer.stats().await.expect("stats");
     assert_eq!(attempts, (2, 2), "both reran: {after:?}");
@@ -206,7 +184,7 @@ async fn a_deadlock_in_a_group_reruns_every_request_that_had_run() {
         .query("SELECT balance FROM accounts WHERE id IN (1, 2) ORDER BY id")
         .await
         .expect("balances");
-    assert_eq!(balances, [1100, 11], "each update applied once");
+    assert_eq!(balances, [101, 11], "each update applied once");
     assert!(after.deadlocks > before.deadlocks, "{after:?}");
     assert!(after.retries >= before.retries + 2, "{after:?}");
     assert_eq!(grouped_since(&before, &after), (1, 2));
@@ -261,9 +239,9 @@ async fn every_request_of_a_group_whose_connection_dies_in_commit_is_answered_co
     let committing = db.running("the group's COMMIT waits", "COMMIT").await;
     db.run(&[&format!("KILL CONNECTION {committing}")]).await;
 
-    expect_code(outcome(leader).await, ErrorCode::CommitUnknown);
+    expect_code(answered(leader).await, ErrorCode::CommitUnknown);
     for member in members {
-        expect_code(outcome(member).await, ErrorCode::CommitUnknown);
+        expect_code(answered(member).await, ErrorCode::CommitUnknown);
     }
     backup
         .query_drop("BACKUP STAGE END")
@@ -347,8 +325,8 @@ async fn a_member_whose_client_left_does_not_run_and_its_group_goes_on() {
         .await
         .expect("let the leader go");
 
-    assert_eq!(outcome(leader).await.expect("leader").attempts, 1);
-    assert_eq!(outcome(staying).await.expect("member").attempts, 1);
+    assert_eq!(answered(leader).await.expect("leader").attempts, 1);
+    assert_eq!(answered(staying).await.expect("member").attempts, 1);
     let ids: Vec<i32> = db
         .conn()
         .await
@@ -427,7 +405,7 @@ async fn requests_that_touch_session_state_or_another_isolation_level_are_never_
         other_isolation,
         joins,
     ] {
-        outcome(sent).await.expect("committed");
+        answered(sent).await.expect("committed");
     }
     let values: Vec<Option<i32>> = db
         .conn()
@@ -464,7 +442,7 @@ async fn with_groups_turned_off_queued_requests_run_one_by_one() {
     }
     holder.rollback().await.expect("let go of the key");
     for request in sent {
-        outcome(request).await.expect("committed");
+        answered(request).await.expect("committed");
     }
     assert_eq!(db.count("t").await, 3);
     let stats = observer.stats().await.expect("stats");
@@ -536,9 +514,9 @@ async fn tricky_values_through_a_group(db: &TestDb) -> Vec<Vec<Value>> {
         members.push(queue(&broker, &observer, tx, queued as u64 + 2).await);
     }
     holder.rollback().await.expect("let go of the key");
-    outcome(leader).await.expect("leader");
+    answered(leader).await.expect("leader");
     for member in members {
-        outcome(member).await.expect("member");
+        answered(member).await.expect("member");
     }
     let stats = observer.stats().await.expect("stats");
     assert_eq!((stats.groups_committed, stats.transactions_grouped), (1, 3));

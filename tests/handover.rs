@@ -8,14 +8,14 @@ mod common;
 mod private_mariadb;
 
 use common::answers::expect_code;
-use common::{stats_until, within, TestBroker, TestDb};
+use common::{answered, stats_until, TestBroker, TestDb};
 use mysql_async::prelude::Queryable;
 use private_mariadb::PrivateMariaDb;
 use tokio::task::JoinHandle;
 use txbroker::client::{Client, ClientError, TxBuilder, TxOutcome};
 use txbroker::error::ErrorCode;
 use txbroker::locks::LockRequest;
-use txbroker::protocol::{TxOptions, Value};
+use txbroker::protocol::{TxOptions, TxRequest, Value};
 
 const KEY: &str = "row:1";
 
@@ -54,26 +54,27 @@ async fn commit_in_flight(
     broker: &TestBroker,
     db: &TestDb,
 ) -> (JoinHandle<Result<TxOutcome, ClientError>>, i64) {
-    let client = broker.client().await;
-    let committing = tokio::spawn(async move {
-        client
-            .tx()
-            .lock(KEY)
-            .exec("UPDATE t SET v = 42 WHERE id = 1", vec![])
-            .exec("UPDATE t SET w = w + 1 WHERE id = 1", vec![])
-            .run()
-            .await
-    });
+    let committing = broker
+        .send_tx(
+            TxBuilder::new()
+                .lock(KEY)
+                .exec("UPDATE t SET v = 42 WHERE id = 1", vec![])
+                .exec("UPDATE t SET w = w + 1 WHERE id = 1", vec![])
+                .into_request(),
+        )
+        .await;
     let connection = db
         .running("the COMMIT waits for the backup", "COMMIT")
         .await;
     (committing, connection)
 }
 
-async fn answer<T>(sent: JoinHandle<Result<T, ClientError>>) -> Result<T, ClientError> {
-    within("the request is answered", sent)
-        .await
-        .expect("the request's task")
+/// The next holder's locking write.
+fn add_ten_to_w() -> TxRequest {
+    TxBuilder::new()
+        .lock(KEY)
+        .exec("UPDATE t SET w = w + 10 WHERE id = 1", vec![])
+        .into_request()
 }
 
 fn shared_key() -> TxOptions {
@@ -90,15 +91,7 @@ async fn a_locking_statement_goes_ahead_while_the_previous_commit_is_in_flight()
     let observer = broker.client().await;
     let backup = block_commits(&db).await;
     let (previous, _) = commit_in_flight(&broker, &db).await;
-    let next_client = broker.client().await;
-    let next = tokio::spawn(async move {
-        next_client
-            .tx()
-            .lock(KEY)
-            .exec("UPDATE t SET w = w + 10 WHERE id = 1", vec![])
-            .run()
-            .await
-    });
+    let next = broker.send_tx(add_ten_to_w()).await;
     // It holds the key and its UPDATE waits in InnoDB for the committing transaction's row.
     db.blocked_on_row_lock("UPDATE t SET w = w + 10 WHERE id = 1")
         .await;
@@ -107,8 +100,10 @@ async fn a_locking_statement_goes_ahead_while_the_previous_commit_is_in_flight()
     assert_eq!(stats.handovers, 1);
     unblock_commits(backup).await;
 
-    answer(previous).await.expect("the previous holder commits");
-    answer(next)
+    answered(previous)
+        .await
+        .expect("the previous holder commits");
+    answered(next)
         .await
         .expect("the next holder commits after it");
     let row: (i32, i32) = db
@@ -131,22 +126,14 @@ async fn with_hand_over_off_the_key_passes_only_once_the_commit_has_answered() {
     let observer = broker.client().await;
     let backup = block_commits(&db).await;
     let (previous, _) = commit_in_flight(&broker, &db).await;
-    let next_client = broker.client().await;
-    let next = tokio::spawn(async move {
-        next_client
-            .tx()
-            .lock(KEY)
-            .exec("UPDATE t SET w = w + 10 WHERE id = 1", vec![])
-            .run()
-            .await
-    });
+    let next = broker.send_tx(add_ten_to_w()).await;
     stats_until(&observer, "the next request waits for the key", |s| {
         s.lock_waiters == 1 && s.locks_held == 1
     })
     .await;
     unblock_commits(backup).await;
-    answer(previous).await.expect("previous");
-    answer(next).await.expect("next");
+    answered(previous).await.expect("previous");
+    answered(next).await.expect("next");
     assert_eq!(observer.stats().await.expect("stats").handovers, 0);
 }
 
@@ -158,15 +145,14 @@ async fn reads_without_locking_wait_for_the_handed_over_commit_and_see_it() {
     let backup = block_commits(&db).await;
     let (previous, _) = commit_in_flight(&broker, &db).await;
     // Two readers share the key: a `tx` and an interactive transaction, both plain SELECTs.
-    let reader = broker.client().await;
-    let in_tx = tokio::spawn(async move {
-        reader
-            .tx()
-            .read_lock(KEY)
-            .exec("SELECT v, w FROM t WHERE id = 1", vec![])
-            .run()
-            .await
-    });
+    let in_tx = broker
+        .send_tx(
+            TxBuilder::new()
+                .read_lock(KEY)
+                .exec("SELECT v, w FROM t WHERE id = 1", vec![])
+                .into_request(),
+        )
+        .await;
     let interactive: Client = broker.client().await;
     let in_interactive = tokio::spawn(async move {
         interactive.begin(shared_key()).await?;
@@ -182,14 +168,17 @@ async fn reads_without_locking_wait_for_the_handed_over_commit_and_see_it() {
     .await;
     unblock_commits(backup).await;
 
-    answer(previous).await.expect("previous");
+    answered(previous).await.expect("previous");
     let seen = [42.into(), 1.into()];
     assert_eq!(
-        answer(in_tx).await.expect("tx read").results[0].rows,
+        answered(in_tx).await.expect("tx read").results[0].rows,
         [seen.to_vec()]
     );
     assert_eq!(
-        answer(in_interactive).await.expect("interactive read").rows,
+        answered(in_interactive)
+            .await
+            .expect("interactive read")
+            .rows,
         [seen.to_vec()]
     );
 }
@@ -201,25 +190,22 @@ async fn when_the_outcome_is_unknown_reads_wait_until_the_connection_is_gone() {
     let observer = broker.client().await;
     let backup = block_commits(&db).await;
     let (previous, connection) = commit_in_flight(&broker, &db).await;
-    let reader = broker.client().await;
-    let read = tokio::spawn(async move {
-        reader
-            .run_tx(
-                TxBuilder::new()
-                    .lock(KEY)
-                    .exec("SELECT v FROM t WHERE id = 1", vec![])
-                    .into_request(),
-            )
-            .await
-    });
+    let read = broker
+        .send_tx(
+            TxBuilder::new()
+                .lock(KEY)
+                .exec("SELECT v FROM t WHERE id = 1", vec![])
+                .into_request(),
+        )
+        .await;
     stats_until(&observer, "the read waits for the commit", |s| {
         s.reads_waiting == 1
     })
     .await;
     // The committing connection dies while its COMMIT waits: the server rolls it back.
     db.run(&[&format!("KILL CONNECTION {connection}")]).await;
-    expect_code(answer(previous).await, ErrorCode::CommitUnknown);
-    let outcome = answer(read)
+    expect_code(answered(previous).await, ErrorCode::CommitUnknown);
+    let outcome = answered(read)
         .await
         .expect("the read runs once the connection is gone");
     assert_eq!(outcome.results[0].rows, [vec![Value::Int(0)]]);

@@ -28,8 +28,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
-use txbroker::client::Client;
-use txbroker::protocol::Stats;
+use tokio::task::JoinHandle;
+use txbroker::client::{Client, ClientError, TxOutcome};
+use txbroker::protocol::{Stats, TxRequest};
 use txbroker::{logging, Broker, Config};
 
 /// How long an awaited event may take on a loaded two-core machine before the test fails.
@@ -125,6 +126,24 @@ impl TestDb {
             .await;
     }
 
+    /// The other party of a database deadlock, working directly on the database (its
+    /// `accounts` must have rows above 10, as `bank` makes): a transaction that has changed
+    /// many rows (so that InnoDB picks the broker's lighter transaction as the deadlock
+    /// victim) and holds row 2.
+    pub async fn heavy_transaction_holding_row_2(&self) -> mysql_async::Conn {
+        let mut heavy = self.conn().await;
+        heavy.query_drop("START TRANSACTION").await.expect("begin");
+        heavy
+            .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id > 10")
+            .await
+            .expect("many rows");
+        heavy
+            .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 2")
+            .await
+            .expect("row 2");
+        heavy
+    }
+
     pub async fn table_exists(&self, table: &str) -> bool {
         self.scalar(&format!(
             "SELECT COUNT(*) FROM information_schema.tables \
@@ -176,6 +195,17 @@ pub async fn bank(label: &str, rows: u32, balance: i64) -> TestDb {
         ],
     )
     .await
+}
+
+/// Closes the cycle once the broker's transaction holds row 1 and waits for row 2 (held by
+/// `TestDb::heavy_transaction_holding_row_2`): the heavy transaction asks for row 1, survives
+/// the deadlock, and commits.
+pub async fn close_the_deadlock_and_commit(mut heavy: mysql_async::Conn) {
+    heavy
+        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+        .await
+        .expect("the heavy transaction survives the deadlock");
+    heavy.query_drop("COMMIT").await.expect("commit");
 }
 
 /// Begins a transaction on `client` that declares `accounts:{id}` and updates that account
@@ -261,6 +291,12 @@ impl TestBroker {
             .expect("connect to the broker")
     }
 
+    /// Sends `tx` from a client of its own, in a task: the task's handle, for `answered`.
+    pub async fn send_tx(&self, tx: TxRequest) -> JoinHandle<Result<TxOutcome, ClientError>> {
+        let client = self.client().await;
+        tokio::spawn(async move { client.run_tx(tx).await })
+    }
+
     /// Starts the drain and returns at once; the broker thread finishes on its own.
     pub fn begin_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -315,6 +351,13 @@ pub async fn stats_until(client: &Client, what: &str, condition: impl Fn(&Stats)
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The answer of a request sent in a task (`TestBroker::send_tx`), within `PATIENCE`.
+pub async fn answered<T>(sent: JoinHandle<Result<T, ClientError>>) -> Result<T, ClientError> {
+    within("the request is answered", sent)
+        .await
+        .expect("the request's task")
 }
 
 /// Awaits `future`, failing the test if it takes longer than `PATIENCE`.
