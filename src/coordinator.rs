@@ -23,25 +23,12 @@ use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, SpawnH
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::BrokerError;
+pub use crate::error::LockFailure;
 use crate::locks::{
     AcquireOutcome, CommitTicket, Completed, Completion, Grant, Grouping, LockRequest, LockStats,
     LockTable, OwnerId,
 };
 use crate::protocol::{Reply, TxRequest};
-
-/// Why keys were not granted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LockFailure {
-    /// Not granted within `lock_wait_timeout_ms`; every key of the owner was released.
-    Timeout { key: String, waited_ms: u64 },
-    /// An out-of-order key was busy (try-only rule); keys granted so far are still held.
-    Conflict { key: String },
-    /// The wait was cancelled (the session is going away), or the coordinator is gone.
-    Cancelled,
-    /// The request joined a group whose leader had just gone away; nothing of it ran, and it
-    /// holds nothing: ask again.
-    GroupGone,
-}
 
 /// How a handed-over commit ended, as far as a successor's reads care.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

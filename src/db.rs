@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use mysql_async::consts::{ColumnType, StatusFlags};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Column, Conn, Opts, OptsBuilder, Params, Row};
-use thiserror::Error;
 
+pub use crate::error::DbError;
 use crate::error::{mysql_codes as codes, Conflict, DbFailure};
 use crate::metrics::Metrics;
 use crate::protocol::{Isolation, QueryResult, Statement, Value};
@@ -27,41 +27,6 @@ const BINARY_CHARSET: u16 = 63;
 /// may have restarted or dropped it meanwhile (`wait_timeout`, `KILL`), and finding out with a
 /// ping is cheaper than answering `commit_unknown` for an autocommit statement.
 const STALE_AFTER: Duration = Duration::from_secs(1);
-
-#[derive(Clone, Debug, Error, PartialEq, Eq)]
-pub enum DbError {
-    /// The server answered with an error; the connection is fine.
-    #[error("{0}")]
-    Server(DbFailure),
-    /// No connection could be made.
-    #[error("{0}")]
-    Unavailable(String),
-    /// The connection broke while in use; whatever was open on it is gone.
-    #[error("{0}")]
-    ConnectionLost(String),
-    /// The statement was refused before it ran (wrong parameter count), or an autocommit
-    /// statement opened a transaction and was rolled back; the connection is fine.
-    #[error("{0}")]
-    Rejected(String),
-    /// The statement succeeded but the server no longer has the transaction open: something
-    /// committed or rolled back implicitly.
-    #[error("the statement ended the transaction on the database")]
-    TransactionEnded,
-    /// The transaction's deadline passed during this operation; the connection was dropped
-    /// and its query killed, so the server rolls the transaction back.
-    #[error("the transaction ran past its deadline")]
-    DeadlineExceeded,
-}
-
-impl DbError {
-    /// Whether this error asks for the whole transaction to run again.
-    pub fn conflict(&self) -> Option<Conflict> {
-        match self {
-            DbError::Server(failure) => failure.conflict(),
-            _ => None,
-        }
-    }
-}
 
 /// How to reach the database; shared by every session, cheap to clone.
 #[derive(Clone, Debug)]

@@ -1,8 +1,9 @@
 //! The broker's errors: one enum whose variants map one to one onto the protocol's error
 //! codes, so that every failure a client can see has exactly one spelling on the wire.
 //!
-//! Lower layers keep their own error types (`db::DbError`, `frame::FrameError`,
-//! `coordinator::LockFailure`). Every translation of a lower layer's error into what a client
+//! The lower layers' errors are defined here too (`DbError` for `db`, `LockFailure` for the
+//! coordinator; `frame::FrameError` stays with the codec), so that this module depends on no
+//! other. Every translation of a lower layer's error into what a client
 //! is told lives here, once: `From<DbError>` and `From<LockFailure>` for `BrokerError`,
 //! `AbortReason::caused_by` for what a database error does to an interactive transaction,
 //! `BrokerError::commit_unknown` for a connection lost while a commit was in flight, and
@@ -11,9 +12,6 @@
 use std::fmt;
 
 use thiserror::Error;
-
-use crate::coordinator::LockFailure;
-use crate::db::DbError;
 
 /// MySQL error numbers the broker reacts to.
 pub mod mysql_codes {
@@ -161,6 +159,56 @@ impl fmt::Display for DbFailure {
             self.message, self.mysql_code, self.sqlstate
         )
     }
+}
+
+/// What went wrong with the database, as `db.rs` sees it.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum DbError {
+    /// The server answered with an error; the connection is fine.
+    #[error("{0}")]
+    Server(DbFailure),
+    /// No connection could be made.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The connection broke while in use; whatever was open on it is gone.
+    #[error("{0}")]
+    ConnectionLost(String),
+    /// The statement was refused before it ran (wrong parameter count), or an autocommit
+    /// statement opened a transaction and was rolled back; the connection is fine.
+    #[error("{0}")]
+    Rejected(String),
+    /// The statement succeeded but the server no longer has the transaction open: something
+    /// committed or rolled back implicitly.
+    #[error("the statement ended the transaction on the database")]
+    TransactionEnded,
+    /// The transaction's deadline passed during this operation; the connection was dropped
+    /// and its query killed, so the server rolls the transaction back.
+    #[error("the transaction ran past its deadline")]
+    DeadlineExceeded,
+}
+
+impl DbError {
+    /// Whether this error asks for the whole transaction to run again.
+    pub fn conflict(&self) -> Option<Conflict> {
+        match self {
+            DbError::Server(failure) => failure.conflict(),
+            _ => None,
+        }
+    }
+}
+
+/// Why keys were not granted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LockFailure {
+    /// Not granted within `lock_wait_timeout_ms`; every key of the owner was released.
+    Timeout { key: String, waited_ms: u64 },
+    /// An out-of-order key was busy (try-only rule); keys granted so far are still held.
+    Conflict { key: String },
+    /// The wait was cancelled (the session is going away), or the coordinator is gone.
+    Cancelled,
+    /// The request joined a group whose leader had just gone away; nothing of it ran, and it
+    /// holds nothing: ask again.
+    GroupGone,
 }
 
 /// Why the broker or the database ended an interactive transaction behind its client's back.

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::ending::TxEnd;
-use super::tx::{retry_backoff, TxFailure, TxShape};
+use super::start::TxShape;
+use super::tx::{retry_backoff, TxFailure};
 use super::SessionEngine;
 use crate::coordinator::Member;
 use crate::db::DbError;

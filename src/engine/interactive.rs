@@ -4,7 +4,7 @@
 //! `tx_aborted` until its client acknowledges with `rollback`.
 
 use super::ending::TxEnd;
-use super::tx::TxShape;
+use super::start::TxShape;
 use super::{SessionEngine, StatementRecord};
 use crate::coordinator::Admission;
 use crate::db::DbError;

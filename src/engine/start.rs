@@ -8,13 +8,42 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::alone::AUTOCOMMIT_PING_AFTER;
 use super::ending::TxEnd;
-use super::tx::TxShape;
 use super::{SessionEngine, TxContext};
+use crate::config::Config;
 use crate::coordinator::{Admission, Member};
 use crate::db::{DbConnection, DbError};
 use crate::error::BrokerError;
 use crate::locks::Grouping;
 use crate::protocol::{Reply, TxOptions, TxRequest};
+use crate::sql_guard;
+
+/// How a `tx` reaches the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum TxShape {
+    /// `START TRANSACTION`, the statements, `COMMIT`: protocol step 2.
+    Explicit,
+    /// One `INSERT`, `UPDATE`, `DELETE` or `REPLACE`, run alone in autocommit mode. InnoDB
+    /// makes a single statement atomic and durable by itself, so this is the same transaction
+    /// in one round trip instead of three. A connection lost while it runs leaves its outcome
+    /// unknown (`commit_unknown`, where the explicit shape could say `db_unavailable`), which
+    /// is why `single_write_autocommit = false` turns it off.
+    SingleWrite,
+}
+
+impl TxShape {
+    pub(super) fn of(tx: &TxRequest, config: &Config) -> TxShape {
+        match tx.statements.as_slice() {
+            [only]
+                if config.single_write_autocommit
+                    && !tx.options.read_only
+                    && sql_guard::is_single_data_change(&only.sql) =>
+            {
+                TxShape::SingleWrite
+            }
+            _ => TxShape::Explicit,
+        }
+    }
+}
 
 /// How a transaction was admitted.
 pub(super) enum Started {
@@ -136,5 +165,52 @@ async fn begin_on_live_connection(
             db.begin(options.isolation, options.read_only).await
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Statement;
+
+    fn tx(statements: &[&str], read_only: bool) -> TxRequest {
+        TxRequest {
+            statements: statements
+                .iter()
+                .map(|sql| Statement::new(*sql, Vec::new()))
+                .collect(),
+            options: TxOptions {
+                read_only,
+                ..TxOptions::default()
+            },
+            retries: None,
+        }
+    }
+
+    #[test]
+    fn only_a_lone_data_change_skips_start_transaction() {
+        let on = Config::default();
+        let off = Config {
+            single_write_autocommit: false,
+            ..Config::default()
+        };
+        let update = "UPDATE t SET v = 1 WHERE id = 1";
+        assert_eq!(
+            TxShape::of(&tx(&[update], false), &on),
+            TxShape::SingleWrite
+        );
+        assert_eq!(TxShape::of(&tx(&[update], false), &off), TxShape::Explicit);
+        assert_eq!(TxShape::of(&tx(&[update], true), &on), TxShape::Explicit);
+        assert_eq!(
+            TxShape::of(&tx(&[update, update], false), &on),
+            TxShape::Explicit
+        );
+        for single in ["SELECT v FROM t", "CALL p()", "SELECT v FROM t FOR UPDATE"] {
+            assert_eq!(
+                TxShape::of(&tx(&[single], false), &on),
+                TxShape::Explicit,
+                "{single}"
+            );
+        }
     }
 }

@@ -10,9 +10,8 @@ use rand::Rng;
 use slog::debug;
 
 use super::ending::TxEnd;
-use super::start::Started;
+use super::start::{Started, TxShape};
 use super::{ConnectionProfile, SessionEngine};
-use crate::config::Config;
 use crate::db::DbError;
 use crate::error::{BrokerError, CommitCarrier};
 use crate::locks::{GroupClass, Grouping};
@@ -23,34 +22,6 @@ use crate::txn::TxMode;
 
 /// Longest pause between two attempts of a `tx`; retries hold the keys, so keep it short.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_millis(20);
-
-/// How a `tx` reaches the database.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum TxShape {
-    /// `START TRANSACTION`, the statements, `COMMIT`: protocol step 2.
-    Explicit,
-    /// One `INSERT`, `UPDATE`, `DELETE` or `REPLACE`, run alone in autocommit mode. InnoDB
-    /// makes a single statement atomic and durable by itself, so this is the same transaction
-    /// in one round trip instead of three. A connection lost while it runs leaves its outcome
-    /// unknown (`commit_unknown`, where the explicit shape could say `db_unavailable`), which
-    /// is why `single_write_autocommit = false` turns it off.
-    SingleWrite,
-}
-
-impl TxShape {
-    fn of(tx: &TxRequest, config: &Config) -> TxShape {
-        match tx.statements.as_slice() {
-            [only]
-                if config.single_write_autocommit
-                    && !tx.options.read_only
-                    && sql_guard::is_single_data_change(&only.sql) =>
-            {
-                TxShape::SingleWrite
-            }
-            _ => TxShape::Explicit,
-        }
-    }
-}
 
 /// A statement of a `tx` that failed, and where.
 pub(super) struct TxFailure {
@@ -279,51 +250,4 @@ pub(super) fn retry_backoff(attempt: u32) -> Duration {
     let cap = Duration::from_millis(1u64 << attempt.min(5)).min(MAX_RETRY_BACKOFF);
     let micros = cap.as_micros() as u64;
     Duration::from_micros(rand::thread_rng().gen_range(micros / 2..=micros))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::{Statement, TxOptions};
-
-    fn tx(statements: &[&str], read_only: bool) -> TxRequest {
-        TxRequest {
-            statements: statements
-                .iter()
-                .map(|sql| Statement::new(*sql, Vec::new()))
-                .collect(),
-            options: TxOptions {
-                read_only,
-                ..TxOptions::default()
-            },
-            retries: None,
-        }
-    }
-
-    #[test]
-    fn only_a_lone_data_change_skips_start_transaction() {
-        let on = Config::default();
-        let off = Config {
-            single_write_autocommit: false,
-            ..Config::default()
-        };
-        let update = "UPDATE t SET v = 1 WHERE id = 1";
-        assert_eq!(
-            TxShape::of(&tx(&[update], false), &on),
-            TxShape::SingleWrite
-        );
-        assert_eq!(TxShape::of(&tx(&[update], false), &off), TxShape::Explicit);
-        assert_eq!(TxShape::of(&tx(&[update], true), &on), TxShape::Explicit);
-        assert_eq!(
-            TxShape::of(&tx(&[update, update], false), &on),
-            TxShape::Explicit
-        );
-        for single in ["SELECT v FROM t", "CALL p()", "SELECT v FROM t FOR UPDATE"] {
-            assert_eq!(
-                TxShape::of(&tx(&[single], false), &on),
-                TxShape::Explicit,
-                "{single}"
-            );
-        }
-    }
 }

@@ -9,8 +9,10 @@
 use rmpv::Value as Msgpack;
 use thiserror::Error;
 
-use super::requests::MAX_KEY_BYTES;
 use super::values::ValueError;
+
+/// Longest key a request may name, in bytes.
+pub const MAX_KEY_BYTES: usize = 512;
 
 /// No request of protocol v1 nests deeper than four levels (map, statements, statement,
 /// params); the limit stops a hostile frame from recursing the decoder off the stack.

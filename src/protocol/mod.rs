@@ -19,10 +19,9 @@ mod requests;
 mod responses;
 mod values;
 
-pub use decode::DecodeError;
+pub use decode::{DecodeError, MAX_KEY_BYTES};
 pub use requests::{
     Isolation, RejectedRequest, Request, RequestFrame, Statement, TxOptions, TxRequest,
-    MAX_KEY_BYTES,
 };
 pub use responses::{ErrorReply, QueryResult, Reply, Response, StatKind, Stats};
 pub use values::{Value, ValueError};

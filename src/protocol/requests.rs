@@ -10,14 +10,11 @@ use rmpv::Value as Msgpack;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::decode::{decode_map, kind_of, DecodeError, Fields};
+use super::decode::{decode_map, kind_of, DecodeError, Fields, MAX_KEY_BYTES};
 use super::values::Value;
 use super::RequestId;
 use crate::error::BrokerError;
 use crate::locks::{LockMode, LockRequest};
-
-/// Longest key a request may name, in bytes.
-pub const MAX_KEY_BYTES: usize = 512;
 
 /// A request as it travels: the client's id and what it asks.
 #[derive(Clone, Debug, PartialEq)]
