@@ -71,16 +71,15 @@ impl Database {
         format!("{}:{}", self.opts.ip_or_hostname(), self.opts.tcp_port())
     }
 
-    /// Completes once what the connection `identity` did is settled on the server: the
-    /// server restarted since, or no longer lists it, or lists it idle with no transaction
-    /// open (its last statement has finished, and nothing can be sent on it any more since
-    /// the session dropped it). One that sits idle with a transaction open can never commit
-    /// it, and is killed so that it rolls back and lets its row locks go. Until the database
+    /// Completes once the connection `identity` is gone from the server: the server
+    /// restarted since, or no longer lists it. One still listed is killed (nothing will ever
+    /// be sent on it again: its session dropped it), so that whatever it ran is settled: a
+    /// transaction it still had open rolls back and lets its row locks go. Until the database
     /// answers it keeps asking.
     pub async fn until_gone(&self, identity: ConnectionIdentity) {
         let mut pause = Duration::from_millis(10);
         loop {
-            if let Ok(true) = self.is_settled(&identity).await {
+            if let Ok(true) = self.is_gone(&identity).await {
                 return;
             }
             tokio::time::sleep(pause).await;
@@ -88,7 +87,7 @@ impl Database {
         }
     }
 
-    async fn is_settled(&self, identity: &ConnectionIdentity) -> Result<bool, mysql_async::Error> {
+    async fn is_gone(&self, identity: &ConnectionIdentity) -> Result<bool, mysql_async::Error> {
         let mut admin = Conn::new(self.opts.clone()).await?;
         let outcome = async {
             let uptime: Option<u64> = admin.query_first(UPTIME_SQL).await?;
@@ -100,18 +99,8 @@ impl Database {
             if restarted {
                 return Ok(true);
             }
-            let command: Option<String> = admin.exec_first(LISTED_SQL, (identity.id,)).await?;
-            let Some(command) = command else {
-                return Ok(true);
-            };
-            if command != "Sleep" {
-                // Still running its last statement: look again.
-                return Ok(false);
-            }
-            let open: Option<u64> = admin
-                .exec_first(OPEN_TRANSACTION_SQL, (identity.id,))
-                .await?;
-            if open.unwrap_or(0) == 0 {
+            let listed: Option<u64> = admin.exec_first(LISTED_SQL, (identity.id,)).await?;
+            if listed.unwrap_or(0) == 0 {
                 return Ok(true);
             }
             // "Unknown thread id" if it went meanwhile: fine, the next look says so.
@@ -151,12 +140,8 @@ const GONE_POLL_MAX: Duration = Duration::from_secs(1);
 const UPTIME_SQL: &str =
     "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'";
 
-/// What a connection id is doing on the server, if it is there.
-const LISTED_SQL: &str = "SELECT COMMAND FROM information_schema.PROCESSLIST WHERE ID = ?";
-
-/// Whether a connection id has a transaction open in InnoDB.
-const OPEN_TRANSACTION_SQL: &str =
-    "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id = ?";
+/// Whether the server lists a connection id.
+const LISTED_SQL: &str = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?";
 
 /// The connection and what the session knows of its settings.
 enum Link {

@@ -50,10 +50,6 @@ impl LockClient {
         }
     }
 
-    pub fn owner(&self) -> OwnerId {
-        self.owner
-    }
-
     /// A token that, once cancelled, ends any wait for keys and refuses new ones.
     pub fn cancellation(&self) -> CancellationToken {
         self.client_gone.clone()
