@@ -18,18 +18,26 @@ pub async fn connect(address: &str, token: Option<&str>) -> Result<Client, Clien
 /// `stats` as a two-column table, or as one JSON object.
 pub fn render_stats(stats: &Stats, json: bool) -> String {
     if json {
-        let object: serde_json::Map<String, serde_json::Value> = stats
+        let mut object: serde_json::Map<String, serde_json::Value> = stats
             .entries()
             .iter()
             .map(|(name, value)| (name.to_string(), serde_json::Value::from(*value)))
             .collect();
+        object.insert(
+            "mean_group_size".to_string(),
+            serde_json::Value::from(stats.mean_group_size().unwrap_or(0.0)),
+        );
         return serde_json::Value::Object(object).to_string();
     }
-    let rows: Vec<Vec<String>> = stats
+    let mut rows: Vec<Vec<String>> = stats
         .entries()
         .iter()
         .map(|(name, value)| vec![name.to_string(), value.to_string()])
         .collect();
+    let mean_group_size = stats
+        .mean_group_size()
+        .map_or_else(|| "-".to_string(), |mean| format!("{mean:.1}"));
+    rows.push(vec!["mean_group_size".to_string(), mean_group_size]);
     render_table(&["counter".to_string(), "value".to_string()], &rows)
 }
 

@@ -520,6 +520,7 @@ async fn tricky_values_through_a_group(db: &TestDb) -> Vec<Vec<Value>> {
     }
     let stats = observer.stats().await.expect("stats");
     assert_eq!((stats.groups_committed, stats.transactions_grouped), (1, 3));
+    assert_eq!(stats.mean_group_size(), Some(3.0));
     observer
         .exec("SELECT * FROM v ORDER BY id", vec![])
         .await

@@ -75,6 +75,11 @@ async fn hello_ping_and_stats_answer_string_keyed_maps_echoing_the_id() {
         Some(0),
         "nothing committed yet on a fresh broker"
     );
+    assert_eq!(
+        field(counters, "mean_group_size").and_then(Msgpack::as_f64),
+        Some(0.0),
+        "no group yet: the derived mean is sent as 0.0"
+    );
 
     // The Rust client sees the same.
     let client = broker.client().await;

@@ -273,6 +273,13 @@ impl Stats {
         ]
     }
 
+    /// Requests per committed group, or `None` before the first group: derived, so sent beside
+    /// the counters rather than kept as one.
+    pub fn mean_group_size(&self) -> Option<f64> {
+        (self.groups_committed > 0)
+            .then(|| self.transactions_grouped as f64 / self.groups_committed as f64)
+    }
+
     /// Reads the counters it knows; the contract says "at least these", so others are skipped.
     fn decode(entries: &[(Msgpack, Msgpack)]) -> Stats {
         let mut stats = Stats::default();
@@ -309,10 +316,11 @@ impl Stats {
 impl Serialize for Stats {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let entries = self.entries();
-        let mut map = serializer.serialize_map(Some(entries.len()))?;
+        let mut map = serializer.serialize_map(Some(entries.len() + 1))?;
         for (name, value) in entries {
             map.serialize_entry(name, &value)?;
         }
+        map.serialize_entry("mean_group_size", &self.mean_group_size().unwrap_or(0.0))?;
         map.end()
     }
 }
