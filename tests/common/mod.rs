@@ -49,8 +49,11 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// Named `txb_<label>`, or `<TXBROKER_TEST_DB_PREFIX>_<label>` so that two checkouts can
+    /// run the suite against one server at once.
     pub async fn create(label: &str) -> TestDb {
-        let name = format!("txb_{label}");
+        let prefix = std::env::var("TXBROKER_TEST_DB_PREFIX").unwrap_or_else(|_| "txb".into());
+        let name = format!("{prefix}_{label}");
         let base = base_url();
         let mut admin = mysql_async::Conn::from_url(&base)
             .await
