@@ -230,6 +230,8 @@ impl SessionEngine {
             groups_committed: counters.groups_committed,
             transactions_grouped: counters.transactions_grouped,
             reads_waiting: counters.reads_waiting,
+            latency: None,
+            hot_keys: Vec::new(),
         })
     }
 }

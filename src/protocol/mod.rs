@@ -23,7 +23,9 @@ pub use decode::{DecodeError, MAX_KEY_BYTES};
 pub use requests::{
     Isolation, RejectedRequest, Request, RequestFrame, Statement, TxOptions, TxRequest,
 };
-pub use responses::{ErrorReply, QueryResult, Reply, Response, StatKind, Stats};
+pub use responses::{
+    ErrorReply, HotKey, LatencySummary, QueryResult, Reply, Response, StatKind, Stats,
+};
 pub use values::{Value, ValueError};
 
 /// The protocol version this crate speaks.

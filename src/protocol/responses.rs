@@ -210,8 +210,9 @@ impl Serialize for QueryResult {
     }
 }
 
-/// The counters of the `stats` op.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The answer of the `stats` op: the contract's counters, the broker's own, and two views of
+/// the recent past (`latency`, `hot_keys`) that old clients skip.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Stats {
     pub sessions: u64,
     pub transactions_committed: u64,
@@ -232,6 +233,37 @@ pub struct Stats {
     /// Statements that read without locking, waiting now for the commit of the previous
     /// holder of their transaction's keys.
     pub reads_waiting: u64,
+    /// Transaction latency over the recent window; `None` from a server that does not send it.
+    pub latency: Option<LatencySummary>,
+    /// The most contended keys over the recent window, most waited-for first.
+    pub hot_keys: Vec<HotKey>,
+}
+
+/// Percentiles of whole-transaction latency (`tx` requests and interactive transactions, from
+/// the request's arrival to its answer) over the last `window_seconds`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LatencySummary {
+    pub window_seconds: u64,
+    /// Transactions measured in the window.
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// One key's contention over the recent window.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HotKey {
+    pub key: String,
+    /// Seconds requests spent queued for this key, summed.
+    pub wait_seconds: f64,
+    /// Requests that queued for it.
+    pub waits: u64,
+    /// Requests granted it.
+    pub grants: u64,
+    /// Requests queued for it now.
+    pub waiting: u64,
 }
 
 /// What a `stats` counter measures.
@@ -281,13 +313,23 @@ impl Stats {
     }
 
     /// Reads the counters it knows; the contract says "at least these", so others are skipped.
+    /// So are parts of `latency` and `hot_keys` that are not as this version sends them.
     fn decode(entries: &[(Msgpack, Msgpack)]) -> Stats {
         let mut stats = Stats::default();
         for (name, value) in entries {
-            if let (Some(name), Some(value)) = (name.as_str(), value.as_u64()) {
-                if let Some(slot) = stats.field_mut(name) {
-                    *slot = value;
+            match (name.as_str(), value) {
+                (Some("latency"), Msgpack::Map(fields)) => {
+                    stats.latency = Some(LatencySummary::decode(fields));
                 }
+                (Some("hot_keys"), Msgpack::Array(keys)) => {
+                    stats.hot_keys = keys.iter().filter_map(HotKey::decode).collect();
+                }
+                (Some(name), value) => {
+                    if let (Some(slot), Some(value)) = (stats.field_mut(name), value.as_u64()) {
+                        *slot = value;
+                    }
+                }
+                (None, _) => {}
             }
         }
         stats
@@ -316,11 +358,87 @@ impl Stats {
 impl Serialize for Stats {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let entries = self.entries();
-        let mut map = serializer.serialize_map(Some(entries.len() + 1))?;
+        let extras = 2 + usize::from(self.latency.is_some());
+        let mut map = serializer.serialize_map(Some(entries.len() + extras))?;
         for (name, value) in entries {
             map.serialize_entry(name, &value)?;
         }
         map.serialize_entry("mean_group_size", &self.mean_group_size().unwrap_or(0.0))?;
+        if let Some(latency) = &self.latency {
+            map.serialize_entry("latency", latency)?;
+        }
+        map.serialize_entry("hot_keys", &self.hot_keys)?;
+        map.end()
+    }
+}
+
+/// A number sent as an integer or a float.
+fn as_number(value: &Msgpack) -> Option<f64> {
+    value.as_f64().or_else(|| value.as_u64().map(|n| n as f64))
+}
+
+fn field<'a>(entries: &'a [(Msgpack, Msgpack)], name: &str) -> Option<&'a Msgpack> {
+    entries
+        .iter()
+        .find(|(key, _)| key.as_str() == Some(name))
+        .map(|(_, value)| value)
+}
+
+impl LatencySummary {
+    fn decode(entries: &[(Msgpack, Msgpack)]) -> LatencySummary {
+        let uint = |name| field(entries, name).and_then(Msgpack::as_u64).unwrap_or(0);
+        let float = |name| field(entries, name).and_then(as_number).unwrap_or(0.0);
+        LatencySummary {
+            window_seconds: uint("window_seconds"),
+            count: uint("count"),
+            p50_ms: float("p50_ms"),
+            p90_ms: float("p90_ms"),
+            p99_ms: float("p99_ms"),
+            max_ms: float("max_ms"),
+        }
+    }
+}
+
+impl Serialize for LatencySummary {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(6))?;
+        map.serialize_entry("window_seconds", &self.window_seconds)?;
+        map.serialize_entry("count", &self.count)?;
+        map.serialize_entry("p50_ms", &self.p50_ms)?;
+        map.serialize_entry("p90_ms", &self.p90_ms)?;
+        map.serialize_entry("p99_ms", &self.p99_ms)?;
+        map.serialize_entry("max_ms", &self.max_ms)?;
+        map.end()
+    }
+}
+
+impl HotKey {
+    /// `None` for an entry without a string `key`.
+    fn decode(value: &Msgpack) -> Option<HotKey> {
+        let Msgpack::Map(entries) = value else {
+            return None;
+        };
+        let uint = |name| field(entries, name).and_then(Msgpack::as_u64).unwrap_or(0);
+        Some(HotKey {
+            key: field(entries, "key")?.as_str()?.to_string(),
+            wait_seconds: field(entries, "wait_seconds")
+                .and_then(as_number)
+                .unwrap_or(0.0),
+            waits: uint("waits"),
+            grants: uint("grants"),
+            waiting: uint("waiting"),
+        })
+    }
+}
+
+impl Serialize for HotKey {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(5))?;
+        map.serialize_entry("key", &self.key)?;
+        map.serialize_entry("wait_seconds", &self.wait_seconds)?;
+        map.serialize_entry("waits", &self.waits)?;
+        map.serialize_entry("grants", &self.grants)?;
+        map.serialize_entry("waiting", &self.waiting)?;
         map.end()
     }
 }
@@ -431,6 +549,21 @@ mod tests {
                 5,
                 Reply::Stats(Stats {
                     locks_held: 3,
+                    latency: Some(LatencySummary {
+                        window_seconds: 10,
+                        count: 7,
+                        p50_ms: 1.5,
+                        p90_ms: 2.0,
+                        p99_ms: 9.25,
+                        max_ms: 12.0,
+                    }),
+                    hot_keys: vec![HotKey {
+                        key: "accounts:1".into(),
+                        wait_seconds: 0.5,
+                        waits: 4,
+                        grants: 9,
+                        waiting: 2,
+                    }],
                     ..Stats::default()
                 }),
             ),
