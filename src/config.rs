@@ -131,6 +131,9 @@ pub struct Config {
     /// Most requests in one group (its leader included) run in one database transaction;
     /// 0 or 1 turns group execution off.
     pub max_group_size: usize,
+    /// Address of the monitoring HTTP listener (`/metrics`, `/healthz`, `/readyz`),
+    /// `host:port`; none when unset.
+    pub metrics_listen: Option<String>,
     /// Log level: `error`, `warning`, `info`, `debug` or `trace`.
     pub log_level: String,
 }
@@ -163,6 +166,7 @@ impl Default for Config {
             single_write_autocommit: true,
             handover_at_commit: true,
             max_group_size: 24,
+            metrics_listen: None,
             log_level: "info".to_string(),
         }
     }

@@ -16,7 +16,9 @@
 //! - [`txn`]: the pure transaction state machine and which request is allowed when.
 //! - [`sql_guard`]: statements refused because they would change transaction state.
 //! - [`db`]: the session's database connection; the only module that uses `mysql_async`.
-//! - [`metrics`]: counters for `stats`.
+//! - [`metrics`]: every count and timing, on the Prometheus registry `stats` also reads.
+//! - [`latency_window`]: percentiles of the last seconds' transactions, for `stats`.
+//! - [`monitor`]: `/metrics`, `/healthz` and `/readyz` over HTTP, served or mounted.
 //! - [`sql_class`]: what a statement does to row locks and to its session (hand-over, groups).
 //! - [`coordinator`]: the lock coordinator actor around [`locks::LockTable`], and what its
 //!   grants carry (read gates of handed-over commits, group inboxes).
@@ -43,9 +45,11 @@ pub mod error;
 pub mod frame;
 pub mod keys;
 pub mod tls;
+pub mod latency_window;
 pub mod locks;
 pub mod logging;
 pub mod metrics;
+pub mod monitor;
 pub mod protocol;
 pub mod session;
 pub mod sql_class;

@@ -35,6 +35,9 @@ struct Cli {
     /// Database URL, overriding the file's `database_url`
     #[arg(long, value_name = "URL")]
     database_url: Option<String>,
+    /// Address for /metrics, /healthz and /readyz, overriding the file's `metrics_listen`
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +90,9 @@ fn load_config(cli: &Cli) -> Result<Config, String> {
     }
     if let Some(url) = &cli.database_url {
         config.database_url = url.clone();
+    }
+    if let Some(address) = &cli.metrics_listen {
+        config.metrics_listen = Some(address.clone());
     }
     if let Ok(tokens) = std::env::var(TOKENS_VARIABLE) {
         config
