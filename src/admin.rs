@@ -257,7 +257,12 @@ mod tests {
     fn stats_render_as_json_with_every_counter() {
         let json: serde_json::Value =
             serde_json::from_str(&render_stats(&Stats::default(), true)).expect("valid json");
-        assert_eq!(json.as_object().map(|o| o.len()), Some(13));
+        let object = json.as_object().expect("an object");
+        for (name, _) in Stats::default().entries() {
+            assert!(object.contains_key(name), "{name} missing from {json}");
+        }
+        assert_eq!(object["mean_group_size"], 0.0);
+        assert_eq!(object.len(), Stats::default().entries().len() + 1, "{json}");
         assert!(render_stats(&Stats::default(), false).contains("lock_waiters"));
     }
 }
