@@ -44,7 +44,7 @@ use crate::coordinator::{self, Coordinator};
 use crate::db::Database;
 use crate::engine::SessionFactory;
 use crate::local::LocalSession;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Timing};
 use crate::monitor::Monitor;
 use crate::txn::ServerPhase;
 
@@ -118,7 +118,7 @@ impl BrokerBuilder {
             listener,
         } = self;
         let config = Arc::new(config);
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(Timing::from_config(config.latency_metrics)));
         let database = Database::new(
             &config.database_url,
             config.default_isolation,
@@ -134,9 +134,12 @@ impl BrokerBuilder {
         check_database(&database, &log).await;
         let threads = Threads::start(&config, listener.is_some());
         let coordinator = Coordinator::start_in_arbiter(&threads.coordinator, {
-            let (lock_wait_timeout, max_group_size) =
-                (config.lock_wait_timeout(), config.max_group_size);
-            move |_| Coordinator::new(lock_wait_timeout, max_group_size)
+            let (lock_wait_timeout, max_group_size, hot_keys) = (
+                config.lock_wait_timeout(),
+                config.max_group_size,
+                config.hot_keys,
+            );
+            move |_| Coordinator::new(lock_wait_timeout, max_group_size, hot_keys)
         });
         let (phase, _) = watch::channel(ServerPhase::Serving);
         let monitor = Monitor::new(

@@ -17,6 +17,8 @@
 //! - [`sql_guard`]: statements refused because they would change transaction state.
 //! - [`db`]: the session's database connection; the only module that uses `mysql_async`.
 //! - [`metrics`]: every count and timing, on the Prometheus registry `stats` also reads.
+//! - [`hot_keys`]: the keys requests waited for longest lately, with bounded memory; kept
+//!   by the coordinator.
 //! - [`latency_window`]: percentiles of the last seconds' transactions, for `stats`.
 //! - [`monitor`]: `/metrics`, `/healthz` and `/readyz` over HTTP, served or mounted.
 //! - [`sql_class`]: what a statement does to row locks and to its session (hand-over, groups).
@@ -30,6 +32,7 @@
 //! - [`local`]: embedded sessions, for application code in the broker's process.
 //! - [`client`]: the async Rust client.
 //! - [`admin`]: the operator's `stats` and `exec` commands.
+//! - [`top`]: the screen of `txbroker top`, a live view of a running broker.
 //! - [`logging`]: the slog root logger.
 
 pub mod acceptor;
@@ -43,8 +46,10 @@ pub mod db;
 pub mod engine;
 pub mod error;
 pub mod frame;
+pub mod hot_keys;
 pub mod keys;
 pub mod tls;
+pub mod top;
 pub mod latency_window;
 pub mod locks;
 pub mod logging;

@@ -34,6 +34,24 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.00025, 2.0, 17)
 }
 
+/// Whether transactions are timed (`latency_metrics`): timing costs a few clock reads and
+/// histogram updates per transaction, which a broker may skip to keep only its counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timing {
+    Measured,
+    Skipped,
+}
+
+impl Timing {
+    pub fn from_config(latency_metrics: bool) -> Timing {
+        if latency_metrics {
+            Timing::Measured
+        } else {
+            Timing::Skipped
+        }
+    }
+}
+
 /// How a transaction came to be, the `op` label: the protocol op that opened it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxKind {
@@ -181,12 +199,13 @@ pub struct Metrics {
     bytes_received: Counter,
     bytes_sent: Counter,
     recent_latency: Mutex<LatencyWindow>,
+    timing: Timing,
     lock_view: std::sync::Arc<LockViewCollector>,
 }
 
 impl Default for Metrics {
     fn default() -> Metrics {
-        Metrics::new()
+        Metrics::new(Timing::Measured)
     }
 }
 
@@ -197,7 +216,7 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub fn new(timing: Timing) -> Metrics {
         let mut registry = Registry::with_prefix("txbroker");
         let sessions = Gauge::default();
         registry.register(
@@ -312,6 +331,7 @@ impl Metrics {
             bytes_received,
             bytes_sent,
             recent_latency: Mutex::new(LatencyWindow::new(LATENCY_WINDOW_SECONDS, Instant::now())),
+            timing,
             lock_view,
         }
     }
@@ -339,6 +359,9 @@ impl Metrics {
             }
             _ => {}
         }
+        if self.timing == Timing::Skipped {
+            return;
+        }
         let histograms = self.transactions.get(kind, outcome);
         histograms.total.observe(times.total.as_secs_f64());
         histograms.key_wait.observe(times.key_wait.as_secs_f64());
@@ -353,6 +376,9 @@ impl Metrics {
 
     /// A request was granted its keys, or refused them, after `waited`.
     pub fn lock_waited(&self, waited: Duration) {
+        if self.timing == Timing::Skipped {
+            return;
+        }
         self.lock_wait.observe(waited.as_secs_f64());
     }
 

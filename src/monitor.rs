@@ -92,7 +92,7 @@ impl Monitor {
             lock_waiters: stats.table.lock_waiters,
             lock_waits: stats.table.lock_waits,
             lock_timeouts: stats.lock_timeouts,
-            hot_keys: Vec::new(),
+            hot_keys: stats.hot_keys,
         });
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, self.metrics.registry())

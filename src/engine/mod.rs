@@ -236,7 +236,7 @@ impl SessionEngine {
             transactions_grouped: counters.transactions_grouped,
             reads_waiting: counters.reads_waiting,
             latency: self.metrics.recent_latency(),
-            hot_keys: Vec::new(),
+            hot_keys: locks.hot_keys,
         })
     }
 }
