@@ -235,6 +235,11 @@ impl Metrics {
             "Transactions that ended in rollback, each counted once however many runs it made",
         );
         let retries_by_code = Family::<RetryLabels, Counter>::default();
+        // The two codes every conflict retry has so far, present from the start so that a
+        // rate over them reads 0 rather than nothing.
+        for mysql_code in [1205, 1213] {
+            let _ = retries_by_code.get_or_create(&RetryLabels { mysql_code });
+        }
         registry.register(
             "retries",
             "Extra runs of a tx after a conflict the database reported, by MySQL error code",
