@@ -64,3 +64,8 @@ pub mod txn;
 pub use broker::{Broker, BrokerBuilder, StartError};
 pub use config::Config;
 pub use local::LocalSession;
+
+/// The README's Rust examples, compiled by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;

@@ -57,10 +57,12 @@ async fn concurrent_transfers_over_http_keep_the_total_and_never_go_negative() {
         .expect("broker");
     let sessions = web::Data::new(example::Sessions::new(broker));
     let app_sessions = sessions.clone();
+    let monitor = sessions.monitor();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(app_sessions.clone())
             .configure(example::routes)
+            .configure(|routes| monitor.configure(routes))
     })
     .workers(2)
     .bind("127.0.0.1:0")
@@ -91,6 +93,20 @@ async fn concurrent_transfers_over_http_keep_the_total_and_never_go_negative() {
     assert_eq!(status, 422, "{body}");
     let (status, _) = post_transfer(address, 1, 1, 5).await;
     assert_eq!(status, 400);
+
+    // The broker's monitoring, mounted in the application's own App, counts its transfers.
+    let (status, metrics) = common::http::get(address, "/metrics").await;
+    assert_eq!(status, 200, "{metrics}");
+    let committed = answers.iter().filter(|(status, _)| *status == 200).count();
+    let counted = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("txbroker_transactions_committed_total "))
+        .expect("the committed counter");
+    assert_eq!(counted, committed.to_string(), "{metrics}");
+    assert_eq!(
+        common::http::get(address, "/readyz").await,
+        (200, "ready\n".to_string())
+    );
 
     handle.stop(true).await;
     if let Ok(sessions) = std::sync::Arc::try_unwrap(sessions.into_inner()) {

@@ -198,11 +198,83 @@ async fn a_scrape_exposes_every_counter_and_timing_and_promtool_accepts_it() {
         assert!(text.contains(declared), "no {declared:?} in\n{text}");
     }
     promtool_check(&text);
+    every_metric_is_documented(&text);
     let accept = Some("application/openmetrics-text; version=1.0.0");
     let (status, openmetrics) = get_with(metrics_addr(&broker), "/metrics", accept).await;
     assert_eq!(status, 200);
     assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
     assert!(openmetrics.contains("# TYPE txbroker_transactions_committed counter"));
+}
+
+/// docs/operations.md names every metric family a scrape holds.
+fn every_metric_is_documented(text: &str) {
+    let operations = std::fs::read_to_string("docs/operations.md").expect("docs/operations.md");
+    for family in text.lines().filter_map(|line| line.strip_prefix("# TYPE ")) {
+        let name = family.split(' ').next().expect("a name");
+        assert!(
+            operations.contains(&format!("`{name}`")) || operations.contains(&format!("`{name}{{")),
+            "docs/operations.md does not list {name}"
+        );
+    }
+}
+
+/// The PromQL of docs/operations.md's alerts and of the Grafana dashboard, as
+/// `promtool check rules` reads it: each expression must parse.
+#[test]
+fn the_documented_alerts_and_the_dashboard_are_valid_promql() {
+    let operations = std::fs::read_to_string("docs/operations.md").expect("docs/operations.md");
+    let mut expressions: Vec<String> = Vec::new();
+    let mut in_block = false;
+    let mut current = String::new();
+    for line in operations.lines() {
+        match (in_block, line) {
+            (false, "```promql") => in_block = true,
+            (true, "```") => in_block = false,
+            (true, line) if line.starts_with('#') => {}
+            // A line starting with a space continues the expression above it.
+            (true, line) if line.starts_with(' ') => current.push_str(line),
+            (true, line) => {
+                if !current.is_empty() {
+                    expressions.push(std::mem::take(&mut current));
+                }
+                current.push_str(line);
+            }
+            _ => {}
+        }
+    }
+    expressions.push(current);
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string("deploy/grafana-txbroker.json").expect("the dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("an expression");
+            expressions.push(expr.replace("$__rate_interval", "1m"));
+        }
+    }
+    assert!(expressions.len() > 30, "{expressions:?}");
+    let rules: Vec<serde_json::Value> = expressions
+        .iter()
+        .enumerate()
+        .map(|(index, expr)| serde_json::json!({"record": format!("check:rule{index}"), "expr": expr}))
+        .collect();
+    // YAML is a superset of JSON.
+    let file = serde_json::json!({"groups": [{"name": "documented", "rules": rules}]});
+    let path = std::env::temp_dir().join(format!("txbroker-rules-{}.json", std::process::id()));
+    std::fs::write(&path, file.to_string()).expect("write the rules");
+    let checked = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .expect("promtool (scripts/ensure-prometheus.sh installs it)");
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        checked.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
 }
 
 async fn readyz(broker: &TestBroker) -> (u16, String) {
