@@ -1,9 +1,10 @@
 //! The broker's measurements, kept once: every count and timing lives in one prometheus-client
 //! `Registry`, which `/metrics` encodes (`crate::monitor`), and the `stats` op reads the same
-//! counters. Sessions on every thread update them, so they are atomics (histograms take a
-//! short lock) rather than actor state: a count must not cost a message. What the lock
-//! coordinator owns (the lock table's gauges and counts, the hot keys) stays there; a scrape
-//! asks it and hands the answer to `record_lock_view` just before encoding.
+//! counters. Sessions on every thread update them, so they are atomics rather than actor
+//! state: a count must not cost a message. (prometheus-client's histograms take a short,
+//! uncontended parking_lot lock per observation; the series are fetched once, at start.)
+//! What the lock coordinator owns (the lock table's gauges and counts, the hot keys) stays
+//! there; a scrape asks it and hands the answer to `record_lock_view` just before encoding.
 //!
 //! Names follow Prometheus conventions: a `txbroker_` prefix, seconds and bytes, `_total` on
 //! counters (the encoder appends it). Label values come from fixed sets (`TxKind`,
@@ -153,27 +154,40 @@ struct TransactionHistograms {
 }
 
 impl TransactionHistograms {
-    fn get(&self, kind: TxKind, outcome: TxOutcome) -> TxHistograms {
+    /// Observes `times` in the series of `kind` and `outcome`: one made up front (no label
+    /// lookup, no clone), or, for an end `TxKind::outcomes` does not list, one of its own.
+    fn observe(&self, kind: TxKind, outcome: TxOutcome, times: TxTimes) {
         let made = self
             .series
             .iter()
             .find(|(k, o, _)| *k == kind && *o == outcome);
         match made {
-            Some((_, _, histograms)) => histograms.clone(),
-            // An end `TxKind::outcomes` does not list: still measured, in a series of its own.
+            Some((_, _, histograms)) => histograms.observe(times),
             None => {
                 let labels = TxLabels {
                     op: kind.label(),
                     outcome: outcome.label(),
                 };
                 let [total, key_wait, database] = &self.families;
-                TxHistograms {
-                    total: total.get_or_create_owned(&labels),
-                    key_wait: key_wait.get_or_create_owned(&labels),
-                    database: database.get_or_create_owned(&labels),
-                }
+                total
+                    .get_or_create(&labels)
+                    .observe(times.total.as_secs_f64());
+                key_wait
+                    .get_or_create(&labels)
+                    .observe(times.key_wait.as_secs_f64());
+                database
+                    .get_or_create(&labels)
+                    .observe(times.database.as_secs_f64());
             }
         }
+    }
+}
+
+impl TxHistograms {
+    fn observe(&self, times: TxTimes) {
+        self.total.observe(times.total.as_secs_f64());
+        self.key_wait.observe(times.key_wait.as_secs_f64());
+        self.database.observe(times.database.as_secs_f64());
     }
 }
 
@@ -367,10 +381,7 @@ impl Metrics {
         if self.timing == Timing::Skipped {
             return;
         }
-        let histograms = self.transactions.get(kind, outcome);
-        histograms.total.observe(times.total.as_secs_f64());
-        histograms.key_wait.observe(times.key_wait.as_secs_f64());
-        histograms.database.observe(times.database.as_secs_f64());
+        self.transactions.observe(kind, outcome, times);
         if kind != TxKind::Autocommit && outcome != TxOutcome::NotStarted {
             self.recent_latency
                 .lock()

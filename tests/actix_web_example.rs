@@ -9,7 +9,6 @@ mod example;
 
 use actix_web::{web, App, HttpServer};
 use common::TestDb;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use txbroker::Broker;
 
 async fn post_transfer(
@@ -20,26 +19,10 @@ async fn post_transfer(
 ) -> (u16, String) {
     let body = format!(r#"{{"from":{from},"to":{to},"amount":{amount}}}"#);
     let request = format!(
-        "POST /transfer HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /transfer HTTP/1.0\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("status line");
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    (status, body)
+    common::http::exchange(address, &request).await
 }
 
 #[actix_rt::test]

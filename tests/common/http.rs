@@ -1,6 +1,6 @@
-//! Plain HTTP/1.0 GETs over a TCP stream, for the broker's monitoring routes and a real
-//! Prometheus server's API: HTTP/1.0 keeps the answer unchunked and closes the connection,
-//! so the body is whatever follows the headers.
+//! Plain HTTP/1.0 over a TCP stream, for the broker's monitoring routes, a real Prometheus
+//! server's API and the actix-web example: HTTP/1.0 keeps the answer unchunked and closes
+//! the connection, so the body is whatever follows the headers.
 
 use std::net::SocketAddr;
 
@@ -9,7 +9,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// The status and body of `GET path`; `accept` is sent as the `Accept` header when given.
 pub async fn get_with(address: SocketAddr, path: &str, accept: Option<&str>) -> (u16, String) {
     let accept = accept.map_or(String::new(), |accept| format!("Accept: {accept}\r\n"));
-    let request = format!("GET {path} HTTP/1.0\r\nHost: test\r\n{accept}\r\n");
+    exchange(
+        address,
+        &format!("GET {path} HTTP/1.0\r\nHost: test\r\n{accept}\r\n"),
+    )
+    .await
+}
+
+/// Sends `request` (an HTTP/1.0 request, headers and body) and returns the answer's status
+/// and body.
+pub async fn exchange(address: SocketAddr, request: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
         .expect("connect to the HTTP server");
