@@ -1,5 +1,7 @@
 //! Micro-benchmark of the pure lock table (issue 3, item 2): acquire+release pairs per
-//! second, uncontended and with 1 000 waiters queued on one hot key.
+//! second, uncontended and with 1 000 waiters queued on one hot key; and what the
+//! coordinator's hot-key tracking (`txbroker::hot_keys`, issue 12) adds to them: per wait,
+//! per grant at once while keys are hot, and per `stats`.
 //!
 //! `cargo bench --bench locks`; each case measures for about two seconds. Criterion reports
 //! the throughput in elements per second, one element being one acquire plus one release.
@@ -10,7 +12,10 @@ use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput,
 };
-use txbroker::locks::{AcquireOutcome, LockRequest, LockTable};
+use std::time::Instant;
+
+use txbroker::hot_keys::HotKeys;
+use txbroker::locks::{AcquireOutcome, KeyName, LockRequest, LockTable};
 
 /// Distinct keys cycled through by the uncontended cases.
 const KEYS: usize = 1024;
@@ -101,12 +106,47 @@ fn hot_key(c: &mut Criterion) {
     group.finish();
 }
 
+/// The summary's costs, with 10 keys reported and a full map (80 keys kept) of 10 hot keys
+/// waited for and 70 colder ones, as under the hot-account workloads.
+fn hot_key_tracking(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hot_keys");
+    group.throughput(Throughput::Elements(1));
+    let now = Instant::now();
+    let mut hot_keys = HotKeys::new(10, now);
+    let names: Vec<KeyName> = (0..80).map(|i| KeyName::from(key(i))).collect();
+    for (i, name) in names.iter().enumerate() {
+        hot_keys.queued(name, now);
+        let waited = Duration::from_micros(if i < 10 { 10_000 } else { 10 });
+        hot_keys.waited(name, waited, true, now);
+    }
+    let mut next = 0;
+    // One wait on a kept key: queued, then its end (two clock reads in the coordinator).
+    group.bench_function("wait_on_a_hot_key", |b| {
+        b.iter(|| {
+            let name = &names[next % 10];
+            next += 1;
+            let now = Instant::now();
+            hot_keys.queued(name, now);
+            hot_keys.waited(name, Duration::from_micros(50), true, Instant::now());
+        })
+    });
+    // A grant at once of a key that is not hot, while others are: one lookup that misses.
+    let cold = key(KEYS + 1);
+    group.bench_function("grant_at_once_of_a_cold_key", |b| {
+        b.iter(|| hot_keys.keeps(&cold).is_some())
+    });
+    group.bench_function("hottest_for_stats", |b| {
+        b.iter(|| hot_keys.hottest(Instant::now(), std::iter::empty()))
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
-    targets = uncontended, hot_key
+    targets = uncontended, hot_key, hot_key_tracking
 }
 criterion_main!(benches);

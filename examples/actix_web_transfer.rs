@@ -4,6 +4,9 @@
 //! `accounts(id, balance)` in one transaction that declares both accounts' keys, so concurrent
 //! transfers never deadlock each other. Answers: 200 with the attempts it took, 422 when the
 //! balance is short, 409 when a retryable conflict outlived its retries, 500 otherwise.
+//! `GET /metrics`, `/healthz` and `/readyz` are the broker's monitoring routes, mounted in
+//! the same `App` (`txbroker::monitor::Monitor::configure`): Prometheus scrapes the
+//! application's own port.
 //!
 //! Run: `cargo run --example actix_web_transfer` (uses `DATABASE_URL`, listens on
 //! 127.0.0.1:8080 or `LISTEN`), then
@@ -15,6 +18,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use serde::Deserialize;
 use txbroker::error::BrokerError;
 use txbroker::locks::LockRequest;
+use txbroker::monitor::Monitor;
 use txbroker::protocol::TxOptions;
 use txbroker::{Broker, Config, LocalSession};
 
@@ -37,6 +41,11 @@ impl Sessions {
             broker,
             idle: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The broker's monitoring routes, to mount in the application's `App`.
+    pub fn monitor(&self) -> Monitor {
+        self.broker.monitor()
     }
 
     fn checkout(&self) -> LocalSession {
@@ -166,10 +175,16 @@ async fn main() -> std::io::Result<()> {
     .map_err(std::io::Error::other)?;
     let sessions = web::Data::new(Sessions::new(broker));
     let app_sessions = sessions.clone();
-    HttpServer::new(move || App::new().app_data(app_sessions.clone()).configure(routes))
-        .bind(listen)?
-        .run()
-        .await?;
+    let monitor = sessions.monitor();
+    HttpServer::new(move || {
+        App::new()
+            .app_data(app_sessions.clone())
+            .configure(routes)
+            .configure(|routes| monitor.configure(routes))
+    })
+    .bind(listen)?
+    .run()
+    .await?;
     if let Ok(sessions) = std::sync::Arc::try_unwrap(sessions.into_inner()) {
         sessions.shutdown().await;
     }

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_rt::{Arbiter, ArbiterHandle};
+use actix_web::dev::ServerHandle;
 use slog::{info, warn, Logger};
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -43,7 +44,8 @@ use crate::coordinator::{self, Coordinator};
 use crate::db::Database;
 use crate::engine::SessionFactory;
 use crate::local::LocalSession;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Timing};
+use crate::monitor::Monitor;
 use crate::txn::ServerPhase;
 
 /// How long the start-up check waits for the database before warning and going on.
@@ -60,6 +62,11 @@ pub enum StartError {
     Database(String),
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("cannot serve monitoring on {address}: {source}")]
+    Monitoring {
+        address: String,
+        source: std::io::Error,
+    },
 }
 
 /// A running broker. Dropping it does not stop it; call `shutdown`.
@@ -70,6 +77,9 @@ pub struct Broker {
     arbiters: Vec<Arbiter>,
     sessions: SessionFactory,
     phase: watch::Sender<ServerPhase>,
+    monitor: Monitor,
+    /// The monitoring HTTP server on `metrics_listen`, and the address it is bound to.
+    monitoring: Option<(ServerHandle, SocketAddr)>,
     log: Logger,
 }
 
@@ -108,7 +118,7 @@ impl BrokerBuilder {
             listener,
         } = self;
         let config = Arc::new(config);
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(Timing::from_config(config.latency_metrics)));
         let database = Database::new(
             &config.database_url,
             config.default_isolation,
@@ -124,10 +134,24 @@ impl BrokerBuilder {
         check_database(&database, &log).await;
         let threads = Threads::start(&config, listener.is_some());
         let coordinator = Coordinator::start_in_arbiter(&threads.coordinator, {
-            let (lock_wait_timeout, max_group_size) =
-                (config.lock_wait_timeout(), config.max_group_size);
-            move |_| Coordinator::new(lock_wait_timeout, max_group_size)
+            let (lock_wait_timeout, max_group_size, hot_keys) = (
+                config.lock_wait_timeout(),
+                config.max_group_size,
+                config.hot_keys,
+            );
+            move |_| Coordinator::new(lock_wait_timeout, max_group_size, hot_keys)
         });
+        let (phase, _) = watch::channel(ServerPhase::Serving);
+        let monitor = Monitor::new(
+            metrics.clone(),
+            coordinator.clone(),
+            database.clone(),
+            phase.subscribe(),
+        );
+        let monitoring = match &config.metrics_listen {
+            Some(address) => Some(start_monitoring(&monitor, address, &log)?),
+            None => None,
+        };
         let sessions = SessionFactory::new(
             config.clone(),
             database,
@@ -142,7 +166,6 @@ impl BrokerBuilder {
                 None
             }
         };
-        let (phase, _) = watch::channel(ServerPhase::Serving);
         Ok(Broker {
             local_addr: acceptor.as_ref().map(|(_, local_addr)| *local_addr),
             acceptor: acceptor.map(|(acceptor, _)| acceptor),
@@ -150,9 +173,27 @@ impl BrokerBuilder {
             arbiters: threads.arbiters,
             sessions,
             phase,
+            monitor,
+            monitoring,
             log,
         })
     }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `address`.
+fn start_monitoring(
+    monitor: &Monitor,
+    address: &str,
+    log: &Logger,
+) -> Result<(ServerHandle, SocketAddr), StartError> {
+    let (handle, bound) = monitor
+        .serve(address)
+        .map_err(|source| StartError::Monitoring {
+            address: address.to_string(),
+            source,
+        })?;
+    info!(log, "serving monitoring"; "address" => %bound);
+    Ok((handle, bound))
 }
 
 /// TLS for client connections when the config names a certificate and a key.
@@ -253,6 +294,18 @@ impl Broker {
         &self.coordinator
     }
 
+    /// The monitoring routes, to mount in an application's own actix-web `App`
+    /// (`Monitor::configure`); served on their own by the broker too when `metrics_listen`
+    /// is set.
+    pub fn monitor(&self) -> Monitor {
+        self.monitor.clone()
+    }
+
+    /// The address `/metrics` is served on; `None` without `metrics_listen`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.monitoring.as_ref().map(|(_, address)| *address)
+    }
+
     /// The acceptor actor; `None` without a listener.
     pub fn acceptor(&self) -> Option<&Addr<Acceptor>> {
         self.acceptor.as_ref()
@@ -280,6 +333,9 @@ impl Broker {
             let _ = acceptor.send(Shutdown).await;
         }
         let _ = self.coordinator.send(coordinator::Stop).await;
+        if let Some((server, _)) = &self.monitoring {
+            server.stop(true).await;
+        }
         for arbiter in &self.arbiters {
             arbiter.stop();
         }

@@ -25,6 +25,9 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Most hot keys reported: each is a label value of four series in `/metrics`.
+pub const MAX_HOT_KEYS: usize = 100;
+
 /// Where the lock coordinator runs.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -131,6 +134,15 @@ pub struct Config {
     /// Most requests in one group (its leader included) run in one database transaction;
     /// 0 or 1 turns group execution off.
     pub max_group_size: usize,
+    /// Address of the monitoring HTTP listener (`/metrics`, `/healthz`, `/readyz`),
+    /// `host:port`; none when unset.
+    pub metrics_listen: Option<String>,
+    /// Whether transactions are timed: the latency histograms of `/metrics` and
+    /// `stats.latency`. Off leaves only the counters.
+    pub latency_metrics: bool,
+    /// How many hot keys the coordinator reports (`stats.hot_keys`, `/metrics`); 0 turns
+    /// hot-key tracking off. At most `MAX_HOT_KEYS`, so that `/metrics` has few series.
+    pub hot_keys: usize,
     /// Log level: `error`, `warning`, `info`, `debug` or `trace`.
     pub log_level: String,
 }
@@ -163,6 +175,9 @@ impl Default for Config {
             single_write_autocommit: true,
             handover_at_commit: true,
             max_group_size: 24,
+            metrics_listen: None,
+            latency_metrics: true,
+            hot_keys: 10,
             log_level: "info".to_string(),
         }
     }
@@ -250,6 +265,9 @@ impl Config {
             return invalid(
                 "max_keys_per_request, max_statements_per_tx and max_sql_bytes must be at least 1",
             );
+        }
+        if self.hot_keys > MAX_HOT_KEYS {
+            return invalid("hot_keys must be at most 100");
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return invalid("tls_cert and tls_key go together");

@@ -11,24 +11,29 @@
 //! **Invariant:** every reply channel in `waiters` belongs to an owner that is waiting in
 //! the table, and every waiting owner has exactly one reply channel and one timer.
 //!
+//! It also keeps the hot keys (`crate::hot_keys`): each wait is charged, when it ends, to
+//! the key the request first queued for; a grant at once is counted only for a key already
+//! kept. With `hot_keys = 0` none of that runs.
+//!
 //! **Invariant:** `inboxes` holds a sender exactly for the owners whose group is open in the
 //! table; closing, handing over or releasing drops it, so a leader reading its inbox sees the
 //! end of its members once no more can join.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, SpawnHandle};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::BrokerError;
 pub use crate::error::LockFailure;
+use crate::hot_keys::HotKeys;
 use crate::locks::{
-    AcquireOutcome, CommitTicket, Completed, Completion, Grant, Grouping, LockRequest, LockStats,
-    LockTable, OwnerId,
+    AcquireOutcome, CommitTicket, Completed, Completion, Grant, Grouping, KeyName, LockRequest,
+    LockStats, LockTable, OwnerId,
 };
-use crate::protocol::{Reply, TxRequest};
+use crate::protocol::{HotKey, Reply, TxRequest};
 
 /// How a handed-over commit ended, as far as a successor's reads care.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +107,8 @@ struct Waiter {
     timer: SpawnHandle,
     /// The request itself, for a leader to run, when it may be grouped.
     member: Option<Arc<TxRequest>>,
+    /// The key it first queued for, and when, while hot keys are kept.
+    queued: Option<(KeyName, Instant)>,
 }
 
 pub struct Coordinator {
@@ -111,11 +118,14 @@ pub struct Coordinator {
     commits: HashMap<CommitTicket, CommitWatch>,
     lock_wait_timeout: Duration,
     lock_timeouts: u64,
+    /// `None` with `hot_keys = 0`.
+    hot_keys: Option<HotKeys>,
 }
 
 impl Coordinator {
-    /// `max_group_size` 0 or 1 turns group execution off.
-    pub fn new(lock_wait_timeout: Duration, max_group_size: usize) -> Coordinator {
+    /// `max_group_size` 0 or 1 turns group execution off; `hot_keys` is how many hot keys
+    /// `GetStats` reports, 0 for none (and no tracking).
+    pub fn new(lock_wait_timeout: Duration, max_group_size: usize, hot_keys: usize) -> Coordinator {
         Coordinator {
             table: LockTable::with_max_group_size(max_group_size),
             waiters: HashMap::new(),
@@ -123,7 +133,70 @@ impl Coordinator {
             commits: HashMap::new(),
             lock_wait_timeout,
             lock_timeouts: 0,
+            hot_keys: (hot_keys > 0).then(|| HotKeys::new(hot_keys, Instant::now())),
         }
+    }
+
+    /// Charges a wait that ended to the key it first queued for.
+    fn wait_ended(&mut self, waiter: &Waiter, granted: bool) {
+        if let (Some(hot_keys), Some((key, since))) = (&mut self.hot_keys, &waiter.queued) {
+            let now = Instant::now();
+            hot_keys.waited(key, now.saturating_duration_since(*since), granted, now);
+        }
+    }
+
+    /// The keys of `request` that are hot now, whose grant at once is worth counting; empty
+    /// (and no allocation) when nothing is hot.
+    fn hot_keys_of(&self, request: &LockRequest) -> Vec<KeyName> {
+        let Some(hot_keys) = &self.hot_keys else {
+            return Vec::new();
+        };
+        request
+            .keys()
+            .iter()
+            .filter_map(|(key, _)| hot_keys.keeps(key).cloned())
+            .collect()
+    }
+
+    fn granted_at_once(&mut self, keys: Vec<KeyName>) {
+        if let Some(hot_keys) = &mut self.hot_keys {
+            let now = Instant::now();
+            for key in &keys {
+                hot_keys.granted(key, now);
+            }
+        }
+    }
+
+    /// The key `owner` just queued for, counted, when hot keys are kept.
+    fn queued(&mut self, owner: OwnerId) -> Option<(KeyName, Instant)> {
+        let hot_keys = self.hot_keys.as_mut()?;
+        let key = self.table.waiting_key_name(owner)?;
+        let now = Instant::now();
+        hot_keys.queued(&key, now);
+        Some((key, now))
+    }
+
+    /// The hot keys for `GetStats`, with their queues now.
+    fn hottest(&mut self) -> Vec<HotKey> {
+        let Some(hot_keys) = &mut self.hot_keys else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let ongoing = self.waiters.values().filter_map(|waiter| {
+            let (key, since) = waiter.queued.as_ref()?;
+            Some((key, now.saturating_duration_since(*since)))
+        });
+        hot_keys
+            .hottest(now, ongoing)
+            .into_iter()
+            .map(|heat| HotKey {
+                waiting: self.table.queue_len(&heat.key) as u64,
+                key: heat.key.to_string(),
+                wait_seconds: heat.wait.as_secs_f64(),
+                waits: heat.waits,
+                grants: heat.grants,
+            })
+            .collect()
     }
 
     fn complete(&mut self, completions: Vec<Completion>, ctx: &mut Context<Self>) {
@@ -132,6 +205,7 @@ impl Coordinator {
                 continue;
             };
             ctx.cancel_future(waiter.timer);
+            self.wait_ended(&waiter, true);
             match completed {
                 Completed::Granted(grant) => {
                     let admission = self.admit(owner, grant);
@@ -186,6 +260,7 @@ impl Coordinator {
     fn fail_waiter(&mut self, owner: OwnerId, failure: LockFailure, ctx: &mut Context<Self>) {
         if let Some(waiter) = self.waiters.remove(&owner) {
             ctx.cancel_future(waiter.timer);
+            self.wait_ended(&waiter, false);
             let _ = waiter.reply.send(Err(failure));
         }
     }
@@ -200,6 +275,7 @@ impl Coordinator {
             .unwrap_or_default()
             .to_string();
         self.lock_timeouts += 1;
+        self.wait_ended(&waiter, false);
         let completions = self.table.release_all(owner);
         let _ = waiter.reply.send(Err(LockFailure::Timeout {
             key,
@@ -236,12 +312,17 @@ impl Handler<Acquire> for Coordinator {
             member,
             reply,
         } = message;
+        let hot = self.hot_keys_of(&request);
         match self.table.acquire_as(owner, request, grouping) {
             AcquireOutcome::Granted(grant) => {
+                self.granted_at_once(hot);
                 let admission = self.admit(owner, grant);
                 let _ = reply.send(Ok(admission));
             }
-            AcquireOutcome::Joined { leader } => self.send_to_group(leader, member, reply),
+            AcquireOutcome::Joined { leader } => {
+                self.granted_at_once(hot);
+                self.send_to_group(leader, member, reply)
+            }
             AcquireOutcome::Conflict { key } => {
                 let _ = reply.send(Err(LockFailure::Conflict { key }));
             }
@@ -249,12 +330,14 @@ impl Handler<Acquire> for Coordinator {
                 let timer = ctx.run_later(self.lock_wait_timeout, move |coordinator, ctx| {
                     coordinator.expire(owner, ctx)
                 });
+                let queued = self.queued(owner);
                 self.waiters.insert(
                     owner,
                     Waiter {
                         reply,
                         timer,
                         member,
+                        queued,
                     },
                 );
             }
@@ -362,14 +445,16 @@ impl Handler<CancelWait> for Coordinator {
     }
 }
 
-/// The coordinator's counters for `stats`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The coordinator's counters and hot keys, for `stats` and `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct CoordinatorStats {
     pub table: LockStats,
     pub lock_timeouts: u64,
+    /// The hottest keys of the recent window, most waited-for first.
+    pub hot_keys: Vec<HotKey>,
 }
 
-/// Sender: a session answering `stats`.
+/// Sender: a session answering `stats`, or the monitor (`crate::monitor`) at a scrape.
 #[derive(Message)]
 #[rtype(result = "CoordinatorStats")]
 pub struct GetStats;
@@ -381,6 +466,7 @@ impl Handler<GetStats> for Coordinator {
         actix::MessageResult(CoordinatorStats {
             table: self.table.stats(),
             lock_timeouts: self.lock_timeouts,
+            hot_keys: self.hottest(),
         })
     }
 }

@@ -71,6 +71,22 @@ impl Database {
         format!("{}:{}", self.opts.ip_or_hostname(), self.opts.tcp_port())
     }
 
+    /// Whether the server accepts a new connection and answers a ping within `patience`; the
+    /// error says why not, for an operator.
+    pub async fn answers(&self, patience: Duration) -> Result<(), String> {
+        let attempt = async {
+            let mut conn = Conn::new(self.opts.clone()).await?;
+            let pinged = conn.ping().await;
+            let _ = conn.disconnect().await;
+            pinged
+        };
+        match tokio::time::timeout(patience, attempt).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("no answer within {} ms", patience.as_millis())),
+        }
+    }
+
     /// Completes once the connection `identity` is gone from the server: the server
     /// restarted since, or no longer lists it. One still listed is killed (nothing will ever
     /// be sent on it again: its session dropped it), so that whatever it ran is settled: a
@@ -120,6 +136,8 @@ impl Database {
             database: self.clone(),
             link: Link::Closed,
             deadline: None,
+            time_in_database: Duration::ZERO,
+            connections_opened: 0,
         }
     }
 }
@@ -172,6 +190,10 @@ pub struct DbConnection {
     link: Link,
     /// When the open transaction must be over (`max_tx_duration_ms`); bounds every operation.
     deadline: Option<Instant>,
+    /// Time spent waiting for the server since last taken, for the transaction metrics.
+    time_in_database: Duration,
+    /// Connections this session has opened, so that a new one is known as a replacement.
+    connections_opened: u64,
 }
 
 impl DbConnection {
@@ -191,6 +213,11 @@ impl DbConnection {
 
     pub fn database(&self) -> &Database {
         &self.database
+    }
+
+    /// The time spent waiting for the server since the last call.
+    pub fn take_time_in_database(&mut self) -> Duration {
+        std::mem::take(&mut self.time_in_database)
     }
 
     /// Which server connection this is, while there is one.
@@ -258,6 +285,17 @@ impl DbConnection {
     }
 
     async fn run_script(
+        &mut self,
+        script: &str,
+        statements: usize,
+    ) -> (Vec<QueryResult>, Option<mysql_async::Error>) {
+        let started = Instant::now();
+        let outcome = self.read_script(script, statements).await;
+        self.time_in_database += started.elapsed();
+        outcome
+    }
+
+    async fn read_script(
         &mut self,
         script: &str,
         statements: usize,
@@ -335,6 +373,13 @@ impl DbConnection {
 
     /// Like `ensure_connected`, pinging a connection idle for longer than `idle_limit`.
     pub async fn ensure_live(&mut self, idle_limit: Duration) -> Result<(), DbError> {
+        let started = Instant::now();
+        let outcome = self.connect_unless_live(idle_limit).await;
+        self.time_in_database += started.elapsed();
+        outcome
+    }
+
+    async fn connect_unless_live(&mut self, idle_limit: Duration) -> Result<(), DbError> {
         if let Link::Open {
             conn, last_used, ..
         } = &mut self.link
@@ -345,9 +390,16 @@ impl DbConnection {
             }
             self.link = Link::Closed;
         }
-        let conn = Conn::new(self.database.opts.clone())
-            .await
-            .map_err(|error| unavailable(&self.database, error))?;
+        let metrics = &self.database.metrics;
+        let conn = match Conn::new(self.database.opts.clone()).await {
+            Ok(conn) => conn,
+            Err(error) => {
+                metrics.database_connect_failed();
+                return Err(unavailable(&self.database, error));
+            }
+        };
+        metrics.database_connected(self.connections_opened > 0);
+        self.connections_opened += 1;
         self.link = Link::Open {
             identity: ConnectionIdentity {
                 id: conn.id(),
@@ -474,6 +526,13 @@ impl DbConnection {
     }
 
     async fn execute_statement(&mut self, statement: &Statement) -> Result<QueryResult, DbError> {
+        let started = Instant::now();
+        let outcome = self.prepare_and_execute(statement).await;
+        self.time_in_database += started.elapsed();
+        outcome
+    }
+
+    async fn prepare_and_execute(&mut self, statement: &Statement) -> Result<QueryResult, DbError> {
         let prepared = match self.conn()?.prep(statement.sql.as_str()).await {
             Ok(prepared) => prepared,
             Err(mysql_async::Error::Server(error))
@@ -534,7 +593,9 @@ impl DbConnection {
     }
 
     async fn run(&mut self, sql: &str) -> Result<(), DbError> {
+        let started = Instant::now();
         let outcome = self.conn()?.query_drop(sql).await;
+        self.time_in_database += started.elapsed();
         outcome.map_err(|error| self.failed(error))
     }
 
@@ -555,7 +616,10 @@ impl DbConnection {
     fn failed(&mut self, error: mysql_async::Error) -> DbError {
         let mapped = map_error(error);
         match &mapped {
-            DbError::ConnectionLost(_) => self.link = Link::Closed,
+            DbError::ConnectionLost(_) => {
+                self.database.metrics.database_connection_lost();
+                self.link = Link::Closed;
+            }
             error if error.conflict() == Some(Conflict::Deadlock) => {
                 self.database.metrics.deadlock_reported()
             }

@@ -6,6 +6,7 @@
 //! serializes straight into the output buffer and patches the length in afterwards.
 
 use bytes::{Buf, BufMut, BytesMut};
+use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use thiserror::Error;
 use tokio_util::codec::{Decoder, Encoder};
@@ -30,11 +31,30 @@ pub enum FrameError {
 #[derive(Clone, Debug)]
 pub struct FrameCodec {
     max_frame_bytes: usize,
+    /// Where the size of each whole frame read or written goes, when counted.
+    bytes: Option<Counter>,
 }
 
 impl FrameCodec {
     pub fn new(max_frame_bytes: usize) -> FrameCodec {
-        FrameCodec { max_frame_bytes }
+        FrameCodec {
+            max_frame_bytes,
+            bytes: None,
+        }
+    }
+
+    /// Adds the size of every frame this codec reads or writes, header included, to `bytes`.
+    pub fn counting(self, bytes: Counter) -> FrameCodec {
+        FrameCodec {
+            bytes: Some(bytes),
+            ..self
+        }
+    }
+
+    fn count(&self, frame_bytes: usize) {
+        if let Some(bytes) = &self.bytes {
+            bytes.inc_by(frame_bytes as u64);
+        }
     }
 
     /// Whether a partial frame is buffered: a peer that stops here is stalled mid-frame.
@@ -104,6 +124,7 @@ impl Decoder for FrameCodec {
             return Ok(None);
         }
         src.advance(LENGTH_BYTES);
+        self.count(LENGTH_BYTES + length);
         Ok(Some(src.split_to(length)))
     }
 }
@@ -130,6 +151,7 @@ impl<T: Serialize> Encoder<T> for FrameCodec {
             });
         };
         dst[start..start + LENGTH_BYTES].copy_from_slice(&length.to_be_bytes());
+        self.count(LENGTH_BYTES + length as usize);
         Ok(())
     }
 }

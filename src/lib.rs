@@ -16,7 +16,11 @@
 //! - [`txn`]: the pure transaction state machine and which request is allowed when.
 //! - [`sql_guard`]: statements refused because they would change transaction state.
 //! - [`db`]: the session's database connection; the only module that uses `mysql_async`.
-//! - [`metrics`]: counters for `stats`.
+//! - [`metrics`]: every count and timing, on the Prometheus registry `stats` also reads.
+//! - [`hot_keys`]: the keys requests waited for longest lately, with bounded memory; kept
+//!   by the coordinator.
+//! - [`latency_window`]: percentiles of the last seconds' transactions, for `stats`.
+//! - [`monitor`]: `/metrics`, `/healthz` and `/readyz` over HTTP, served or mounted.
 //! - [`sql_class`]: what a statement does to row locks and to its session (hand-over, groups).
 //! - [`coordinator`]: the lock coordinator actor around [`locks::LockTable`], and what its
 //!   grants carry (read gates of handed-over commits, group inboxes).
@@ -28,6 +32,7 @@
 //! - [`local`]: embedded sessions, for application code in the broker's process.
 //! - [`client`]: the async Rust client.
 //! - [`admin`]: the operator's `stats` and `exec` commands.
+//! - [`top`]: the screen of `txbroker top`, a live view of a running broker.
 //! - [`logging`]: the slog root logger.
 
 pub mod acceptor;
@@ -41,11 +46,15 @@ pub mod db;
 pub mod engine;
 pub mod error;
 pub mod frame;
+pub mod hot_keys;
 pub mod keys;
 pub mod tls;
+pub mod top;
+pub mod latency_window;
 pub mod locks;
 pub mod logging;
 pub mod metrics;
+pub mod monitor;
 pub mod protocol;
 pub mod session;
 pub mod sql_class;
@@ -55,3 +64,8 @@ pub mod txn;
 pub use broker::{Broker, BrokerBuilder, StartError};
 pub use config::Config;
 pub use local::LocalSession;
+
+/// The README's Rust examples, compiled by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;

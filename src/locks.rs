@@ -188,7 +188,7 @@ pub struct LockStats {
 /// waiters, so that granting a key copies a pointer rather than the bytes.
 /// `Arc` rather than `Rc` keeps the table `Send` for whatever runs the
 /// coordinator.
-type KeyName = Arc<str>;
+pub type KeyName = Arc<str>;
 
 #[derive(Clone, Debug)]
 enum Holders {
@@ -601,6 +601,20 @@ impl LockTable {
             RequestState::Waiting(waiting) => Some(&waiting.key),
             RequestState::Idle => None,
         }
+    }
+
+    /// The key `owner` is queued on now, shared with the table, for whoever keeps figures
+    /// about it (`crate::hot_keys`).
+    pub fn waiting_key_name(&self, owner_id: OwnerId) -> Option<KeyName> {
+        match &self.owners.get(&owner_id)?.request {
+            RequestState::Waiting(waiting) => Some(waiting.key.clone()),
+            RequestState::Idle => None,
+        }
+    }
+
+    /// How many requests are queued for `key` now.
+    pub fn queue_len(&self, key: &str) -> usize {
+        self.keys.get(key).map_or(0, |entry| entry.queue.len())
     }
 
     /// The mode in which `owner` holds `key` now, if any.

@@ -1,6 +1,6 @@
 //! The `txbroker` command: reads the configuration, starts the broker in an actix `System`,
 //! and drains it on SIGINT or SIGTERM; or, with a subcommand, asks a running broker for its
-//! stats or runs one statement through it. No logic lives here.
+//! stats, watches it (`top`) or runs one statement through it. No logic lives here.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use slog::{error, info};
 
-use txbroker::{admin, logging, Broker, Config};
+use std::io::IsTerminal;
+
+use txbroker::protocol::Stats;
+use txbroker::{admin, logging, top, Broker, Config};
 
 /// Client tokens from the environment (comma- or newline-separated), added to the file's.
 const TOKENS_VARIABLE: &str = "TXBROKER_AUTH_TOKENS";
@@ -35,6 +38,9 @@ struct Cli {
     /// Database URL, overriding the file's `database_url`
     #[arg(long, value_name = "URL")]
     database_url: Option<String>,
+    /// Address for /metrics, /healthz and /readyz, overriding the file's `metrics_listen`
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,6 +62,22 @@ enum Command {
         every: Option<f64>,
         /// With --every, stop after this many lines (default: until interrupted)
         #[arg(long, value_name = "N", requires = "every")]
+        count: Option<u64>,
+    },
+    /// Watch a running broker like `top`: rates, latency percentiles and the hot keys with
+    /// their queues, redrawn every interval
+    Top {
+        /// Broker address
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7306")]
+        addr: String,
+        /// Token for `hello`, when the broker requires one
+        #[arg(long, env = "TXBROKER_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Seconds between screens
+        #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = positive_seconds)]
+        every: f64,
+        /// Stop after this many screens (default: until interrupted)
+        #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
     /// Run one statement through a running broker (autocommit) and print its result
@@ -87,6 +109,9 @@ fn load_config(cli: &Cli) -> Result<Config, String> {
     }
     if let Some(url) = &cli.database_url {
         config.database_url = url.clone();
+    }
+    if let Some(address) = &cli.metrics_listen {
+        config.metrics_listen = Some(address.clone());
     }
     if let Ok(tokens) = std::env::var(TOKENS_VARIABLE) {
         config
@@ -168,6 +193,25 @@ async fn run_admin_command(command: Command) -> Result<(), txbroker::client::Cli
                 }
             }
         }
+        Command::Top {
+            addr,
+            token,
+            every,
+            count,
+        } => {
+            let client = admin::connect(&addr, token.as_deref()).await?;
+            // Redrawn in place on a terminal; one screen after another into a pipe or file.
+            let clear = if std::io::stdout().is_terminal() {
+                "\x1b[H\x1b[2J"
+            } else {
+                "\n"
+            };
+            let interval = Duration::from_secs_f64(every);
+            every_interval(&client, interval, count, |before, now, seconds| {
+                print!("{clear}{}", top::render_top(&addr, before, now, seconds));
+            })
+            .await
+        }
         Command::Exec {
             addr,
             token,
@@ -192,6 +236,20 @@ async fn watch_stats(
     if !json {
         println!("{}", admin::rates_header());
     }
+    every_interval(client, interval, count, |before, now, seconds| {
+        println!("{}", admin::render_rates(before, now, seconds, json));
+    })
+    .await
+}
+
+/// Asks for `stats` every `interval` and shows each answer beside the one before, with the
+/// seconds between them, `count` times or until the broker goes away.
+async fn every_interval(
+    client: &txbroker::client::Client,
+    interval: Duration,
+    count: Option<u64>,
+    mut show: impl FnMut(&Stats, &Stats, f64),
+) -> Result<(), txbroker::client::ClientError> {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
@@ -203,7 +261,7 @@ async fn watch_stats(
         let now = client.stats().await?;
         let now_at = Instant::now();
         let seconds = now_at.duration_since(before_at).as_secs_f64();
-        println!("{}", admin::render_rates(&before, &now, seconds, json));
+        show(&before, &now, seconds);
         (before, before_at) = (now, now_at);
         printed += 1;
     }

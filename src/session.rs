@@ -38,6 +38,7 @@ use crate::config::Config;
 use crate::engine::SessionEngine;
 use crate::error::BrokerError;
 use crate::frame::{self, FrameCodec, FrameError};
+use crate::metrics::Metrics;
 use crate::protocol::{RejectedRequest, Request, RequestFrame, Response};
 use crate::txn::ServerPhase;
 
@@ -111,6 +112,7 @@ pub struct Session {
     drain_waiters: Vec<oneshot::Sender<()>>,
     acceptor: Addr<Acceptor>,
     client_gone: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 /// What a session needs from the broker besides its socket.
@@ -131,6 +133,7 @@ impl Session {
         let client_gone = parts.engine.cancellation();
         Session {
             client_gone,
+            metrics: parts.engine.metrics().clone(),
             id: parts.engine.session_id(),
             log: parts.engine.log().clone(),
             permits: Arc::new(Semaphore::new(parts.config.max_pipelined_requests)),
@@ -153,12 +156,17 @@ impl Session {
         let (outgoing, queued) = mpsc::unbounded_channel();
         self.writer = Some(outgoing);
         self.writer_task = Some(actix_rt::spawn(write_answers(
-            writer,
+            FramedWrite::new(
+                writer,
+                FrameCodec::new(usize::MAX).counting(self.metrics.bytes_sent()),
+            ),
             queued,
             self.config.client_read_timeout(),
             ctx.address(),
         )));
-        let framed = FramedRead::new(reader, FrameCodec::new(self.config.max_frame_bytes));
+        let codec =
+            FrameCodec::new(self.config.max_frame_bytes).counting(self.metrics.bytes_received());
+        let framed = FramedRead::new(reader, codec);
         let patience = self.config.client_read_timeout();
         let frames = futures_util::stream::unfold(
             (framed, self.permits.clone()),
@@ -484,12 +492,11 @@ impl Handler<WriteFailed> for Session {
 /// and releases each answer's pipeline permit only once it is flushed. Ends, closing the
 /// socket, when the session drops its sender; tells the session when writing fails.
 async fn write_answers(
-    writer: ClientWriter,
+    mut sink: FramedWrite<ClientWriter, FrameCodec>,
     mut queued: mpsc::UnboundedReceiver<Outgoing>,
     patience: Duration,
     session: Addr<Session>,
 ) {
-    let mut sink = FramedWrite::new(writer, FrameCodec::new(usize::MAX));
     let mut flushed_permits = Vec::new();
     while let Some(first) = queued.recv().await {
         let mut next = Some(first);

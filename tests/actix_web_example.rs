@@ -9,7 +9,6 @@ mod example;
 
 use actix_web::{web, App, HttpServer};
 use common::TestDb;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use txbroker::Broker;
 
 async fn post_transfer(
@@ -20,26 +19,10 @@ async fn post_transfer(
 ) -> (u16, String) {
     let body = format!(r#"{{"from":{from},"to":{to},"amount":{amount}}}"#);
     let request = format!(
-        "POST /transfer HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /transfer HTTP/1.0\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("status line");
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    (status, body)
+    common::http::exchange(address, &request).await
 }
 
 #[actix_rt::test]
@@ -57,10 +40,12 @@ async fn concurrent_transfers_over_http_keep_the_total_and_never_go_negative() {
         .expect("broker");
     let sessions = web::Data::new(example::Sessions::new(broker));
     let app_sessions = sessions.clone();
+    let monitor = sessions.monitor();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(app_sessions.clone())
             .configure(example::routes)
+            .configure(|routes| monitor.configure(routes))
     })
     .workers(2)
     .bind("127.0.0.1:0")
@@ -91,6 +76,20 @@ async fn concurrent_transfers_over_http_keep_the_total_and_never_go_negative() {
     assert_eq!(status, 422, "{body}");
     let (status, _) = post_transfer(address, 1, 1, 5).await;
     assert_eq!(status, 400);
+
+    // The broker's monitoring, mounted in the application's own App, counts its transfers.
+    let (status, metrics) = common::http::get(address, "/metrics").await;
+    assert_eq!(status, 200, "{metrics}");
+    let committed = answers.iter().filter(|(status, _)| *status == 200).count();
+    let counted = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("txbroker_transactions_committed_total "))
+        .expect("the committed counter");
+    assert_eq!(counted, committed.to_string(), "{metrics}");
+    assert_eq!(
+        common::http::get(address, "/readyz").await,
+        (200, "ready\n".to_string())
+    );
 
     handle.stop(true).await;
     if let Ok(sessions) = std::sync::Arc::try_unwrap(sessions.into_inner()) {

@@ -2,11 +2,12 @@
 //! transaction, and the one-write `tx` (`TxShape::SingleWrite`). Both set the isolation level
 //! first and both replace a connection found dead before the statement was sent on it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::SessionEngine;
 use crate::db::DbError;
 use crate::error::{BrokerError, CommitCarrier};
+use crate::metrics::{TxKind, TxOutcome, TxTimes};
 use crate::protocol::{Isolation, QueryResult, Reply, Statement};
 use crate::sql_guard;
 use crate::txn::TxMode;
@@ -21,11 +22,30 @@ impl SessionEngine {
     pub(super) async fn exec_autocommit(
         &mut self,
         statement: &Statement,
+        arrived: Instant,
     ) -> Result<Reply, BrokerError> {
         sql_guard::check(&statement.sql, TxMode::Autocommit)
             .map_err(|refusal| BrokerError::BadRequest(refusal.message()))?;
         // Only for what it does to the session: it takes no keys.
         self.classify(&statement.sql, self.config.default_isolation);
+        self.db.take_time_in_database();
+        let answer = self.run_autocommit(statement).await;
+        let outcome = match &answer {
+            Ok(_) => TxOutcome::Committed,
+            Err(BrokerError::CommitUnknown(_)) => TxOutcome::CommitUnknown,
+            Err(_) => TxOutcome::RolledBack,
+        };
+        let times = TxTimes {
+            total: arrived.elapsed(),
+            key_wait: Duration::ZERO,
+            database: self.db.take_time_in_database(),
+        };
+        self.metrics
+            .transaction_ended(TxKind::Autocommit, outcome, times);
+        answer
+    }
+
+    async fn run_autocommit(&mut self, statement: &Statement) -> Result<Reply, BrokerError> {
         self.db.ensure_live(AUTOCOMMIT_PING_AFTER).await?;
         match self.execute_alone(statement, None).await {
             Ok(result) => Ok(Reply::Exec { result }),

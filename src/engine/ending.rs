@@ -19,6 +19,7 @@ use slog::debug;
 use super::{HandedOver, SessionEngine, TxContext};
 use crate::coordinator::Settlement;
 use crate::error::AbortReason;
+use crate::metrics::{TxOutcome, TxTimes};
 use crate::txn::TxState;
 
 /// How a transaction ended.
@@ -39,6 +40,20 @@ pub(super) enum TxEnd {
     /// The broker or the database ended an interactive transaction behind the client's back;
     /// the session answers `tx_aborted` until the client sends `rollback`.
     Aborted(AbortReason),
+}
+
+impl TxEnd {
+    /// What the metrics call it. A group that committed without the leader's own request
+    /// rolled that request back; its members count their own ends in their sessions.
+    fn outcome(&self) -> TxOutcome {
+        match self {
+            TxEnd::Committed => TxOutcome::Committed,
+            TxEnd::CommittedWithoutOwn | TxEnd::RolledBack => TxOutcome::RolledBack,
+            TxEnd::CommitUnknown => TxOutcome::CommitUnknown,
+            TxEnd::NotStarted => TxOutcome::NotStarted,
+            TxEnd::Aborted(_) => TxOutcome::Aborted,
+        }
+    }
 }
 
 impl SessionEngine {
@@ -71,13 +86,18 @@ impl SessionEngine {
             self.settle(handed_over, &end);
         }
         self.db.set_deadline(None);
-        self.current = TxContext::new(self.config.default_isolation);
-        match &end {
-            TxEnd::Committed => self.metrics.committed(),
-            TxEnd::RolledBack | TxEnd::Aborted(_) | TxEnd::CommittedWithoutOwn => {
-                self.metrics.rolled_back()
-            }
-            TxEnd::CommitUnknown | TxEnd::NotStarted => {}
+        let finished = std::mem::replace(
+            &mut self.current,
+            TxContext::new(self.config.default_isolation),
+        );
+        if let Some(clock) = finished.clock {
+            let times = TxTimes {
+                total: clock.started.elapsed(),
+                key_wait: clock.key_wait,
+                database: self.db.take_time_in_database(),
+            };
+            self.metrics
+                .transaction_ended(clock.kind, end.outcome(), times);
         }
         self.state = match end {
             TxEnd::Aborted(reason) => {

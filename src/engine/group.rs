@@ -307,9 +307,12 @@ impl SessionEngine {
             return Err(Pass::Lost(error));
         }
         let entry = &mut group.entries[position];
-        if failure.error.conflict().is_some() && entry.attempts <= entry.retries {
+        let conflict = failure
+            .error_failure()
+            .filter(|failure| failure.conflict().is_some());
+        if let Some(conflict) = conflict.filter(|_| entry.attempts <= entry.retries) {
             // 1205: the request alone runs again.
-            self.metrics.retried();
+            self.metrics.retried(conflict.mysql_code);
             entry.state = EntryState::ToRun;
             Ok(position)
         } else {
@@ -409,7 +412,7 @@ impl SessionEngine {
                 };
                 entry.state = EntryState::Failed(answer);
             } else {
-                self.metrics.retried();
+                self.metrics.retried(collateral.mysql_code);
                 entry.state = EntryState::ToRun;
                 longest = longest.max(entry.attempts);
             }

@@ -3,6 +3,8 @@
 //! coordinator refuses or a lost connection aborts the transaction, and the session answers
 //! `tx_aborted` until its client acknowledges with `rollback`.
 
+use std::time::Instant;
+
 use super::ending::TxEnd;
 use super::start::TxShape;
 use super::{SessionEngine, StatementRecord};
@@ -10,14 +12,26 @@ use crate::coordinator::Admission;
 use crate::db::DbError;
 use crate::error::{AbortReason, BrokerError, CommitCarrier};
 use crate::locks::{Grouping, LockRequest};
+use crate::metrics::TxKind;
 use crate::protocol::{Reply, Statement, TxOptions};
 use crate::sql_guard;
 use crate::txn::{TxMode, TxState};
 
 impl SessionEngine {
-    pub(super) async fn begin(&mut self, options: TxOptions) -> Result<(), BrokerError> {
-        self.start_transaction(&options, TxShape::Explicit, Grouping::Alone, None)
-            .await?;
+    pub(super) async fn begin(
+        &mut self,
+        options: TxOptions,
+        arrived: Instant,
+    ) -> Result<(), BrokerError> {
+        self.start_transaction(
+            TxKind::Interactive,
+            arrived,
+            &options,
+            TxShape::Explicit,
+            Grouping::Alone,
+            None,
+        )
+        .await?;
         self.state = TxState::Active;
         Ok(())
     }
@@ -55,7 +69,12 @@ impl SessionEngine {
     }
 
     pub(super) async fn lock(&mut self, keys: LockRequest) -> Result<(), BrokerError> {
-        let failure = match self.keys.acquire(keys).await {
+        let started = Instant::now();
+        let admitted = self.keys.acquire(keys).await;
+        let waited = started.elapsed();
+        self.metrics.lock_waited(waited);
+        self.add_key_wait(waited);
+        let failure = match admitted {
             Ok(Admission::Granted { read_gate, .. }) => {
                 self.current.read_gate.extend(read_gate);
                 return Ok(());

@@ -30,7 +30,7 @@ mod tx;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::Addr;
 use slog::Logger;
@@ -41,7 +41,7 @@ use crate::db::{ConnectionIdentity, Database, DbConnection};
 use crate::error::{AbortReason, BrokerError};
 use crate::keys::{CommitGate, LockClient};
 use crate::locks::LockRequest;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TxKind};
 use crate::protocol::{Isolation, Reply, Request, Statement, Stats, PROTOCOL_VERSION};
 use crate::sql_class::{Access, ClassCache, SessionUse, StatementClass};
 use crate::txn::{ServerPhase, TxState};
@@ -129,6 +129,10 @@ impl SessionEngine {
         &self.state
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The session's logger, with its id and peer; the session actor logs through it too.
     pub fn log(&self) -> &Logger {
         &self.log
@@ -147,6 +151,7 @@ impl SessionEngine {
         request: Request,
         phase: ServerPhase,
     ) -> Result<Reply, BrokerError> {
+        let arrived = Instant::now();
         check_limits(&request, &self.config)?;
         if self.state.is_open() && self.deadline_passed() {
             self.end_transaction(TxEnd::Aborted(AbortReason::MaxDuration))
@@ -161,12 +166,12 @@ impl SessionEngine {
             }),
             Request::Ping => Ok(Reply::Done),
             Request::Stats => self.stats().await.map(Reply::Stats),
-            Request::Tx(tx) => self.run_tx(tx).await,
-            Request::Begin(options) => self.begin(options).await.map(|()| Reply::Done),
+            Request::Tx(tx) => self.run_tx(tx, arrived).await,
+            Request::Begin(options) => self.begin(options, arrived).await.map(|()| Reply::Done),
             Request::Exec(statement) if self.state.is_open() => {
                 self.exec_in_transaction(&statement).await
             }
-            Request::Exec(statement) => self.exec_autocommit(&statement).await,
+            Request::Exec(statement) => self.exec_autocommit(&statement, arrived).await,
             Request::Lock(keys) => self.lock(keys).await.map(|()| Reply::Done),
             Request::Commit => self.commit().await.map(|()| Reply::Done),
             Request::Rollback => self.rollback().await.map(|()| Reply::Done),
@@ -230,8 +235,8 @@ impl SessionEngine {
             groups_committed: counters.groups_committed,
             transactions_grouped: counters.transactions_grouped,
             reads_waiting: counters.reads_waiting,
-            latency: None,
-            hot_keys: Vec::new(),
+            latency: self.metrics.recent_latency(),
+            hot_keys: locks.hot_keys,
         })
     }
 }
@@ -242,6 +247,8 @@ struct TxContext {
     /// The handed-over commits its statements that read without locking wait for.
     read_gate: ReadGate,
     statements: StatementRecord,
+    /// Where its time goes; `None` between transactions.
+    clock: Option<TxClock>,
 }
 
 impl TxContext {
@@ -250,6 +257,25 @@ impl TxContext {
             isolation,
             read_gate: ReadGate::default(),
             statements: StatementRecord::AllSucceeded,
+            clock: None,
+        }
+    }
+}
+
+/// A transaction's time so far, for the metrics when it ends. Its database time is counted by
+/// the connection itself (`DbConnection::take_time_in_database`).
+struct TxClock {
+    kind: TxKind,
+    started: Instant,
+    key_wait: Duration,
+}
+
+impl TxClock {
+    fn start(kind: TxKind, started: Instant) -> TxClock {
+        TxClock {
+            kind,
+            started,
+            key_wait: Duration::ZERO,
         }
     }
 }
@@ -295,13 +321,27 @@ impl SessionEngine {
             return Ok(());
         }
         let limit = self.config.lock_wait_timeout();
-        let _waiting = self.metrics.read_waiting();
-        match tokio::time::timeout(limit, self.current.read_gate.wait()).await {
+        let started = Instant::now();
+        let waited = {
+            let _waiting = self.metrics.read_waiting();
+            tokio::time::timeout(limit, self.current.read_gate.wait()).await
+        };
+        self.add_key_wait(started.elapsed());
+        match waited {
             Ok(()) => Ok(()),
             Err(_) => Err(BrokerError::LockTimeout {
                 key: "(the commit of a previous holder of this transaction's keys)".into(),
                 waited_ms: limit.as_millis() as u64,
             }),
+        }
+    }
+}
+
+impl SessionEngine {
+    /// Counts time the open transaction spent waiting on other transactions.
+    fn add_key_wait(&mut self, waited: Duration) {
+        if let Some(clock) = &mut self.current.clock {
+            clock.key_wait += waited;
         }
     }
 }

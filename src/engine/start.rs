@@ -8,12 +8,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::alone::AUTOCOMMIT_PING_AFTER;
 use super::ending::TxEnd;
-use super::{SessionEngine, TxContext};
+use super::{SessionEngine, TxClock, TxContext};
 use crate::config::Config;
 use crate::coordinator::{Admission, Member};
 use crate::db::{DbConnection, DbError};
 use crate::error::BrokerError;
 use crate::locks::Grouping;
+use crate::metrics::TxKind;
 use crate::protocol::{Reply, TxOptions, TxRequest};
 use crate::sql_guard;
 
@@ -63,13 +64,19 @@ impl SessionEngine {
     /// `member` is the request itself when `grouping` lets it join a group; such a request
     /// starts its transaction only once it holds its keys, since under contention it mostly
     /// joins a group and would otherwise start, then roll back, a transaction for nothing.
+    /// The transaction's clock starts at `arrived`, when its request came in.
     pub(super) async fn start_transaction(
         &mut self,
+        kind: TxKind,
+        arrived: Instant,
         options: &TxOptions,
         shape: TxShape,
         grouping: Grouping,
         member: Option<Arc<TxRequest>>,
     ) -> Result<Started, BrokerError> {
+        self.db.take_time_in_database();
+        self.current = TxContext::new(options.isolation.unwrap_or(self.config.default_isolation));
+        self.current.clock = Some(TxClock::start(kind, arrived));
         match shape {
             TxShape::Explicit => self.db.ensure_connected().await,
             TxShape::SingleWrite => self.db.ensure_live(AUTOCOMMIT_PING_AFTER).await,
@@ -79,7 +86,6 @@ impl SessionEngine {
                 .max_tx_duration()
                 .map(|limit| Instant::now() + limit),
         );
-        self.current = TxContext::new(options.isolation.unwrap_or(self.config.default_isolation));
         let begins = match (shape, grouping) {
             (TxShape::SingleWrite, _) => Begin::Never,
             (TxShape::Explicit, Grouping::Alone) => Begin::WhileWaiting,
@@ -93,7 +99,18 @@ impl SessionEngine {
             }
         };
         let (admitted, begun) = match options.locks.clone() {
-            Some(keys) => futures_util::join!(self.keys.acquire_as(keys, grouping, member), begin),
+            Some(asked) => {
+                let keys = &mut self.keys;
+                let acquire = async move {
+                    let started = Instant::now();
+                    let admitted = keys.acquire_as(asked, grouping, member).await;
+                    (admitted, started.elapsed())
+                };
+                let ((admitted, waited), begun) = futures_util::join!(acquire, begin);
+                self.metrics.lock_waited(waited);
+                self.add_key_wait(waited);
+                (admitted, begun)
+            }
             None => (Ok(no_keys()), begin.await),
         };
         let outcome = match (admitted, begun) {

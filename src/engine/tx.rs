@@ -4,7 +4,7 @@
 //! SQLSTATE 40001) runs it again, keeping the keys, up to its retries.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use slog::debug;
@@ -15,6 +15,7 @@ use super::{ConnectionProfile, SessionEngine};
 use crate::db::DbError;
 use crate::error::{BrokerError, CommitCarrier};
 use crate::locks::{GroupClass, Grouping};
+use crate::metrics::TxKind;
 use crate::protocol::{Isolation, QueryResult, Reply, TxRequest};
 use crate::sql_class::StatementClass;
 use crate::sql_guard;
@@ -41,7 +42,11 @@ impl TxFailure {
 }
 
 impl SessionEngine {
-    pub(super) async fn run_tx(&mut self, tx: TxRequest) -> Result<Reply, BrokerError> {
+    pub(super) async fn run_tx(
+        &mut self,
+        tx: TxRequest,
+        arrived: Instant,
+    ) -> Result<Reply, BrokerError> {
         for (index, statement) in tx.statements.iter().enumerate() {
             sql_guard::check(&statement.sql, TxMode::InTransaction).map_err(|refusal| {
                 BrokerError::BadRequest(format!("statements[{index}]: {}", refusal.message()))
@@ -62,7 +67,7 @@ impl SessionEngine {
         let tx = Arc::new(tx);
         let member = matches!(grouping, Grouping::Groupable(_)).then(|| tx.clone());
         match self
-            .start_transaction(&tx.options, shape, grouping, member)
+            .start_transaction(TxKind::Tx, arrived, &tx.options, shape, grouping, member)
             .await?
         {
             Started::Alone => self.run_alone(&tx, &classes, shape, retries).await,
@@ -211,13 +216,17 @@ impl SessionEngine {
         attempts: u32,
         retries: u32,
     ) -> bool {
-        let retry = error.conflict().is_some() && attempts <= retries && self.db.is_connected();
+        let conflict = match error {
+            DbError::Server(failure) if failure.conflict().is_some() => failure.mysql_code,
+            _ => return false,
+        };
+        let retry = attempts <= retries && self.db.is_connected();
         if retry {
             // 1205 leaves the transaction open and 1213 may too on other engines.
             if self.db.rollback().await.is_err() {
                 return false;
             }
-            self.metrics.retried();
+            self.metrics.retried(conflict);
             debug!(self.log, "tx retry"; "attempt" => attempts, "error" => %error);
             tokio::time::sleep(retry_backoff(attempts)).await;
         }

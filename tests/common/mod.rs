@@ -10,6 +10,7 @@
 //! - `answers`: reading the Rust client's answers: the server's error, its code, and the
 //!   values of a result row.
 //! - `requests`: requests the tests send often: declared keys, the bank's transfer.
+//! - `http`: plain HTTP GETs, for the monitoring routes and Prometheus's API.
 //! - `process`: the `txbroker` binary as a real process (`BrokerProcess`), config files,
 //!   signals, waiting for a process to exit.
 //! - `script_client`: a client process in Python that a test can kill with SIGKILL.
@@ -19,6 +20,7 @@
 #![allow(dead_code)]
 
 pub mod answers;
+pub mod http;
 pub mod process;
 pub mod raw;
 pub mod requests;
@@ -255,6 +257,8 @@ pub async fn scalar_and_disconnect(mut conn: mysql_async::Conn, sql: &str) -> i6
 /// A broker running in a thread of its own, stopped (drained) when dropped.
 pub struct TestBroker {
     pub addr: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, with `metrics_listen`.
+    pub metrics_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -271,18 +275,20 @@ impl TestBroker {
                     Err(_) => logging::discard(),
                 };
                 let broker = Broker::start(config, log).await.expect("broker starts");
+                let addr = broker.local_addr().expect("the test broker listens");
                 addr_sender
-                    .send(broker.local_addr().expect("the test broker listens"))
+                    .send((addr, broker.metrics_addr()))
                     .expect("test waits for the address");
                 let _ = stopped.await;
                 broker.shutdown().await;
             });
         });
-        let addr = addr_receiver
+        let (addr, metrics_addr) = addr_receiver
             .recv_timeout(Duration::from_secs(30))
             .expect("broker reports its address");
         TestBroker {
             addr,
+            metrics_addr,
             stop: Some(stop),
             thread: Some(thread),
         }
