@@ -4,6 +4,8 @@ database on the real MariaDB.
 Environment:
     TXBROKER_BIN   the broker binary (default <repo>/target/debug/txbroker)
     DATABASE_URL   the MariaDB server (default mysql://root@127.0.0.1:3306/test)
+    TXBROKER_TEST_DB_PREFIX  prefix of the private database (default txb), so that checkouts
+                   sharing one server do not collide
 """
 
 import os
@@ -23,7 +25,7 @@ import txbroker
 REPO = Path(__file__).resolve().parents[3]
 BROKER_BIN = Path(os.environ.get("TXBROKER_BIN", REPO / "target" / "debug" / "txbroker"))
 BASE_URL = os.environ.get("DATABASE_URL", "mysql://root@127.0.0.1:3306/test")
-DB_NAME = f"txb_py_{os.getpid()}"
+DB_NAME = f"{os.environ.get('TXBROKER_TEST_DB_PREFIX', 'txb')}_py_{os.getpid()}"
 
 
 def database_url(name: str) -> str:
