@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional
 import pytest
 
 import txbroker
+import txbroker.dbapi
 
 REPO = Path(__file__).resolve().parents[3]
 BROKER_BIN = Path(os.environ.get("TXBROKER_BIN", REPO / "target" / "debug" / "txbroker"))
@@ -52,7 +53,7 @@ def _toml_value(value: Any) -> str:
 class BrokerProcess:
     """One txbroker process on a free port, with its log kept for failure reports."""
 
-    def __init__(self, db_url: str, **config: Any) -> None:
+    def __init__(self, db_url: str, listen: str = "127.0.0.1:0", **config: Any) -> None:
         if not BROKER_BIN.exists():
             pytest.fail(f"broker binary {BROKER_BIN} is missing: run `cargo build --bin txbroker`"
                         " or set TXBROKER_BIN")
@@ -65,7 +66,7 @@ class BrokerProcess:
         self.config_path = path
         self.log: List[str] = []
         self.process = subprocess.Popen(
-            [str(BROKER_BIN), "--config", path, "--listen", "127.0.0.1:0",
+            [str(BROKER_BIN), "--config", path, "--listen", listen,
              "--database-url", db_url],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -95,6 +96,16 @@ class BrokerProcess:
     def client(self, **kwargs: Any) -> txbroker.Client:
         kwargs.setdefault("timeout", 30)
         return txbroker.Client(self.host, self.port, **kwargs)
+
+    def dbapi(self, **kwargs: Any) -> "txbroker.dbapi.Connection":
+        """A DB-API connection to this broker."""
+        kwargs.setdefault("timeout", 30)
+        return txbroker.dbapi.connect(self.host, self.port, **kwargs)
+
+    def url(self, database: str, **query: str) -> str:
+        """A ``mysql+txbroker`` SQLAlchemy URL for this broker."""
+        extra = "&".join(f"{key}={value}" for key, value in query.items())
+        return f"mysql+txbroker://{self.host}:{self.port}/{database}" + (f"?{extra}" if extra else "")
 
     def stop(self) -> Optional[int]:
         if self.process.poll() is None:
@@ -137,6 +148,18 @@ def database():
             c.exec(f"DROP DATABASE IF EXISTS `{DB_NAME}`")
     finally:
         admin.stop()
+
+
+def direct_url(driver: str, name: str) -> str:
+    """A SQLAlchemy URL straight to the MariaDB of BASE_URL (``mysql+pymysql``...)."""
+    rest = BASE_URL.partition("://")[2].partition("?")[0]
+    return f"mysql+{driver}://{rest.split('/', 1)[0]}/{name}"
+
+
+@pytest.fixture(scope="session")
+def database_name(database):
+    """The private database's name."""
+    return DB_NAME
 
 
 @pytest.fixture(scope="session")

@@ -160,8 +160,9 @@ class Connection:
             transaction.lock(list(keys), list(read))
 
     def next_transaction(self, **options: Any) -> None:
-        """Options passed to the broker's ``begin`` for the coming transaction, beside its
-        keys and isolation (for fields the client's ``transaction()`` takes)."""
+        """Options for the coming transaction's ``begin``, passed as keyword arguments to
+        the client's ``transaction()`` (``isolation``, ``read_only``, and whatever fields it
+        learns later); they override the connection's own for that one transaction."""
         self._begin_options.update(options)
 
     def ping(self) -> None:
@@ -176,9 +177,9 @@ class Connection:
         """Sends ``statements`` as one broker ``tx`` (keys, retries on database deadlocks,
         possibly grouped with others on the same keys); no transaction may be open."""
         with broker_errors():
-            return self._open_client().tx(
-                list(statements), locks=locks, read_locks=read_locks,
-                isolation=self.isolation, read_only=self.read_only, retries=retries, **options)
+            options = {"isolation": self.isolation, "read_only": self.read_only, **options}
+            return self._open_client().tx(list(statements), locks=locks, read_locks=read_locks,
+                                          retries=retries, **options)
 
     @contextmanager
     def recording(self) -> Iterator[List[Dict[str, Any]]]:
@@ -220,9 +221,10 @@ class Connection:
         return answer.results[0]
 
     def _begin(self, client: Client) -> Transaction:
+        options = {"isolation": self.isolation, "read_only": self.read_only,
+                   **self._begin_options}
         transaction = client.transaction(
-            locks=self._declared.locks, read_locks=self._declared.read_locks,
-            isolation=self.isolation, read_only=self.read_only, **self._begin_options)
+            locks=self._declared.locks, read_locks=self._declared.read_locks, **options)
         self._declared.clear()
         self._begin_options = {}
         return transaction
