@@ -54,8 +54,15 @@ def lock(bind: Bind, *keys: str, read: Iterable[str] = ()) -> None:
     """Declares keys for the transaction of ``bind`` (a Session, scoped_session or Core
     Connection): see :meth:`txbroker.dbapi.Connection.lock`. Before the transaction's first
     statement the keys go with its ``begin``; after it, a key below one already held is only
-    tried (``lock_conflict`` when taken, which aborts the transaction)."""
-    broker_connection(bind).lock(*keys, read=read)
+    tried (``lock_conflict`` when taken, which aborts the transaction). Errors are raised
+    as SQLAlchemy raises a statement's: :class:`sqlalchemy.exc.OperationalError` and so on,
+    with the DB-API error in ``orig``."""
+    connection = broker_connection(bind)
+    try:
+        connection.lock(*keys, read=read)
+    except dbapi.Error as error:
+        # As SQLAlchemy raises errors from statements: wrapped, the DB-API error in `orig`.
+        raise exc.DBAPIError.instance(None, None, error, dbapi.Error) from error
 
 
 def retryable(error: BaseException) -> bool:
