@@ -8,7 +8,20 @@ import ssl
 import struct
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, TypeVar, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 import msgpack
 
@@ -27,9 +40,9 @@ __all__ = ["Client", "Transaction", "Result", "TxResult", "retry", "ISOLATION_LE
 ISOLATION_LEVELS = ("read_uncommitted", "read_committed", "repeatable_read", "serializable")
 
 #: Codes after which the broker closes the connection.
-_CLOSING_CODES = frozenset({"frame_too_large", "unauthenticated", "busy"})
+CLOSING_CODES = frozenset({"frame_too_large", "unauthenticated", "busy"})
 
-_LENGTH = struct.Struct(">I")
+LENGTH = struct.Struct(">I")
 
 Statement = Union[str, Sequence[Any], Mapping[str, Any]]
 T = TypeVar("T")
@@ -215,7 +228,12 @@ def _keys(value: Union[None, str, Iterable[str]], name: str) -> Optional[List[st
     return keys
 
 
-def _tx_fields(locks, read_locks, isolation, read_only) -> Dict[str, Any]:
+def _tx_fields(
+    locks: Union[None, str, Iterable[str]],
+    read_locks: Union[None, str, Iterable[str]],
+    isolation: Optional[str],
+    read_only: bool,
+) -> Dict[str, Any]:
     fields: Dict[str, Any] = {}
     keys = _keys(locks, "locks")
     if keys:
@@ -227,6 +245,80 @@ def _tx_fields(locks, read_locks, isolation, read_only) -> Dict[str, Any]:
         fields["isolation"] = isolation
     if read_only:
         fields["read_only"] = True
+    return fields
+
+
+def _tx_request_fields(
+    statements: Union[Statement, Sequence[Statement]],
+    locks: Iterable[str],
+    read_locks: Iterable[str],
+    isolation: Optional[str],
+    read_only: bool,
+    retries: Optional[int],
+) -> Dict[str, Any]:
+    """The fields of a ``tx`` request (shared by the blocking and the asyncio client)."""
+    if isinstance(statements, (str, Mapping)):
+        statements = [statements]
+    elif isinstance(statements, tuple) and len(statements) == 2 \
+            and isinstance(statements[0], str) and not isinstance(statements[1], str):
+        statements = [statements]  # a single (sql, params) pair
+    fields = _tx_fields(locks, read_locks, isolation, read_only)
+    fields["statements"] = [_statement(s) for s in statements]
+    if retries is not None:
+        fields["retries"] = retries
+    return fields
+
+
+def _tx_result(answer: Mapping[str, Any]) -> "TxResult":
+    results = [Result.from_map(r) for r in (answer.get("results") or [])]
+    return TxResult(results, answer.get("attempts") or 1)
+
+
+def check_response(response: Any, request_id: int) -> Dict[str, Any]:
+    """The success response to request ``request_id``, or raises: the broker's error (the
+    connection must then be closed when its code is in ``CLOSING_CODES``), or a
+    :class:`TxbrokerConnectionError` when the stream is out of step (close it)."""
+    if not isinstance(response, dict):
+        raise TxbrokerConnectionError(
+            f"the broker sent a response that is not a map: {response!r}")
+    got_id = response.get("id")
+    if response.get("ok") is True:
+        if got_id != request_id:
+            raise TxbrokerConnectionError(
+                f"out-of-order response: expected id {request_id}, got {got_id!r}")
+        return response
+    error = error_from_map(response.get("error"), got_id)
+    if got_id is not None and got_id != request_id:
+        raise TxbrokerConnectionError(
+            f"out-of-order response: expected id {request_id}, got {got_id!r} ({error})")
+    raise error
+
+
+class RequestEncoder:
+    """Numbers a connection's requests (ids 1, 2, ...) and frames them: a 4-byte big-endian
+    length, then the MessagePack map."""
+
+    def __init__(self) -> None:
+        self._next_id = 1
+        self._packer = _packer()
+
+    def encode(self, op: str, fields: Mapping[str, Any]) -> Tuple[int, bytes]:
+        request_id = self._next_id
+        self._next_id += 1
+        message = {"id": request_id, "op": op}
+        message.update(fields)
+        try:
+            body = self._packer.pack(message)
+        except (TypeError, ValueError, OverflowError) as exc:
+            self._packer = _packer()  # reset any partial state
+            raise TypeError(f"cannot encode the {op} request: {exc}") from exc
+        return request_id, LENGTH.pack(len(body)) + body
+
+
+def hello_fields(token: Optional[str], client_name: Optional[str]) -> Dict[str, Any]:
+    fields: Dict[str, Any] = {"client": client_name or f"txbroker-python/{__version__}"}
+    if token is not None:
+        fields["token"] = token
     return fields
 
 
@@ -269,8 +361,7 @@ class Client:
         self.port = port
         self.timeout = timeout
         self._lock = threading.RLock()
-        self._next_id = 1
-        self._packer = _packer()
+        self._encoder = RequestEncoder()
         self._sock: Optional[socket.socket] = None
         self._transaction: Optional["Transaction"] = None
         self.session: Optional[int] = None
@@ -293,11 +384,8 @@ class Client:
                 raise TxbrokerConnectionError(f"TLS handshake with {host}:{port} failed: {exc}") from exc
         self._sock.settimeout(timeout)
         self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=0)
-        fields: Dict[str, Any] = {"client": client_name or f"txbroker-python/{__version__}"}
-        if token is not None:
-            fields["token"] = token
         try:
-            answer = self._request("hello", fields)
+            answer = self._request("hello", hello_fields(token, client_name))
         except BaseException:
             self.close()
             raise
@@ -353,7 +441,7 @@ class Client:
         sock = self._sock
         assert sock is not None
         header = self._recv_exact(sock, 4)
-        (length,) = _LENGTH.unpack(header)
+        (length,) = LENGTH.unpack(header)
         if length == 0:
             raise self._fail("the broker sent an empty frame")
         body = self._recv_exact(sock, length)
@@ -379,24 +467,12 @@ class Client:
             remaining -= len(chunk)
         return b"".join(chunks)
 
-    def _encode(self, op: str, fields: Mapping[str, Any]) -> "tuple[int, bytes]":
-        request_id = self._next_id
-        self._next_id += 1
-        message = {"id": request_id, "op": op}
-        message.update(fields)
-        try:
-            body = self._packer.pack(message)
-        except (TypeError, ValueError, OverflowError) as exc:
-            self._packer = _packer()  # reset any partial state
-            raise TypeError(f"cannot encode the {op} request: {exc}") from exc
-        return request_id, _LENGTH.pack(len(body)) + body
-
     def _request(self, op: str, fields: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
         """Sends one request and returns its success response (raises on failure)."""
         with self._lock:
             if self._sock is None:
                 raise TxbrokerConnectionError("the client is closed")
-            request_id, frame = self._encode(op, fields or {})
+            request_id, frame = self._encoder.encode(op, fields or {})
             try:
                 self._sock.sendall(frame)
             except socket.timeout as exc:
@@ -430,21 +506,14 @@ class Client:
 
     def _response(self, request_id: int) -> Dict[str, Any]:
         response = self._read_frame()
-        if not isinstance(response, dict):
-            raise self._fail(f"the broker sent a response that is not a map: {response!r}")
-        got_id = response.get("id")
-        if response.get("ok") is True:
-            if got_id != request_id:
-                raise self._fail(
-                    f"out-of-order response: expected id {request_id}, got {got_id!r}")
-            return response
-        error = error_from_map(response.get("error"), got_id)
-        if got_id is not None and got_id != request_id:
-            raise self._fail(f"out-of-order response: expected id {request_id}, got {got_id!r}"
-                             f" ({error})")
-        if error.code in _CLOSING_CODES:
-            self.close()
-        raise error
+        try:
+            return check_response(response, request_id)
+        except TxbrokerConnectionError as error:
+            raise self._fail(error.message, error)
+        except TxbrokerError as error:
+            if error.code in CLOSING_CODES:
+                self.close()
+            raise
 
     # ----------------------------------------------------------------- operations
 
@@ -475,18 +544,9 @@ class Client:
         :class:`TxbrokerError` (``statement`` names the failing statement) on failure,
         after which nothing of the transaction was committed.
         """
-        if isinstance(statements, (str, Mapping)):
-            statements = [statements]
-        elif isinstance(statements, tuple) and len(statements) == 2 \
-                and isinstance(statements[0], str) and not isinstance(statements[1], str):
-            statements = [statements]  # a single (sql, params) pair
-        fields = _tx_fields(locks, read_locks, isolation, read_only)
-        fields["statements"] = [_statement(s) for s in statements]
-        if retries is not None:
-            fields["retries"] = retries
-        answer = self._request("tx", fields)
-        results = [Result.from_map(r) for r in (answer.get("results") or [])]
-        return TxResult(results, answer.get("attempts") or 1)
+        fields = _tx_request_fields(statements, locks, read_locks, isolation, read_only,
+                                    retries)
+        return _tx_result(self._request("tx", fields))
 
     def exec(self, sql: str, params: Sequence[Any] = ()) -> Result:
         """Runs one statement: inside the open interactive transaction if there is one,
