@@ -26,9 +26,14 @@ from typing import Any, Dict, Optional, Tuple
 
 import sqlalchemy as sa
 from sqlalchemy import exc
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, scoped_session
-from sqlalchemy.orm import sessionmaker
-
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    scoped_session,
+    sessionmaker,
+)
 from txbroker.sqlalchemy import lock
 
 

@@ -105,7 +105,8 @@ class BrokerProcess:
     def url(self, database: str, **query: str) -> str:
         """A ``mysql+txbroker`` SQLAlchemy URL for this broker."""
         extra = "&".join(f"{key}={value}" for key, value in query.items())
-        return f"mysql+txbroker://{self.host}:{self.port}/{database}" + (f"?{extra}" if extra else "")
+        url = f"mysql+txbroker://{self.host}:{self.port}/{database}"
+        return f"{url}?{extra}" if extra else url
 
     def stop(self) -> Optional[int]:
         if self.process.poll() is None:

@@ -4,8 +4,15 @@ import asyncio
 
 import pytest
 
-from txbroker import BadRequestError, LockConflictError, NoTransactionError, SqlError
-from txbroker import TxAbortedError, TxbrokerConnectionError, aio
+from txbroker import (
+    BadRequestError,
+    LockConflictError,
+    NoTransactionError,
+    SqlError,
+    TxAbortedError,
+    TxbrokerConnectionError,
+    aio,
+)
 
 
 def run(coroutine):

@@ -3,11 +3,10 @@
 import threading
 
 import pytest
+from conftest import wait_for
 
 from txbroker import dbapi
 from txbroker.dbapi.implicit_commit import commits_implicitly
-
-from conftest import wait_for
 
 
 def make_accounts(broker, table, balances):

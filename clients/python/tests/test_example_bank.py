@@ -10,7 +10,6 @@ import sys
 import threading
 
 import pytest
-
 from conftest import REPO, direct_url
 
 sys.path.insert(0, str(REPO / "examples" / "python"))

@@ -8,16 +8,22 @@ import threading
 
 import pytest
 import sqlalchemy as sa
+from conftest import BrokerProcess, wait_for
 from sqlalchemy import exc, func, select
 from sqlalchemy.dialects import mysql
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
-from sqlalchemy.orm import scoped_session, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    scoped_session,
+    sessionmaker,
+)
 
 from txbroker import dbapi
 from txbroker.sqlalchemy import broker_connection, lock, run_in_transaction, run_tx
 from txbroker.sqlalchemy.dialect import TxbrokerDialect, TxbrokerMariaDBDialect
-
-from conftest import BrokerProcess, wait_for
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from typing import Any, Deque, Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Deque, Dict, Generator, Iterable, Optional, Sequence, Tuple, Union
 
 import msgpack
 
@@ -173,7 +173,8 @@ class Client:
     def _answer(self, response: Any) -> None:
         if not self._pending:
             # Only `busy` comes unasked (at accept); anything else is out of step.
-            error = TxbrokerConnectionError(f"the broker sent an unasked answer: {response!r}")
+            error: TxbrokerError = TxbrokerConnectionError(
+                f"the broker sent an unasked answer: {response!r}")
             if isinstance(response, dict) and isinstance(response.get("error"), dict):
                 error = error_from_map(response["error"], response.get("id"))
             raise error
@@ -201,12 +202,14 @@ class Client:
         try:
             await writer.drain()
             return await asyncio.wait_for(asyncio.shield(future), self.timeout)
-        except asyncio.TimeoutError:
-            self._shut(TxbrokerTimeoutError(f"no answer from the broker within {self.timeout}s"))
-            raise TxbrokerTimeoutError(f"no answer from the broker within {self.timeout}s")
+        except asyncio.TimeoutError as exc:
+            late = TxbrokerTimeoutError(f"no answer from the broker within {self.timeout}s")
+            self._shut(late)
+            raise late from exc
         except OSError as exc:
-            self._shut(TxbrokerConnectionError(f"connection to the broker lost: {exc}"))
-            raise TxbrokerConnectionError(f"connection to the broker lost: {exc}") from exc
+            lost = TxbrokerConnectionError(f"connection to the broker lost: {exc}")
+            self._shut(lost)
+            raise lost from exc
 
     # ----------------------------------------------------------------- operations
 
@@ -270,7 +273,7 @@ class Transaction:
     def active(self) -> bool:
         return self._state == "active"
 
-    def __await__(self) -> Any:
+    def __await__(self) -> Generator[Any, None, "Transaction"]:
         return self._begin().__await__()
 
     async def _begin(self) -> "Transaction":

@@ -142,7 +142,7 @@ class Result:
             return None
         return self.rows[0][0]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[List[Any]]:
         return iter(self.rows)
 
     def __len__(self) -> int:
@@ -174,7 +174,7 @@ class TxResult:
     def __getitem__(self, index: int) -> Result:
         return self.results[index]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Result]:
         return iter(self.results)
 
     def __len__(self) -> int:
@@ -381,7 +381,8 @@ class Client:
                 )
             except (ssl.SSLError, OSError) as exc:
                 self._sock = None
-                raise TxbrokerConnectionError(f"TLS handshake with {host}:{port} failed: {exc}") from exc
+                raise TxbrokerConnectionError(
+                    f"TLS handshake with {host}:{port} failed: {exc}") from exc
         self._sock.settimeout(timeout)
         self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=0)
         try:
@@ -448,7 +449,8 @@ class Client:
         try:
             return msgpack.unpackb(body, raw=False, strict_map_key=False)
         except Exception as exc:
-            raise self._fail(f"the broker sent a frame that is not MessagePack: {exc}", exc)
+            raise self._fail(f"the broker sent a frame that is not MessagePack: {exc}",
+                             exc) from exc
 
     def _recv_exact(self, sock: socket.socket, count: int) -> bytes:
         chunks = []
@@ -458,9 +460,9 @@ class Client:
                 chunk = sock.recv(min(remaining, 1 << 20))
             except socket.timeout as exc:
                 raise self._fail(f"no answer from the broker within {self.timeout}s", exc,
-                                 timeout=True)
+                                 timeout=True) from exc
             except OSError as exc:
-                raise self._fail(f"connection to the broker lost: {exc}", exc)
+                raise self._fail(f"connection to the broker lost: {exc}", exc) from exc
             if not chunk:
                 raise self._fail("the broker closed the connection")
             chunks.append(chunk)
@@ -477,14 +479,14 @@ class Client:
                 self._sock.sendall(frame)
             except socket.timeout as exc:
                 raise self._fail(f"sending to the broker timed out after {self.timeout}s", exc,
-                                 timeout=True)
+                                 timeout=True) from exc
             except OSError as exc:
                 # The broker may have written an error (busy, unauthenticated...) before
                 # closing: read it if it is there.
                 early = self._try_read_pending()
                 if early is not None:
                     raise early from exc
-                raise self._fail(f"connection to the broker lost: {exc}", exc)
+                raise self._fail(f"connection to the broker lost: {exc}", exc) from exc
             return self._response(request_id)
 
     def _try_read_pending(self) -> Optional[TxbrokerError]:
@@ -509,7 +511,7 @@ class Client:
         try:
             return check_response(response, request_id)
         except TxbrokerConnectionError as error:
-            raise self._fail(error.message, error)
+            raise self._fail(error.message, error) from error
         except TxbrokerError as error:
             if error.code in CLOSING_CODES:
                 self.close()
@@ -681,14 +683,13 @@ class Transaction:
     def __enter__(self) -> "Transaction":
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: Optional[type], *rest: object) -> None:
         if self._finished:
-            return False
+            return
         if exc_type is None:
             self.commit()
         else:
             self._quiet_rollback()
-        return False
 
     def __repr__(self) -> str:
         return f"<txbroker.Transaction {'active' if self.active else 'finished'}>"

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 
-class Warning(Exception):  # noqa: A001 - the name PEP 249 gives it
+class Warning(Exception):  # noqa: A001, N818 - the name PEP 249 gives it
     """PEP 249's ``Warning``; the broker reports no warnings, so nothing raises it."""
 
 
