@@ -112,6 +112,8 @@ def _error_answer(error: exc.DBAPIError) -> Tuple[int, Dict[str, Any]]:
 
 def make_handler(bank: Bank) -> type:
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: a client's requests share a connection
+
         def _send(self, status: int, body: Dict[str, Any]) -> None:
             data = json.dumps(body).encode()
             self.send_response(status)
@@ -146,7 +148,10 @@ def make_handler(bank: Bank) -> type:
 
 def serve(bank: Bank, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
     """Starts the service in a background thread; ``server.server_address`` says where."""
-    server = ThreadingHTTPServer((host, port), make_handler(bank))
+    server = ThreadingHTTPServer((host, port), make_handler(bank), bind_and_activate=False)
+    server.request_queue_size = 128  # the default backlog of 5 resets a burst of clients
+    server.server_bind()
+    server.server_activate()
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

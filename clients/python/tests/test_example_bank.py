@@ -30,16 +30,16 @@ def load(server):
 
     def client(seed):
         rng = random.Random(seed)
+        conn = http.client.HTTPConnection(host, port, timeout=60)
         for _ in range(REQUESTS_PER_THREAD):
             source, target = rng.sample(range(1, HOT_ACCOUNTS + 1), 2)
             body = json.dumps({"from": source, "to": target, "amount": rng.randint(1, 9)})
-            conn = http.client.HTTPConnection(host, port, timeout=60)
             conn.request("POST", "/transfer", body, {"Content-Type": "application/json"})
             response = conn.getresponse()
             answer = (response.status, json.loads(response.read()))
-            conn.close()
             with lock:
                 answers.append(answer)
+        conn.close()
 
     threads = [threading.Thread(target=client, args=(seed,)) for seed in range(THREADS)]
     for thread in threads:
