@@ -34,6 +34,7 @@ from sqlalchemy.orm import (
     scoped_session,
     sessionmaker,
 )
+
 from txbroker.sqlalchemy import lock
 
 

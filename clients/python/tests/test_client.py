@@ -7,9 +7,9 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
 
 import txbroker
+from conftest import wait_for
 from txbroker import (
     AuthenticationError,
     BadRequestError,

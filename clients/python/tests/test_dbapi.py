@@ -3,8 +3,8 @@
 import threading
 
 import pytest
-from conftest import wait_for
 
+from conftest import wait_for
 from txbroker import dbapi
 from txbroker.dbapi.implicit_commit import commits_implicitly
 

@@ -10,6 +10,7 @@ import sys
 import threading
 
 import pytest
+
 from conftest import REPO, direct_url
 
 sys.path.insert(0, str(REPO / "examples" / "python"))

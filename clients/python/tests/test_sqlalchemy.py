@@ -8,7 +8,6 @@ import threading
 
 import pytest
 import sqlalchemy as sa
-from conftest import BrokerProcess, wait_for
 from sqlalchemy import exc, func, select
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import (
@@ -21,6 +20,7 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
+from conftest import BrokerProcess, wait_for
 from txbroker import dbapi
 from txbroker.sqlalchemy import broker_connection, lock, run_in_transaction, run_tx
 from txbroker.sqlalchemy.dialect import TxbrokerDialect, TxbrokerMariaDBDialect
