@@ -136,7 +136,8 @@ def run_target(make: Callable[[], "tuple[Update, Callable[[], None]]"], threads:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--broker-bin", default=str(REPO / "target/release/txbroker"))
-    parser.add_argument("--database", default=f"{os.environ.get('TXBROKER_TEST_DB_PREFIX', 'txb')}_pybench")
+    prefix = os.environ.get("TXBROKER_TEST_DB_PREFIX", "txb")
+    parser.add_argument("--database", default=f"{prefix}_pybench")
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
@@ -165,10 +166,11 @@ def main() -> None:
         broker.terminate()
         broker.wait(15)
     median = {name: statistics.median(rates) for name, rates in figures.items()}
-    print(f"\nmedians over {args.rounds} rounds, {args.threads} threads, {args.duration:.0f} s each")
+    print(f"\nmedians over {args.rounds} rounds, {args.threads} threads, "
+          f"{args.duration:.0f} s each")
     for name, rate in median.items():
-        base = "pymysql-commit" if name.endswith("commit") and "auto" not in name \
-            else "pymysql-autocommit"
+        base = "pymysql-autocommit" if "autocommit" in name or "keyed" in name \
+            else "pymysql-commit"
         print(f"{name:20s} {rate:8.0f} updates/s  {rate / median[base]:.2f}x {base}")
 
 

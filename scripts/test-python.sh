@@ -52,7 +52,8 @@ fi
 
 echo "test-python: mypy --strict and ruff" >&2
 (cd clients/python && "$venv/bin/python" -m mypy)
-"$venv/bin/python" -m ruff check -q --config clients/python/pyproject.toml clients/python examples/python
+"$venv/bin/python" -m ruff check -q --config clients/python/pyproject.toml clients/python examples/python \
+    bench/python_dbapi.py
 
 if [ -z "${TXBROKER_BIN:-}" ]; then
     # Cargo knows where its builds go (CARGO_TARGET_DIR, build.target-dir, or target/);

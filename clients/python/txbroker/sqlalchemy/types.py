@@ -13,8 +13,8 @@ import datetime
 import decimal
 from typing import Any, Callable, Dict, Optional
 
+from sqlalchemy.dialects.mysql import types as mysql_types
 from sqlalchemy.dialects.mysql.base import MySQLDialect
-from sqlalchemy.dialects.mysql.types import _IntegerType, _NumericCommonType, _NumericType
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.sql import sqltypes
 from sqlalchemy.types import TypeEngine
@@ -81,11 +81,13 @@ class TxbrokerTime(sqltypes.Time):
 colspecs: Dict[Any, type[TypeEngine[Any]]] = dict(MySQLDialect.colspecs)
 # MySQL's own integer and decimal types (those reflection returns) map to themselves there;
 # here they map to the converting types too.
+# (_NumericCommonType is SQLAlchemy 2.1's; 2.0 has the other two.)
+for name in ("_NumericType", "_NumericCommonType"):
+    if hasattr(mysql_types, name):
+        colspecs[getattr(mysql_types, name)] = TxbrokerNumeric
 colspecs.update({
-    _NumericType: TxbrokerNumeric,
-    _NumericCommonType: TxbrokerNumeric,
+    mysql_types._IntegerType: TxbrokerInteger,
     sqltypes.Numeric: TxbrokerNumeric,
-    _IntegerType: TxbrokerInteger,
     sqltypes.Integer: TxbrokerInteger,
     sqltypes.Date: TxbrokerDate,
     sqltypes.DateTime: TxbrokerDateTime,
