@@ -321,3 +321,41 @@ def test_lock_needs_a_txbroker_connection(database_name):
     with Session(engine) as session, pytest.raises(TypeError):
         lock(session, "k")
     assert dbapi.paramstyle == "qmark"
+
+
+def test_tls_and_token_from_the_url(start_broker, database_name):
+    """The URL's query carries the token and TLS settings to the DB-API connect."""
+    from pathlib import Path
+
+    tls = Path(__file__).parent / "tls"
+    broker = start_broker(tls_cert=str(tls / "localhost.crt"), tls_key=str(tls / "localhost.key"),
+                          auth_tokens=["s3cret"])
+    url = broker.url(database_name, token="s3cret", tls="true", tls_ca=str(tls / "localhost.crt"),
+                     server_hostname="localhost")
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(select(41 + 1)).scalar() == 42
+    engine.dispose()
+    wrong = sa.create_engine(url.replace("s3cret", "wrong"))
+    with pytest.raises(exc.OperationalError) as info:
+        wrong.connect()
+    assert info.value.orig.code == "unauthenticated"
+
+
+def test_run_in_transaction_passes_begin_options_and_raises_what_is_not_retryable(
+        orm_engine):
+    with Session(orm_engine) as session:
+        session.add(Owner(name="ro", accounts=[Account(balance=1)]))
+        session.commit()
+    runs = []
+
+    def write(session):
+        runs.append(1)
+        session.get(Account, 1).balance += 1
+        session.flush()
+
+    with Session(orm_engine) as session:
+        with pytest.raises(exc.OperationalError) as info:
+            run_in_transaction(session, write, keys=["accounts:000001"], read_only=True)
+    assert info.value.orig.mysql_code == 1792  # a write in a READ ONLY transaction
+    assert runs == [1]  # not retryable: run once

@@ -89,17 +89,20 @@ def _retrying(run: Callable[[], T], attempts: int, backoff: float) -> T:
 def run_in_transaction(session: Union[Session, "scoped_session[Any]"],
                        fn: Callable[[Session], T], keys: Iterable[str] = (),
                        read_keys: Iterable[str] = (), attempts: int = 5,
-                       backoff: float = 0.02) -> T:
+                       backoff: float = 0.02, **begin_options: Any) -> T:
     """Runs ``fn(session)`` in a transaction holding ``keys`` (exclusive) and ``read_keys``
     (shared), then commits; when it fails with a retryable error, rolls back and runs it
     again (up to ``attempts`` runs in all, with jittered exponential back-off). Returns what
     ``fn`` returns. The session must have no transaction of its own open: every run starts
-    afresh, so ``fn`` must do the whole unit of work (reading included)."""
+    afresh, so ``fn`` must do the whole unit of work (reading included). ``begin_options``
+    go to each run's ``begin`` (see :meth:`txbroker.dbapi.Connection.next_transaction`)."""
     keys, read_keys = list(keys), list(read_keys)
 
     def run() -> T:
         try:
             lock(session, *keys, read=read_keys)
+            if begin_options:
+                broker_connection(session).next_transaction(**begin_options)
             value = fn(session if isinstance(session, Session) else session())
             session.commit()
             return value
