@@ -8,8 +8,10 @@ the ratio to PyMySQL in the same mode. Targets:
 
 - ``pymysql-autocommit``: PyMySQL, ``autocommit=True``, one ``execute`` per update;
 - ``dbapi-autocommit``: txbroker.dbapi with ``autocommit = True``: one ``exec``;
-- ``dbapi-keyed``: the same with the row's key declared (``lock``), which makes each update
-  a one-statement ``tx`` holding the key;
+- ``client-autocommit``: the plain ``txbroker.Client.exec``, to tell the DB-API layer's
+  cost from the broker's hop;
+- ``dbapi-keyed``: the same as ``dbapi-autocommit`` with the row's key declared
+  (``lock``), which makes each update a one-statement ``tx`` holding the key;
 - ``pymysql-commit``: PyMySQL, ``execute`` then ``commit()``;
 - ``dbapi-commit``: txbroker.dbapi, ``execute`` then ``commit()`` (the broker's ``begin``,
   ``exec``, ``commit``).
@@ -37,16 +39,18 @@ from typing import Any, Callable, Dict, List
 
 import pymysql
 
-from txbroker import dbapi
+from txbroker import Client, dbapi
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS_PER_THREAD = 100
 
 
-def start_broker(binary: str, database_url: str) -> "tuple[subprocess.Popen[str], int]":
+def start_broker(binary: str, database_url: str,
+                 session_threads: int) -> "tuple[subprocess.Popen[str], int]":
     fd, config = tempfile.mkstemp(suffix=".toml")
     with os.fdopen(fd, "w") as f:
-        f.write('log_level = "info"\nmax_sessions = 64\n')  # info: the address line
+        # info: the line with the address
+        f.write(f'log_level = "info"\nsession_threads = {session_threads}\n')
     process = subprocess.Popen(
         [binary, "--config", config, "--listen", "127.0.0.1:0", "--database-url", database_url],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -87,6 +91,15 @@ def pymysql_updater(database: str, autocommit: bool) -> "tuple[Update, Callable[
             conn.commit()
 
     return update, conn.close
+
+
+def client_updater(port: int) -> "tuple[Update, Callable[[], None]]":
+    client = Client("127.0.0.1", port)
+
+    def update(row: int) -> None:
+        client.exec("UPDATE bench_rows SET n = n + 1 WHERE id = ?", (row,))
+
+    return update, client.close
 
 
 def dbapi_updater(port: int, database: str, mode: str) -> "tuple[Update, Callable[[], None]]":
@@ -141,16 +154,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--session-threads", type=int, default=1,
+                        help="the broker's session_threads (its default: 1)")
     args = parser.parse_args()
     if args.database == "test":
         sys.exit("use a database of the benchmark's own, not test")
     prepare(args.database, args.threads)
     broker, port = start_broker(
-        args.broker_bin, f"mysql://root@127.0.0.1:3306/{args.database}?prefer_socket=false")
+        args.broker_bin, f"mysql://root@127.0.0.1:3306/{args.database}?prefer_socket=false",
+        args.session_threads)
     db = args.database
     targets: Dict[str, Callable[[], Any]] = {
         "pymysql-autocommit": lambda: pymysql_updater(db, True),
         "dbapi-autocommit": lambda: dbapi_updater(port, db, "autocommit"),
+        "client-autocommit": lambda: client_updater(port),
         "dbapi-keyed": lambda: dbapi_updater(port, db, "keyed"),
         "pymysql-commit": lambda: pymysql_updater(db, False),
         "dbapi-commit": lambda: dbapi_updater(port, db, "commit"),

@@ -384,7 +384,7 @@ class Client:
                 raise TxbrokerConnectionError(
                     f"TLS handshake with {host}:{port} failed: {exc}") from exc
         self._sock.settimeout(timeout)
-        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=0)
+        self._received = bytearray()
         try:
             answer = self._request("hello", hello_fields(token, client_name))
         except BaseException:
@@ -439,25 +439,29 @@ class Client:
         return error
 
     def _read_frame(self) -> Any:
-        sock = self._sock
-        assert sock is not None
-        header = self._recv_exact(sock, 4)
+        header = self._take(4)
         (length,) = LENGTH.unpack(header)
         if length == 0:
             raise self._fail("the broker sent an empty frame")
-        body = self._recv_exact(sock, length)
+        body = self._take(length)
         try:
             return msgpack.unpackb(body, raw=False, strict_map_key=False)
         except Exception as exc:
             raise self._fail(f"the broker sent a frame that is not MessagePack: {exc}",
                              exc) from exc
 
-    def _recv_exact(self, sock: socket.socket, count: int) -> bytes:
-        chunks = []
-        remaining = count
-        while remaining:
+    def _take(self, count: int) -> bytes:
+        """The next ``count`` bytes of the stream. Each read takes what the socket has (up
+        to 64 KiB more than asked), so that an answer usually costs one system call, not
+        one for its length and one for its body: with threads, each blocking call is also a
+        wait for the GIL."""
+        received = self._received
+        while len(received) < count:
+            sock = self._sock
+            if sock is None:
+                raise TxbrokerConnectionError("the client is closed")
             try:
-                chunk = sock.recv(min(remaining, 1 << 20))
+                chunk = sock.recv(max(count - len(received), 1 << 16))
             except socket.timeout as exc:
                 raise self._fail(f"no answer from the broker within {self.timeout}s", exc,
                                  timeout=True) from exc
@@ -465,9 +469,10 @@ class Client:
                 raise self._fail(f"connection to the broker lost: {exc}", exc) from exc
             if not chunk:
                 raise self._fail("the broker closed the connection")
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        return b"".join(chunks)
+            received += chunk
+        data = bytes(received[:count])
+        del received[:count]
+        return data
 
     def _request(self, op: str, fields: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
         """Sends one request and returns its success response (raises on failure)."""
