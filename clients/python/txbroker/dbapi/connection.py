@@ -74,12 +74,12 @@ class Connection:
 
     @property
     def autocommit(self) -> bool:
+        """Whether each statement runs alone (an autocommit ``exec``). Switching it on
+        commits the open transaction first, as MySQL's ``SET autocommit = 1`` does."""
         return self._autocommit
 
     @autocommit.setter
     def autocommit(self, value: bool) -> None:
-        """Switching autocommit on commits the open transaction first, as MySQL's ``SET
-        autocommit = 1`` does."""
         if value and not self._autocommit:
             self.commit()
         self._autocommit = bool(value)
