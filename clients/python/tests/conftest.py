@@ -4,6 +4,8 @@ database on the real MariaDB.
 Environment:
     TXBROKER_BIN   the broker binary (default <repo>/target/debug/txbroker)
     DATABASE_URL   the MariaDB server (default mysql://root@127.0.0.1:3306/test)
+    TXBROKER_TEST_DB_PREFIX  prefix of the private database (default txb), so that checkouts
+                   sharing one server do not collide
 """
 
 import os
@@ -19,11 +21,12 @@ from typing import Any, Dict, List, Optional
 import pytest
 
 import txbroker
+import txbroker.dbapi
 
 REPO = Path(__file__).resolve().parents[3]
 BROKER_BIN = Path(os.environ.get("TXBROKER_BIN", REPO / "target" / "debug" / "txbroker"))
 BASE_URL = os.environ.get("DATABASE_URL", "mysql://root@127.0.0.1:3306/test")
-DB_NAME = f"txb_py_{os.getpid()}"
+DB_NAME = f"{os.environ.get('TXBROKER_TEST_DB_PREFIX', 'txb')}_py_{os.getpid()}"
 
 
 def database_url(name: str) -> str:
@@ -50,7 +53,7 @@ def _toml_value(value: Any) -> str:
 class BrokerProcess:
     """One txbroker process on a free port, with its log kept for failure reports."""
 
-    def __init__(self, db_url: str, **config: Any) -> None:
+    def __init__(self, db_url: str, listen: str = "127.0.0.1:0", **config: Any) -> None:
         if not BROKER_BIN.exists():
             pytest.fail(f"broker binary {BROKER_BIN} is missing: run `cargo build --bin txbroker`"
                         " or set TXBROKER_BIN")
@@ -63,7 +66,7 @@ class BrokerProcess:
         self.config_path = path
         self.log: List[str] = []
         self.process = subprocess.Popen(
-            [str(BROKER_BIN), "--config", path, "--listen", "127.0.0.1:0",
+            [str(BROKER_BIN), "--config", path, "--listen", listen,
              "--database-url", db_url],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -93,6 +96,17 @@ class BrokerProcess:
     def client(self, **kwargs: Any) -> txbroker.Client:
         kwargs.setdefault("timeout", 30)
         return txbroker.Client(self.host, self.port, **kwargs)
+
+    def dbapi(self, **kwargs: Any) -> "txbroker.dbapi.Connection":
+        """A DB-API connection to this broker."""
+        kwargs.setdefault("timeout", 30)
+        return txbroker.dbapi.connect(self.host, self.port, **kwargs)
+
+    def url(self, database: str, **query: str) -> str:
+        """A ``mysql+txbroker`` SQLAlchemy URL for this broker."""
+        extra = "&".join(f"{key}={value}" for key, value in query.items())
+        url = f"mysql+txbroker://{self.host}:{self.port}/{database}"
+        return f"{url}?{extra}" if extra else url
 
     def stop(self) -> Optional[int]:
         if self.process.poll() is None:
@@ -135,6 +149,18 @@ def database():
             c.exec(f"DROP DATABASE IF EXISTS `{DB_NAME}`")
     finally:
         admin.stop()
+
+
+def direct_url(driver: str, name: str) -> str:
+    """A SQLAlchemy URL straight to the MariaDB of BASE_URL (``mysql+pymysql``...)."""
+    rest = BASE_URL.partition("://")[2].partition("?")[0]
+    return f"mysql+{driver}://{rest.split('/', 1)[0]}/{name}"
+
+
+@pytest.fixture(scope="session")
+def database_name(database):
+    """The private database's name."""
+    return DB_NAME
 
 
 @pytest.fixture(scope="session")

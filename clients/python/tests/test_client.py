@@ -3,12 +3,13 @@
 import datetime
 import socket
 import threading
-from pathlib import Path
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 import txbroker
+from conftest import wait_for
 from txbroker import (
     AuthenticationError,
     BadRequestError,
@@ -24,8 +25,6 @@ from txbroker import (
     TxbrokerConnectionError,
     TxbrokerError,
 )
-
-from conftest import wait_for
 
 
 def count(client, table, where="1=1", params=()):
@@ -83,7 +82,8 @@ def test_tx_moves_money_with_locks(client, table_name):
     result = client.tx(
         [
             (f"UPDATE {table_name} SET balance = balance - ? WHERE id = ?", [30, 1]),
-            {"sql": f"UPDATE {table_name} SET balance = balance + ? WHERE id = ?", "params": [30, 2]},
+            {"sql": f"UPDATE {table_name} SET balance = balance + ? WHERE id = ?",
+             "params": [30, 2]},
             f"SELECT id, balance FROM {table_name} ORDER BY id",
         ],
         locks=[f"{table_name}:1", f"{table_name}:2"],

@@ -8,7 +8,20 @@ import ssl
 import struct
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, TypeVar, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 import msgpack
 
@@ -27,9 +40,9 @@ __all__ = ["Client", "Transaction", "Result", "TxResult", "retry", "ISOLATION_LE
 ISOLATION_LEVELS = ("read_uncommitted", "read_committed", "repeatable_read", "serializable")
 
 #: Codes after which the broker closes the connection.
-_CLOSING_CODES = frozenset({"frame_too_large", "unauthenticated", "busy"})
+CLOSING_CODES = frozenset({"frame_too_large", "unauthenticated", "busy"})
 
-_LENGTH = struct.Struct(">I")
+LENGTH = struct.Struct(">I")
 
 Statement = Union[str, Sequence[Any], Mapping[str, Any]]
 T = TypeVar("T")
@@ -129,7 +142,7 @@ class Result:
             return None
         return self.rows[0][0]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[List[Any]]:
         return iter(self.rows)
 
     def __len__(self) -> int:
@@ -161,7 +174,7 @@ class TxResult:
     def __getitem__(self, index: int) -> Result:
         return self.results[index]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Result]:
         return iter(self.results)
 
     def __len__(self) -> int:
@@ -215,7 +228,12 @@ def _keys(value: Union[None, str, Iterable[str]], name: str) -> Optional[List[st
     return keys
 
 
-def _tx_fields(locks, read_locks, isolation, read_only) -> Dict[str, Any]:
+def _tx_fields(
+    locks: Union[None, str, Iterable[str]],
+    read_locks: Union[None, str, Iterable[str]],
+    isolation: Optional[str],
+    read_only: bool,
+) -> Dict[str, Any]:
     fields: Dict[str, Any] = {}
     keys = _keys(locks, "locks")
     if keys:
@@ -227,6 +245,80 @@ def _tx_fields(locks, read_locks, isolation, read_only) -> Dict[str, Any]:
         fields["isolation"] = isolation
     if read_only:
         fields["read_only"] = True
+    return fields
+
+
+def _tx_request_fields(
+    statements: Union[Statement, Sequence[Statement]],
+    locks: Iterable[str],
+    read_locks: Iterable[str],
+    isolation: Optional[str],
+    read_only: bool,
+    retries: Optional[int],
+) -> Dict[str, Any]:
+    """The fields of a ``tx`` request (shared by the blocking and the asyncio client)."""
+    if isinstance(statements, (str, Mapping)):
+        statements = [statements]
+    elif isinstance(statements, tuple) and len(statements) == 2 \
+            and isinstance(statements[0], str) and not isinstance(statements[1], str):
+        statements = [statements]  # a single (sql, params) pair
+    fields = _tx_fields(locks, read_locks, isolation, read_only)
+    fields["statements"] = [_statement(s) for s in statements]
+    if retries is not None:
+        fields["retries"] = retries
+    return fields
+
+
+def _tx_result(answer: Mapping[str, Any]) -> "TxResult":
+    results = [Result.from_map(r) for r in (answer.get("results") or [])]
+    return TxResult(results, answer.get("attempts") or 1)
+
+
+def check_response(response: Any, request_id: int) -> Dict[str, Any]:
+    """The success response to request ``request_id``, or raises: the broker's error (the
+    connection must then be closed when its code is in ``CLOSING_CODES``), or a
+    :class:`TxbrokerConnectionError` when the stream is out of step (close it)."""
+    if not isinstance(response, dict):
+        raise TxbrokerConnectionError(
+            f"the broker sent a response that is not a map: {response!r}")
+    got_id = response.get("id")
+    if response.get("ok") is True:
+        if got_id != request_id:
+            raise TxbrokerConnectionError(
+                f"out-of-order response: expected id {request_id}, got {got_id!r}")
+        return response
+    error = error_from_map(response.get("error"), got_id)
+    if got_id is not None and got_id != request_id:
+        raise TxbrokerConnectionError(
+            f"out-of-order response: expected id {request_id}, got {got_id!r} ({error})")
+    raise error
+
+
+class RequestEncoder:
+    """Numbers a connection's requests (ids 1, 2, ...) and frames them: a 4-byte big-endian
+    length, then the MessagePack map."""
+
+    def __init__(self) -> None:
+        self._next_id = 1
+        self._packer = _packer()
+
+    def encode(self, op: str, fields: Mapping[str, Any]) -> Tuple[int, bytes]:
+        request_id = self._next_id
+        self._next_id += 1
+        message = {"id": request_id, "op": op}
+        message.update(fields)
+        try:
+            body = self._packer.pack(message)
+        except (TypeError, ValueError, OverflowError) as exc:
+            self._packer = _packer()  # reset any partial state
+            raise TypeError(f"cannot encode the {op} request: {exc}") from exc
+        return request_id, LENGTH.pack(len(body)) + body
+
+
+def hello_fields(token: Optional[str], client_name: Optional[str]) -> Dict[str, Any]:
+    fields: Dict[str, Any] = {"client": client_name or f"txbroker-python/{__version__}"}
+    if token is not None:
+        fields["token"] = token
     return fields
 
 
@@ -269,8 +361,7 @@ class Client:
         self.port = port
         self.timeout = timeout
         self._lock = threading.RLock()
-        self._next_id = 1
-        self._packer = _packer()
+        self._encoder = RequestEncoder()
         self._sock: Optional[socket.socket] = None
         self._transaction: Optional["Transaction"] = None
         self.session: Optional[int] = None
@@ -290,14 +381,12 @@ class Client:
                 )
             except (ssl.SSLError, OSError) as exc:
                 self._sock = None
-                raise TxbrokerConnectionError(f"TLS handshake with {host}:{port} failed: {exc}") from exc
+                raise TxbrokerConnectionError(
+                    f"TLS handshake with {host}:{port} failed: {exc}") from exc
         self._sock.settimeout(timeout)
-        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=0)
-        fields: Dict[str, Any] = {"client": client_name or f"txbroker-python/{__version__}"}
-        if token is not None:
-            fields["token"] = token
+        self._received = bytearray()
         try:
-            answer = self._request("hello", fields)
+            answer = self._request("hello", hello_fields(token, client_name))
         except BaseException:
             self.close()
             raise
@@ -350,65 +439,59 @@ class Client:
         return error
 
     def _read_frame(self) -> Any:
-        sock = self._sock
-        assert sock is not None
-        header = self._recv_exact(sock, 4)
-        (length,) = _LENGTH.unpack(header)
+        header = self._take(4)
+        (length,) = LENGTH.unpack(header)
         if length == 0:
             raise self._fail("the broker sent an empty frame")
-        body = self._recv_exact(sock, length)
+        body = self._take(length)
         try:
             return msgpack.unpackb(body, raw=False, strict_map_key=False)
         except Exception as exc:
-            raise self._fail(f"the broker sent a frame that is not MessagePack: {exc}", exc)
+            raise self._fail(f"the broker sent a frame that is not MessagePack: {exc}",
+                             exc) from exc
 
-    def _recv_exact(self, sock: socket.socket, count: int) -> bytes:
-        chunks = []
-        remaining = count
-        while remaining:
+    def _take(self, count: int) -> bytes:
+        """The next ``count`` bytes of the stream. Each read takes what the socket has (up
+        to 64 KiB more than asked), so that an answer usually costs one system call, not
+        one for its length and one for its body: with threads, each blocking call is also a
+        wait for the GIL."""
+        received = self._received
+        while len(received) < count:
+            sock = self._sock
+            if sock is None:
+                raise TxbrokerConnectionError("the client is closed")
             try:
-                chunk = sock.recv(min(remaining, 1 << 20))
+                chunk = sock.recv(max(count - len(received), 1 << 16))
             except socket.timeout as exc:
                 raise self._fail(f"no answer from the broker within {self.timeout}s", exc,
-                                 timeout=True)
+                                 timeout=True) from exc
             except OSError as exc:
-                raise self._fail(f"connection to the broker lost: {exc}", exc)
+                raise self._fail(f"connection to the broker lost: {exc}", exc) from exc
             if not chunk:
                 raise self._fail("the broker closed the connection")
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        return b"".join(chunks)
-
-    def _encode(self, op: str, fields: Mapping[str, Any]) -> "tuple[int, bytes]":
-        request_id = self._next_id
-        self._next_id += 1
-        message = {"id": request_id, "op": op}
-        message.update(fields)
-        try:
-            body = self._packer.pack(message)
-        except (TypeError, ValueError, OverflowError) as exc:
-            self._packer = _packer()  # reset any partial state
-            raise TypeError(f"cannot encode the {op} request: {exc}") from exc
-        return request_id, _LENGTH.pack(len(body)) + body
+            received += chunk
+        data = bytes(received[:count])
+        del received[:count]
+        return data
 
     def _request(self, op: str, fields: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
         """Sends one request and returns its success response (raises on failure)."""
         with self._lock:
             if self._sock is None:
                 raise TxbrokerConnectionError("the client is closed")
-            request_id, frame = self._encode(op, fields or {})
+            request_id, frame = self._encoder.encode(op, fields or {})
             try:
                 self._sock.sendall(frame)
             except socket.timeout as exc:
                 raise self._fail(f"sending to the broker timed out after {self.timeout}s", exc,
-                                 timeout=True)
+                                 timeout=True) from exc
             except OSError as exc:
                 # The broker may have written an error (busy, unauthenticated...) before
                 # closing: read it if it is there.
                 early = self._try_read_pending()
                 if early is not None:
                     raise early from exc
-                raise self._fail(f"connection to the broker lost: {exc}", exc)
+                raise self._fail(f"connection to the broker lost: {exc}", exc) from exc
             return self._response(request_id)
 
     def _try_read_pending(self) -> Optional[TxbrokerError]:
@@ -430,21 +513,14 @@ class Client:
 
     def _response(self, request_id: int) -> Dict[str, Any]:
         response = self._read_frame()
-        if not isinstance(response, dict):
-            raise self._fail(f"the broker sent a response that is not a map: {response!r}")
-        got_id = response.get("id")
-        if response.get("ok") is True:
-            if got_id != request_id:
-                raise self._fail(
-                    f"out-of-order response: expected id {request_id}, got {got_id!r}")
-            return response
-        error = error_from_map(response.get("error"), got_id)
-        if got_id is not None and got_id != request_id:
-            raise self._fail(f"out-of-order response: expected id {request_id}, got {got_id!r}"
-                             f" ({error})")
-        if error.code in _CLOSING_CODES:
-            self.close()
-        raise error
+        try:
+            return check_response(response, request_id)
+        except TxbrokerConnectionError as error:
+            raise self._fail(error.message, error) from error
+        except TxbrokerError as error:
+            if error.code in CLOSING_CODES:
+                self.close()
+            raise
 
     # ----------------------------------------------------------------- operations
 
@@ -475,18 +551,9 @@ class Client:
         :class:`TxbrokerError` (``statement`` names the failing statement) on failure,
         after which nothing of the transaction was committed.
         """
-        if isinstance(statements, (str, Mapping)):
-            statements = [statements]
-        elif isinstance(statements, tuple) and len(statements) == 2 \
-                and isinstance(statements[0], str) and not isinstance(statements[1], str):
-            statements = [statements]  # a single (sql, params) pair
-        fields = _tx_fields(locks, read_locks, isolation, read_only)
-        fields["statements"] = [_statement(s) for s in statements]
-        if retries is not None:
-            fields["retries"] = retries
-        answer = self._request("tx", fields)
-        results = [Result.from_map(r) for r in (answer.get("results") or [])]
-        return TxResult(results, answer.get("attempts") or 1)
+        fields = _tx_request_fields(statements, locks, read_locks, isolation, read_only,
+                                    retries)
+        return _tx_result(self._request("tx", fields))
 
     def exec(self, sql: str, params: Sequence[Any] = ()) -> Result:
         """Runs one statement: inside the open interactive transaction if there is one,
@@ -621,14 +688,13 @@ class Transaction:
     def __enter__(self) -> "Transaction":
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: Optional[type], *rest: object) -> None:
         if self._finished:
-            return False
+            return
         if exc_type is None:
             self.commit()
         else:
             self._quiet_rollback()
-        return False
 
     def __repr__(self) -> str:
         return f"<txbroker.Transaction {'active' if self.active else 'finished'}>"

@@ -7,7 +7,7 @@ itself (refused, reset, closed, timed out, a malformed frame) raise
 :class:`ConnectionError`.
 """
 
-from typing import Any, Dict, Optional, Type
+from typing import Any, Dict, Optional, Tuple, Type
 
 __all__ = [
     "TxbrokerError",
@@ -87,7 +87,7 @@ class TxbrokerError(Exception):
             f"sqlstate={self.sqlstate!r}, statement={self.statement!r})"
         )
 
-    def __reduce__(self):  # keeps errors picklable (e.g. across multiprocessing)
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:  # picklable (multiprocessing)
         return (
             _rebuild_error,
             (
@@ -103,7 +103,16 @@ class TxbrokerError(Exception):
         )
 
 
-def _rebuild_error(cls, message, code, retryable, mysql_code, sqlstate, statement, request_id):
+def _rebuild_error(
+    cls: Type[TxbrokerError],
+    message: str,
+    code: str,
+    retryable: bool,
+    mysql_code: Optional[int],
+    sqlstate: Optional[str],
+    statement: Optional[int],
+    request_id: Optional[int],
+) -> TxbrokerError:
     return cls(
         message,
         code=code,
