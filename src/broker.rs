@@ -42,6 +42,7 @@ use crate::config::{Config, CoordinatorThread};
 use crate::coordinator::{self, Coordinator};
 use crate::db::Database;
 use crate::engine::SessionFactory;
+use crate::idempotency::{self, OutcomeTable};
 use crate::local::LocalSession;
 use crate::metrics::Metrics;
 use crate::txn::ServerPhase;
@@ -70,6 +71,8 @@ pub struct Broker {
     arbiters: Vec<Arbiter>,
     sessions: SessionFactory,
     phase: watch::Sender<ServerPhase>,
+    /// The background purge of expired idempotency records.
+    purge: tokio::task::JoinHandle<()>,
     log: Logger,
 }
 
@@ -122,6 +125,7 @@ impl BrokerBuilder {
             Listener::None => None,
         };
         check_database(&database, &log).await;
+        let purge = start_idempotency_table(&config, &database, &log).await;
         let threads = Threads::start(&config, listener.is_some());
         let coordinator = Coordinator::start_in_arbiter(&threads.coordinator, {
             let (lock_wait_timeout, max_group_size) =
@@ -150,6 +154,7 @@ impl BrokerBuilder {
             arbiters: threads.arbiters,
             sessions,
             phase,
+            purge,
             log,
         })
     }
@@ -279,12 +284,39 @@ impl Broker {
         if let Some(acceptor) = &self.acceptor {
             let _ = acceptor.send(Shutdown).await;
         }
+        self.purge.abort();
         let _ = self.coordinator.send(coordinator::Stop).await;
         for arbiter in &self.arbiters {
             arbiter.stop();
         }
         info!(self.log, "stopped");
     }
+}
+
+/// Creates the idempotency table when it is missing (the purge tries again later if the
+/// database cannot be reached now) and starts the purge of expired records.
+async fn start_idempotency_table(
+    config: &Config,
+    database: &Database,
+    log: &Logger,
+) -> tokio::task::JoinHandle<()> {
+    let table = OutcomeTable::new(config);
+    let mut connection = database.connection();
+    match tokio::time::timeout(STARTUP_DB_CHECK_TIMEOUT, table.create(&mut connection)).await {
+        Ok(Ok(())) => connection.disconnect().await,
+        Ok(Err(error)) => {
+            warn!(log, "idempotency table not created at start-up; the purge tries again"; "error" => %error)
+        }
+        Err(_) => warn!(
+            log,
+            "idempotency table not created at start-up: the database did not answer"
+        ),
+    }
+    actix_rt::spawn(idempotency::purge_expired(
+        database.clone(),
+        table,
+        log.clone(),
+    ))
 }
 
 /// Connects once, so that a wrong URL or a stopped server is reported at start-up. The broker

@@ -39,6 +39,10 @@ pub(super) enum TxEnd {
     /// The broker or the database ended an interactive transaction behind the client's back;
     /// the session answers `tx_aborted` until the client sends `rollback`.
     Aborted(AbortReason),
+    /// A keyed `begin` was answered with its key's recorded outcome: that transaction ended
+    /// long ago, and none was opened. The session answers `tx_aborted` until `rollback`, so
+    /// that nothing meant for the transaction runs in autocommit mode. Nothing is counted.
+    Replayed,
 }
 
 impl SessionEngine {
@@ -77,13 +81,14 @@ impl SessionEngine {
             TxEnd::RolledBack | TxEnd::Aborted(_) | TxEnd::CommittedWithoutOwn => {
                 self.metrics.rolled_back()
             }
-            TxEnd::CommitUnknown | TxEnd::NotStarted => {}
+            TxEnd::CommitUnknown | TxEnd::NotStarted | TxEnd::Replayed => {}
         }
         self.state = match end {
             TxEnd::Aborted(reason) => {
                 debug!(self.log, "transaction aborted"; "reason" => %reason);
                 TxState::Aborted(reason)
             }
+            TxEnd::Replayed => TxState::Aborted(AbortReason::AlreadyCommitted),
             _ => TxState::Idle,
         };
     }
@@ -104,7 +109,9 @@ impl SessionEngine {
                 }
                 return;
             }
-            TxEnd::RolledBack | TxEnd::NotStarted | TxEnd::Aborted(_) => Settlement::RolledBack,
+            TxEnd::RolledBack | TxEnd::NotStarted | TxEnd::Aborted(_) | TxEnd::Replayed => {
+                Settlement::RolledBack
+            }
         };
         handed_over.gate.settle(settlement);
     }
