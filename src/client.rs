@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::error::ErrorCode;
-use crate::frame::FrameCodec;
+use crate::frame::{FrameCodec, FrameError};
 use crate::locks::LockRequest;
 use crate::protocol::{
     ErrorReply, Isolation, QueryResult, Reply, Request, RequestFrame, Response, Statement, Stats,
@@ -628,6 +628,8 @@ async fn read_answers<R>(
             Ok(body) => {
                 Response::decode(&body).map_err(|error| ClientError::Protocol(error.to_string()))
             }
+            // The connection broke: its requests got no answer.
+            Err(FrameError::Io(error)) => Err(ClientError::Io(error)),
             Err(error) => Err(ClientError::Protocol(error.to_string())),
         };
         // Answers come in request order; one that arrives before any request (a `busy`
