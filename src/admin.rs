@@ -109,6 +109,34 @@ pub fn parse_param(text: &str) -> Value {
 }
 
 /// A statement's result: its rows as a table, or what it changed.
+/// Runs `sql` for `txbroker exec`: alone in autocommit mode, or, with an idempotency key, as a
+/// keyed `tx` (a replay says so on a line of its own). The text to print.
+pub async fn exec(
+    client: &Client,
+    sql: &str,
+    params: Vec<Value>,
+    idempotency_key: Option<String>,
+) -> Result<String, ClientError> {
+    let Some(key) = idempotency_key else {
+        return Ok(render_result(&client.exec(sql, params).await?));
+    };
+    let outcome = client
+        .tx()
+        .idempotency_key(key)
+        .exec(sql, params)
+        .run()
+        .await?;
+    let mut text = outcome
+        .results
+        .first()
+        .map(render_result)
+        .unwrap_or_default();
+    if outcome.replayed {
+        text.push_str("\n(replayed: the key's transaction committed earlier; nothing ran now)");
+    }
+    Ok(text)
+}
+
 pub fn render_result(result: &QueryResult) -> String {
     if result.columns.is_empty() {
         let mut text = format!("{} row(s) affected", result.affected);

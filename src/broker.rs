@@ -43,6 +43,7 @@ use crate::config::{Config, CoordinatorThread};
 use crate::coordinator::{self, Coordinator};
 use crate::db::Database;
 use crate::engine::SessionFactory;
+use crate::idempotency::{self, OutcomeTable};
 use crate::local::LocalSession;
 use crate::metrics::{Metrics, Timing};
 use crate::monitor::Monitor;
@@ -80,6 +81,8 @@ pub struct Broker {
     monitor: Monitor,
     /// The monitoring HTTP server on `metrics_listen`, and the address it is bound to.
     monitoring: Option<(ServerHandle, SocketAddr)>,
+    /// The background purge of expired idempotency records.
+    purge: tokio::task::JoinHandle<()>,
     log: Logger,
 }
 
@@ -132,6 +135,7 @@ impl BrokerBuilder {
             Listener::None => None,
         };
         check_database(&database, &log).await;
+        let purge = start_idempotency_table(&config, &database, &log).await;
         let threads = Threads::start(&config, listener.is_some());
         let coordinator = Coordinator::start_in_arbiter(&threads.coordinator, {
             let (lock_wait_timeout, max_group_size, hot_keys) = (
@@ -175,6 +179,7 @@ impl BrokerBuilder {
             phase,
             monitor,
             monitoring,
+            purge,
             log,
         })
     }
@@ -332,6 +337,7 @@ impl Broker {
         if let Some(acceptor) = &self.acceptor {
             let _ = acceptor.send(Shutdown).await;
         }
+        self.purge.abort();
         let _ = self.coordinator.send(coordinator::Stop).await;
         if let Some((server, _)) = &self.monitoring {
             server.stop(true).await;
@@ -341,6 +347,32 @@ impl Broker {
         }
         info!(self.log, "stopped");
     }
+}
+
+/// Creates the idempotency table when it is missing (the purge tries again later if the
+/// database cannot be reached now) and starts the purge of expired records.
+async fn start_idempotency_table(
+    config: &Config,
+    database: &Database,
+    log: &Logger,
+) -> tokio::task::JoinHandle<()> {
+    let table = OutcomeTable::new(config);
+    let mut connection = database.connection();
+    match tokio::time::timeout(STARTUP_DB_CHECK_TIMEOUT, table.create(&mut connection)).await {
+        Ok(Ok(())) => connection.disconnect().await,
+        Ok(Err(error)) => {
+            warn!(log, "idempotency table not created at start-up; the purge tries again"; "error" => %error)
+        }
+        Err(_) => warn!(
+            log,
+            "idempotency table not created at start-up: the database did not answer"
+        ),
+    }
+    actix_rt::spawn(idempotency::purge_expired(
+        database.clone(),
+        table,
+        log.clone(),
+    ))
 }
 
 /// Connects once, so that a wrong URL or a stopped server is reported at start-up. The broker

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::error::ErrorCode;
-use crate::frame::FrameCodec;
+use crate::frame::{FrameCodec, FrameError};
 use crate::locks::LockRequest;
 use crate::protocol::{
     ErrorReply, Isolation, QueryResult, Reply, Request, RequestFrame, Response, Statement, Stats,
@@ -102,6 +102,49 @@ pub struct ServerInfo {
 pub struct TxOutcome {
     pub results: Vec<QueryResult>,
     pub attempts: u32,
+    /// The answer was recorded for an earlier request with the same idempotency key, which
+    /// committed; this one ran nothing.
+    pub replayed: bool,
+    /// A replay of an answer recorded without its rows (it was too large): the results keep
+    /// their columns and counts, not their rows.
+    pub results_omitted: bool,
+}
+
+impl TxOutcome {
+    /// The outcome a `tx` reply holds, or the reply back when it is not one.
+    pub fn from_reply(reply: Reply) -> Result<TxOutcome, Box<Reply>> {
+        match reply {
+            Reply::Tx { results, attempts } => Ok(TxOutcome {
+                results,
+                attempts,
+                replayed: false,
+                results_omitted: false,
+            }),
+            Reply::Replayed {
+                reply,
+                results_omitted,
+            } => match *reply {
+                Reply::Tx { results, attempts } => Ok(TxOutcome {
+                    results,
+                    attempts,
+                    replayed: true,
+                    results_omitted,
+                }),
+                other => Err(Box::new(other)),
+            },
+            other => Err(Box::new(other)),
+        }
+    }
+}
+
+/// How a keyed `begin` was answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Begun {
+    /// The transaction is open.
+    Opened,
+    /// The key's transaction committed already; nothing was opened, and the session answers
+    /// `tx_aborted` until `rollback`.
+    AlreadyCommitted,
 }
 
 impl Client {
@@ -222,14 +265,31 @@ impl Client {
 
     /// Runs a whole transaction given as a request.
     pub async fn run_tx(&self, tx: TxRequest) -> Result<TxOutcome, ClientError> {
-        match self.request(Request::Tx(tx)).await? {
-            Reply::Tx { results, attempts } => Ok(TxOutcome { results, attempts }),
-            other => Err(unexpected("tx", other)),
-        }
+        TxOutcome::from_reply(self.request(Request::Tx(tx)).await?)
+            .map_err(|other| unexpected("tx", *other))
     }
 
     pub async fn begin(&self, options: TxOptions) -> Result<(), ClientError> {
         self.expect_done(Request::Begin(options), "begin").await
+    }
+
+    /// Begins with an idempotency key in `options`: the transaction opens, or the key's
+    /// transaction is known to have committed already (then send `rollback` to go on).
+    pub async fn begin_idempotent(&self, options: TxOptions) -> Result<Begun, ClientError> {
+        match self.request(Request::Begin(options)).await? {
+            Reply::Done => Ok(Begun::Opened),
+            Reply::Replayed { reply, .. } if *reply == Reply::Done => Ok(Begun::AlreadyCommitted),
+            other => Err(unexpected("begin", other)),
+        }
+    }
+
+    /// Commits; `Ok(true)` when the answer was a replay of the key's recorded commit.
+    pub async fn commit_idempotent(&self) -> Result<bool, ClientError> {
+        match self.request(Request::Commit).await? {
+            Reply::Done => Ok(false),
+            Reply::Replayed { reply, .. } if *reply == Reply::Done => Ok(true),
+            other => Err(unexpected("commit", other)),
+        }
     }
 
     /// Begins an interactive transaction; it is rolled back if dropped before `commit`.
@@ -359,14 +419,82 @@ where
     loop {
         match transaction().await {
             Err(error) if error.is_retryable() && attempt < attempts => {
-                let cap_ms = 1u64 << attempt.min(7);
-                let pause = rand::Rng::gen_range(&mut rand::thread_rng(), cap_ms / 2..=cap_ms);
-                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                back_off(attempt).await;
                 attempt += 1;
             }
             outcome => return outcome,
         }
     }
+}
+
+/// A fresh idempotency key: 128 random bits, in hex.
+pub fn new_idempotency_key() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Runs one logical transaction with one idempotency key (`key`, or a fresh one) for every
+/// attempt, until it is answered, fails with an error that sending it again cannot change, or
+/// has run `attempts` times. Unlike `retry`, it also sends it again after `commit_unknown` and
+/// after a connection lost with no answer: the key makes the broker answer a retry of a
+/// transaction that did commit with its recorded outcome (`replayed`) instead of running it
+/// twice. `transaction` gets the key to put in its request (`TxBuilder::idempotency_key`), and
+/// may connect anew each time.
+///
+/// ```no_run
+/// # async fn demo(address: std::net::SocketAddr) -> Result<(), txbroker::client::ClientError> {
+/// use txbroker::client::{retry_idempotent, Client};
+/// let outcome = retry_idempotent(10, None, |key| async move {
+///     let client = Client::connect(address).await?;
+///     client
+///         .tx()
+///         .idempotency_key(key)
+///         .lock("accounts:1")
+///         .exec("UPDATE accounts SET balance = balance - 1 WHERE id = 1", vec![])
+///         .run()
+///         .await
+/// })
+/// .await?;
+/// println!("committed once; this answer replayed: {}", outcome.replayed);
+/// # Ok(())
+/// # }
+/// ```
+pub async fn retry_idempotent<T, F, Fut>(
+    attempts: u32,
+    key: Option<String>,
+    mut transaction: F,
+) -> Result<T, ClientError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    let key = key.unwrap_or_else(new_idempotency_key);
+    let mut attempt = 1;
+    loop {
+        match transaction(key.clone()).await {
+            Err(error) if error.may_be_sent_again_with_its_key() && attempt < attempts => {
+                back_off(attempt).await;
+                attempt += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+impl ClientError {
+    /// Whether a request carrying an idempotency key may be sent again after this error: a
+    /// retryable one, an unknown outcome, or no answer at all.
+    pub fn may_be_sent_again_with_its_key(&self) -> bool {
+        self.is_retryable()
+            || self.code() == Some(ErrorCode::CommitUnknown)
+            || matches!(self, ClientError::Disconnected | ClientError::Io(_))
+    }
+}
+
+/// A jittered pause that doubles with each attempt, up to about 128 ms.
+async fn back_off(attempt: u32) {
+    let cap_ms = 1u64 << attempt.min(7);
+    let pause = rand::Rng::gen_range(&mut rand::thread_rng(), cap_ms / 2..=cap_ms);
+    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
 }
 
 fn unexpected(op: &str, reply: Reply) -> ClientError {
@@ -384,6 +512,7 @@ pub struct TxBuilder<'a> {
     isolation: Option<Isolation>,
     read_only: bool,
     retries: Option<u32>,
+    idempotency_key: Option<String>,
 }
 
 impl TxBuilder<'_> {
@@ -424,6 +553,13 @@ impl TxBuilder<'_> {
         self
     }
 
+    /// Makes the transaction answer once however often it is sent (`docs/protocol.md` §19):
+    /// use one key per logical transaction, the same for every retry of it.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
     pub fn into_request(self) -> TxRequest {
         TxRequest {
             statements: self.statements,
@@ -431,6 +567,7 @@ impl TxBuilder<'_> {
                 locks: LockRequest::new(self.locks, self.read_locks),
                 isolation: self.isolation,
                 read_only: self.read_only,
+                idempotency_key: self.idempotency_key,
             },
             retries: self.retries,
         }
@@ -491,6 +628,8 @@ async fn read_answers<R>(
             Ok(body) => {
                 Response::decode(&body).map_err(|error| ClientError::Protocol(error.to_string()))
             }
+            // The connection broke: its requests got no answer.
+            Err(FrameError::Io(error)) => Err(ClientError::Io(error)),
             Err(error) => Err(ClientError::Protocol(error.to_string())),
         };
         // Answers come in request order; one that arrives before any request (a `busy`

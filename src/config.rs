@@ -143,6 +143,18 @@ pub struct Config {
     /// How many hot keys the coordinator reports (`stats.hot_keys`, `/metrics`); 0 turns
     /// hot-key tracking off. At most `MAX_HOT_KEYS`, so that `/metrics` has few series.
     pub hot_keys: usize,
+    /// Table of idempotency records (the outcome of each transaction that carried a key).
+    pub idempotency_table: String,
+    /// Database holding `idempotency_table`; `None`: the database of `database_url`.
+    pub idempotency_database: Option<String>,
+    /// How long an idempotency record answers retries, in seconds.
+    pub idempotency_ttl_s: u64,
+    /// Largest recorded response, in bytes; a larger one is recorded without its rows.
+    pub idempotency_max_response_bytes: usize,
+    /// Expired records deleted per statement by the background purge (count).
+    pub idempotency_purge_batch: u64,
+    /// Pause between two rounds of the purge, in milliseconds.
+    pub idempotency_purge_interval_ms: u64,
     /// Log level: `error`, `warning`, `info`, `debug` or `trace`.
     pub log_level: String,
 }
@@ -178,6 +190,12 @@ impl Default for Config {
             metrics_listen: None,
             latency_metrics: true,
             hot_keys: 10,
+            idempotency_table: "txbroker_outcomes".to_string(),
+            idempotency_database: None,
+            idempotency_ttl_s: 86_400,
+            idempotency_max_response_bytes: 64 * 1024,
+            idempotency_purge_batch: 500,
+            idempotency_purge_interval_ms: 1_000,
             log_level: "info".to_string(),
         }
     }
@@ -275,6 +293,30 @@ impl Config {
         if self.auth_tokens.iter().any(Token::is_empty) {
             return invalid("auth_tokens must not hold an empty token");
         }
+        let is_identifier = |name: &str| {
+            (1..=64).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
+        };
+        if !is_identifier(&self.idempotency_table)
+            || !self
+                .idempotency_database
+                .as_deref()
+                .is_none_or(is_identifier)
+        {
+            return invalid(
+                "idempotency_table and idempotency_database must be 1 to 64 letters, digits, _ or $",
+            );
+        }
+        if self.idempotency_ttl_s == 0
+            || self.idempotency_purge_batch == 0
+            || self.idempotency_purge_interval_ms == 0
+        {
+            return invalid(
+                "idempotency_ttl_s, idempotency_purge_batch and idempotency_purge_interval_ms must be at least 1",
+            );
+        }
         if parse_log_level(&self.log_level).is_none() {
             return invalid("log_level must be error, warning, info, debug or trace");
         }
@@ -296,6 +338,10 @@ impl Config {
 
     pub fn client_read_timeout(&self) -> Duration {
         Duration::from_millis(self.client_read_timeout_ms)
+    }
+
+    pub fn idempotency_purge_interval(&self) -> Duration {
+        Duration::from_millis(self.idempotency_purge_interval_ms)
     }
 
     pub fn shutdown_grace(&self) -> Duration {
@@ -393,6 +439,8 @@ mod tests {
             "database_url = \"postgres://x\"",
             "log_level = \"loud\"",
             "max_frame_bytes = [",
+            "idempotency_table = \"x; DROP\"",
+            "idempotency_ttl_s = 0",
         ] {
             let error = Config::from_toml(text).expect_err(text).to_string();
             assert!(!error.contains('\n'), "{text}: {error}");

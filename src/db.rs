@@ -469,6 +469,15 @@ impl DbConnection {
         Ok(())
     }
 
+    /// `COMMIT`, sent in one round trip after `statement`, a complete statement of the
+    /// broker's own (the idempotency records of the transaction). When `statement` fails, the
+    /// server runs no `COMMIT` and the transaction stays open, to be rolled back.
+    pub async fn commit_after(&mut self, statement: &str) -> Result<(), DbError> {
+        self.run_bounded(&format!("{statement};\nCOMMIT")).await?;
+        self.set_server_transaction(ServerTransaction::None);
+        Ok(())
+    }
+
     /// `ROLLBACK`, when a transaction may be open; a connection already gone counts as rolled
     /// back, since the server rolls back what a lost connection had open.
     pub async fn rollback(&mut self) -> Result<(), DbError> {

@@ -42,11 +42,12 @@ pub enum ErrorCode {
     TxAborted,
     DbUnavailable,
     CommitUnknown,
+    IdempotencyMismatch,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::BadRequest,
         ErrorCode::FrameTooLarge,
         ErrorCode::Unauthenticated,
@@ -62,6 +63,7 @@ impl ErrorCode {
         ErrorCode::TxAborted,
         ErrorCode::DbUnavailable,
         ErrorCode::CommitUnknown,
+        ErrorCode::IdempotencyMismatch,
         ErrorCode::Internal,
     ];
 
@@ -82,6 +84,7 @@ impl ErrorCode {
             ErrorCode::TxAborted => "tx_aborted",
             ErrorCode::DbUnavailable => "db_unavailable",
             ErrorCode::CommitUnknown => "commit_unknown",
+            ErrorCode::IdempotencyMismatch => "idempotency_mismatch",
             ErrorCode::Internal => "internal",
         }
     }
@@ -232,6 +235,9 @@ pub enum AbortReason {
     CommitFailed,
     /// Open longer than `max_tx_duration_ms`; a statement still running was killed.
     MaxDuration,
+    /// A `begin` whose idempotency key's transaction had already committed was answered with
+    /// that outcome: no transaction was opened, and none may be used as if it were.
+    AlreadyCommitted,
 }
 
 impl AbortReason {
@@ -273,6 +279,9 @@ impl fmt::Display for AbortReason {
             AbortReason::MaxDuration => {
                 f.write_str("the transaction was open longer than max_tx_duration_ms")
             }
+            AbortReason::AlreadyCommitted => f.write_str(
+                "its idempotency key's transaction had already committed; the begin was a replay",
+            ),
         }
     }
 }
@@ -310,6 +319,8 @@ pub enum BrokerError {
     DbUnavailable(String),
     #[error("the database connection was lost during commit; the outcome is unknown: {0}")]
     CommitUnknown(String),
+    #[error("idempotency key {key:?} was used by a different request")]
+    IdempotencyMismatch { key: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -370,6 +381,7 @@ impl BrokerError {
             BrokerError::TxAborted(_) => ErrorCode::TxAborted,
             BrokerError::DbUnavailable(_) => ErrorCode::DbUnavailable,
             BrokerError::CommitUnknown(_) => ErrorCode::CommitUnknown,
+            BrokerError::IdempotencyMismatch { .. } => ErrorCode::IdempotencyMismatch,
             BrokerError::Internal(_) => ErrorCode::Internal,
         }
     }

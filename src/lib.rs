@@ -25,6 +25,8 @@
 //! - [`coordinator`]: the lock coordinator actor around [`locks::LockTable`], and what its
 //!   grants carry (read gates of handed-over commits, group inboxes).
 //! - [`keys`]: a session's handle on its keys: acquire, hand over at `COMMIT`, release.
+//! - [`idempotency`]: the outcomes table of idempotency keys, the claim a keyed request makes,
+//!   and the purge of expired records.
 //! - [`engine`]: the rules of the protocol for one session, independent of transport.
 //! - [`session`]: the session actor, one per TCP client.
 //! - [`acceptor`]: the listener actor: session limit, session ids, drain.
@@ -47,6 +49,7 @@ pub mod engine;
 pub mod error;
 pub mod frame;
 pub mod hot_keys;
+pub mod idempotency;
 pub mod keys;
 pub mod tls;
 pub mod top;

@@ -59,10 +59,8 @@ impl LocalSession {
 
     /// Runs a whole transaction: keys granted in order, statements, commit, retries.
     pub async fn tx(&mut self, tx: TxRequest) -> Result<TxOutcome, BrokerError> {
-        match self.request(Request::Tx(tx)).await? {
-            Reply::Tx { results, attempts } => Ok(TxOutcome { results, attempts }),
-            other => Err(unexpected(other)),
-        }
+        TxOutcome::from_reply(self.request(Request::Tx(tx)).await?)
+            .map_err(|other| unexpected(*other))
     }
 
     pub async fn begin(&mut self, options: TxOptions) -> Result<(), BrokerError> {

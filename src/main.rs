@@ -88,6 +88,10 @@ enum Command {
         /// Token for `hello`, when the broker requires one
         #[arg(long, env = "TXBROKER_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Send the statement as a `tx` with this idempotency key: run again with the same key
+        /// (after a lost answer, say), it prints the recorded result instead of running twice
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
         /// The statement, with `?` placeholders
         sql: String,
         /// Parameters: integers and decimals are numbers, `null` is NULL, the rest is text
@@ -215,13 +219,16 @@ async fn run_admin_command(command: Command) -> Result<(), txbroker::client::Cli
         Command::Exec {
             addr,
             token,
+            idempotency_key,
             sql,
             params,
         } => {
             let client = admin::connect(&addr, token.as_deref()).await?;
             let params = params.iter().map(|p| admin::parse_param(p)).collect();
-            let result = client.exec(&sql, params).await?;
-            println!("{}", admin::render_result(&result));
+            println!(
+                "{}",
+                admin::exec(&client, &sql, params, idempotency_key).await?
+            );
             Ok(())
         }
     }

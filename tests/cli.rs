@@ -127,6 +127,22 @@ async fn the_operator_commands_print_stats_and_rows() {
     assert_eq!(inserted.trim(), "1 row(s) affected");
     let rows = run(&["exec", "--addr", &address, "SELECT id, name FROM t"]);
     assert_eq!(rows.trim(), "id | name\n---+------\n7  | alice\n1 row(s)");
+    // With an idempotency key the statement runs once, however often the command is run.
+    let keyed = [
+        "exec",
+        "--addr",
+        &address,
+        "--idempotency-key",
+        "cli-1",
+        "INSERT INTO t VALUES (8, 'bob')",
+    ];
+    assert_eq!(run(&keyed).trim(), "1 row(s) affected");
+    assert_eq!(
+        run(&keyed).trim(),
+        "1 row(s) affected\n(replayed: the key's transaction committed earlier; nothing ran now)"
+    );
+    assert_eq!(db.count("t").await, 2);
+    db.run(&["DELETE FROM t WHERE id = 8"]).await;
     let stats: serde_json::Value =
         serde_json::from_str(&run(&["stats", "--addr", &address, "--json"])).expect("json");
     assert_eq!(stats["sessions"], 1);

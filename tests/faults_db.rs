@@ -17,6 +17,11 @@
 //!   (for `tx`, `begin` and autocommit `exec` alike, leaving no transaction and no key), the
 //!   others are unaffected, and a refused client succeeds on retry once slots free up.
 //!
+//! - Exactly once: clients retry every logical transfer with one idempotency key on every
+//!   outcome that is not `ok`, while MariaDB is stopped (SIGTERM), restarted, killed
+//!   (SIGKILL) and restarted; afterwards the ledger holds each logical transfer exactly once
+//!   and the balances are exactly what they make.
+//!
 //! The tests wait on events (answers recorded by the clients, `stats`, the server's port and
 //! process) with deadlines, and run one at a time (each starts a MariaDB and a broker), so
 //! that they stay well inside their time limits on a loaded two-core machine. Each scenario
@@ -31,6 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::answers::server_error;
+use common::exactly_once::{assert_exactly_once, KeyedLoad, CREATE_TRANSFERS};
 use common::requests::{transfer_tx, with_keys};
 use common::{insert_accounts, stats_until, TestBroker, CREATE_ACCOUNTS, CREATE_LEDGER};
 use mysql_async::prelude::Queryable;
@@ -84,6 +90,8 @@ fn broker_config(database_url: String) -> Config {
         lock_wait_timeout_ms: 2_000,
         innodb_lock_wait_timeout_s: 5,
         shutdown_grace_ms: 2_000,
+        // No purge connection coming and going while the tests count connections.
+        idempotency_purge_interval_ms: 3_600_000,
         ..Config::default()
     }
 }
@@ -917,6 +925,49 @@ fn print_the_restart_report(report: RestartReport) {
             record.outcome
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Exactly once through MariaDB restarts, with idempotency keys
+// ---------------------------------------------------------------------------------------
+
+/// Clients of the exactly-once test, and the accounts they move money between.
+const KEYED_CLIENTS: u64 = 6;
+
+#[test]
+fn keyed_transfers_retried_through_mariadb_stopped_and_killed_land_exactly_once() {
+    let _serial = serial();
+    runtime().block_on(keyed_transfers_through_restarts());
+}
+
+async fn keyed_transfers_through_restarts() {
+    let began = Instant::now();
+    let mut db = PrivateMariaDb::launch("once", "bank", &[]).await;
+    db.run(&[
+        CREATE_ACCOUNTS,
+        CREATE_TRANSFERS,
+        &insert_accounts(ACCOUNTS as u32, INITIAL_BALANCE),
+    ])
+    .await;
+    let broker = TestBroker::start(broker_config(db.url()));
+    let load = KeyedLoad::start(broker.addr, KEYED_CLIENTS, ACCOUNTS);
+    for fault in [Fault::Stop, Fault::Kill] {
+        load.until_more_committed(20, "transfers commit before the fault")
+            .await;
+        inject_the_fault(&mut db, fault);
+        tokio::task::block_in_place(|| db.start());
+        load.until_more_committed(20, "transfers commit after the restart")
+            .await;
+    }
+    let journal = load.stop().await;
+    assert_exactly_once(&db.test_db(), &journal, ACCOUNTS, INITIAL_BALANCE).await;
+    println!(
+        "[faults_db] exactly once through a stop and a kill of MariaDB: {} logical transfers, attempts answered {:?}, in {:?}",
+        journal.committed.len(),
+        journal.answers,
+        began.elapsed()
+    );
+    broker.shutdown();
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 //! Faults injected from outside, with real processes: the `txbroker` binary on a free port,
 //! client processes killed with SIGKILL, SIGTERM under load, twice `max_sessions` clients,
 //! a client that floods requests and never reads (the broker's RSS measured), and clients
-//! that stall mid-frame. Each test has its own database (`txb_fp_*`) on the shared MariaDB,
+//! that stall mid-frame, and the broker itself SIGKILLed and restarted twice under clients that
+//! retry every logical transfer with one idempotency key (each lands exactly once). Each test has its own database (`txb_fp_*`) on the shared MariaDB,
 //! waits on events (stats, process state) with deadlines, and kills what it spawns on drop.
 //! The long scenarios are written as a sequence of named phases, each a function below its
 //! test.
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::answers::response_error;
+use common::exactly_once::{assert_exactly_once, KeyedLoad, CREATE_TRANSFERS};
 use common::process::{cpu_ticks, try_rss_kib, BrokerProcess};
 use common::raw::{framed, read_frame_from, req, RawConn};
 use common::requests::{transfer_tx, with_keys};
@@ -236,6 +238,46 @@ async fn a_client_process_killed_mid_transaction_loses_its_writes_and_its_keys()
     )
     .await
     .expect("no row lock is left behind");
+}
+
+// ---------------------------------------------------------------------------------------
+// 1b. The broker itself killed with SIGKILL, under clients that retry with idempotency keys.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_transfers_retried_through_broker_sigkills_land_exactly_once() {
+    const ACCOUNTS: u64 = 6;
+    const INITIAL: i64 = 1_000;
+    let db = TestDb::create_with(
+        "fp_once",
+        &[
+            common::CREATE_ACCOUNTS,
+            CREATE_TRANSFERS,
+            &common::insert_accounts(ACCOUNTS as u32, INITIAL),
+        ],
+    )
+    .await;
+    let config = db.config_file_text("");
+    let mut broker = BrokerProcess::start("once", &config);
+    let load = KeyedLoad::start(broker.addr, 6, ACCOUNTS);
+    for _ in 0..2 {
+        load.until_more_committed(30, "transfers commit before the kill")
+            .await;
+        broker.signal("KILL");
+        tokio::task::block_in_place(|| broker.wait_exit(PATIENCE));
+        // A new process, on a new port: the clients reconnect there.
+        broker = BrokerProcess::start("once", &config);
+        load.point_at(broker.addr);
+        load.until_more_committed(30, "transfers commit on the restarted broker")
+            .await;
+    }
+    let journal = load.stop().await;
+    assert_exactly_once(&db, &journal, ACCOUNTS, INITIAL).await;
+    println!(
+        "[faults_process] exactly once through two SIGKILLs of the broker: {} logical transfers, attempts answered {:?}",
+        journal.committed.len(),
+        journal.answers
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ use txbroker::{logging, Broker, Config};
 use db::{BenchDb, ServerInfo, Totals};
 use report::{Check, Latency, RunResult};
 use server::{Server, ServerKind};
-use target::{Session, Target};
+use target::{Idempotency, Session, Target};
 use workload::{Generator, Op, Workload};
 
 #[derive(Parser, Debug)]
@@ -474,7 +474,7 @@ impl Bench {
         let o = self.options.clone();
         self.db.reset().await?;
         let broker = match target {
-            Target::Broker => {
+            Target::Broker | Target::BrokerKeyed => {
                 let address = self.broker_address()?;
                 let stats = Client::connect(address.as_str())
                     .await
@@ -491,8 +491,12 @@ impl Bench {
         let mut sessions = Vec::with_capacity(o.clients);
         for _ in 0..o.clients {
             let session = match (target, &broker) {
-                (Target::Broker, Some((address, _))) => {
-                    Session::broker(address, &self.db, o.retries)
+                (Target::Broker | Target::BrokerKeyed, Some((address, _))) => {
+                    let idempotency = match target {
+                        Target::BrokerKeyed => Idempotency::FreshKeys,
+                        _ => Idempotency::None,
+                    };
+                    Session::broker(address, &self.db, o.retries, idempotency)
                         .await
                         .map_err(|error| format!("cannot connect to the broker: {error}"))?
                 }

@@ -342,18 +342,21 @@ pub fn compare(targets: &[Target], runs: Vec<RunResult>, server: &ServerInfo) ->
         })
         .collect();
     let mut ratios = Vec::new();
-    if targets.contains(&Target::Broker) {
-        for other in [Target::Direct, Target::DirectSorted] {
-            if targets.contains(&other) {
-                let figures = FIGURES
-                    .iter()
-                    .map(|figure| {
-                        let ratio = median_of(Target::Broker, figure) / median_of(other, figure);
-                        (figure.json.to_string(), ratio)
-                    })
-                    .collect();
-                ratios.push((format!("broker/{}", other.name()), figures));
-            }
+    let pairs = [
+        (Target::Broker, Target::Direct),
+        (Target::Broker, Target::DirectSorted),
+        (Target::BrokerKeyed, Target::Broker),
+    ];
+    for (one, other) in pairs {
+        if targets.contains(&one) && targets.contains(&other) {
+            let figures = FIGURES
+                .iter()
+                .map(|figure| {
+                    let ratio = median_of(one, figure) / median_of(other, figure);
+                    (figure.json.to_string(), ratio)
+                })
+                .collect();
+            ratios.push((format!("{}/{}", one.name(), other.name()), figures));
         }
     }
     let checks_passed = targets

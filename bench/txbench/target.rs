@@ -3,7 +3,7 @@
 
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
-use txbroker::client::{Client, ClientError};
+use txbroker::client::{new_idempotency_key, Client, ClientError, TxBuilder};
 use txbroker::error::ErrorCode;
 
 use crate::db::BenchDb;
@@ -17,6 +17,8 @@ const ER_LOCK_DEADLOCK: u16 = 1213;
 pub enum Target {
     /// Through txbroker over TCP with the project's Rust client, keys declared.
     Broker,
+    /// Like `broker`, each transaction carrying a fresh idempotency key (its outcome recorded).
+    BrokerKeyed,
     /// mysql_async straight to MariaDB, statements in the order given, retry on 1213/1205.
     Direct,
     /// Like `direct`, statements in ascending id order.
@@ -27,6 +29,7 @@ impl Target {
     pub fn name(self) -> &'static str {
         match self {
             Target::Broker => "broker",
+            Target::BrokerKeyed => "broker-keyed",
             Target::Direct => "direct",
             Target::DirectSorted => "direct-sorted",
         }
@@ -81,6 +84,15 @@ pub struct BrokerSession {
     sql: Sql,
     key_width: usize,
     retries: u32,
+    idempotency: Idempotency,
+}
+
+/// Whether a broker target's transactions carry idempotency keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Idempotency {
+    None,
+    /// A fresh key per transaction, as a client that retries with keys sends them.
+    FreshKeys,
 }
 
 pub struct DirectSession {
@@ -92,13 +104,19 @@ pub struct DirectSession {
 }
 
 impl Session {
-    pub async fn broker(address: &str, db: &BenchDb, retries: u32) -> Result<Session, ClientError> {
+    pub async fn broker(
+        address: &str,
+        db: &BenchDb,
+        retries: u32,
+        idempotency: Idempotency,
+    ) -> Result<Session, ClientError> {
         let client = Client::connect(address).await?;
         Ok(Session::Broker(BrokerSession {
             client,
             sql: Sql::new(&db.table),
             key_width: key_width(db.accounts),
             retries,
+            idempotency,
         }))
     }
 
@@ -147,11 +165,18 @@ pub fn account_key(id: u32, width: usize) -> String {
 }
 
 impl BrokerSession {
+    /// A `tx` builder, with a fresh idempotency key when the target sends them.
+    fn tx(&self) -> TxBuilder<'_> {
+        match self.idempotency {
+            Idempotency::None => self.client.tx(),
+            Idempotency::FreshKeys => self.client.tx().idempotency_key(new_idempotency_key()),
+        }
+    }
+
     async fn run(&mut self, op: Op) -> Outcome {
         let sql = &self.sql;
         let answer = match op {
             Op::Transfer { from, to, amount } => self
-                .client
                 .tx()
                 .lock(account_key(from, self.key_width))
                 .lock(account_key(to, self.key_width))
@@ -162,7 +187,6 @@ impl BrokerSession {
                 .await
                 .map(|outcome| outcome.attempts),
             Op::Update { id } => self
-                .client
                 .tx()
                 .lock(account_key(id, self.key_width))
                 .exec(sql.update.as_str(), vec![id.into()])

@@ -40,6 +40,10 @@ pub(super) enum TxEnd {
     /// The broker or the database ended an interactive transaction behind the client's back;
     /// the session answers `tx_aborted` until the client sends `rollback`.
     Aborted(AbortReason),
+    /// A keyed `begin` was answered with its key's recorded outcome: that transaction ended
+    /// long ago, and none was opened. The session answers `tx_aborted` until `rollback`, so
+    /// that nothing meant for the transaction runs in autocommit mode. Nothing is counted.
+    Replayed,
 }
 
 impl TxEnd {
@@ -50,7 +54,8 @@ impl TxEnd {
             TxEnd::Committed => TxOutcome::Committed,
             TxEnd::CommittedWithoutOwn | TxEnd::RolledBack => TxOutcome::RolledBack,
             TxEnd::CommitUnknown => TxOutcome::CommitUnknown,
-            TxEnd::NotStarted => TxOutcome::NotStarted,
+            // A replayed request ran nothing now; it has no clock, so this is never observed.
+            TxEnd::NotStarted | TxEnd::Replayed => TxOutcome::NotStarted,
             TxEnd::Aborted(_) => TxOutcome::Aborted,
         }
     }
@@ -104,6 +109,7 @@ impl SessionEngine {
                 debug!(self.log, "transaction aborted"; "reason" => %reason);
                 TxState::Aborted(reason)
             }
+            TxEnd::Replayed => TxState::Aborted(AbortReason::AlreadyCommitted),
             _ => TxState::Idle,
         };
     }
@@ -124,7 +130,9 @@ impl SessionEngine {
                 }
                 return;
             }
-            TxEnd::RolledBack | TxEnd::NotStarted | TxEnd::Aborted(_) => Settlement::RolledBack,
+            TxEnd::RolledBack | TxEnd::NotStarted | TxEnd::Aborted(_) | TxEnd::Replayed => {
+                Settlement::RolledBack
+            }
         };
         handed_over.gate.settle(settlement);
     }

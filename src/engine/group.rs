@@ -26,6 +26,7 @@ use super::SessionEngine;
 use crate::coordinator::Member;
 use crate::db::DbError;
 use crate::error::{BrokerError, CommitCarrier, Conflict, DbFailure};
+use crate::idempotency::Claim;
 use crate::protocol::{QueryResult, Reply, TxRequest};
 use crate::txn::TxMode;
 
@@ -434,13 +435,7 @@ impl SessionEngine {
         } else {
             self.hand_over_keys();
             group.commit = CommitStage::Sent;
-            match self.db.commit().await {
-                Ok(()) => GroupOutcome::Committed,
-                Err(error) => match BrokerError::commit_unknown(error, CommitCarrier::Commit) {
-                    Ok(unknown) => GroupOutcome::Unknown(unknown),
-                    Err(error) => GroupOutcome::Failed(BrokerError::from(error)),
-                },
-            }
+            self.commit_group_recording(group).await
         };
         let leader_ran = matches!(group.entries[0].state, EntryState::Ran(_));
         let end = match (&outcome, leader_ran) {
@@ -455,6 +450,43 @@ impl SessionEngine {
         let leader_answer = answer_all(group, &outcome);
         self.end_transaction(end).await;
         leader_answer
+    }
+
+    /// The group's `COMMIT`, with the records of its keyed requests that ran written just
+    /// before it. A record refused (a duplicate of a member committed meanwhile) fails the
+    /// whole group before its `COMMIT`: every request is answered `db_unavailable`, which it
+    /// is, since nothing committed, and a retry of the duplicated one replays its duplicate.
+    async fn commit_group_recording(&mut self, group: &Group) -> GroupOutcome {
+        let replies: Vec<(Claim, Reply)> = group
+            .entries
+            .iter()
+            .filter_map(|entry| match &entry.state {
+                EntryState::Ran(results) => Some((
+                    Claim::of_tx(&entry.tx)?,
+                    Reply::Tx {
+                        results: results.clone(),
+                        attempts: entry.attempts,
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
+        let records: Vec<(&Claim, &Reply)> = replies
+            .iter()
+            .map(|(claim, reply)| (claim, reply))
+            .collect();
+        match self.commit_recording(&records).await {
+            Ok(()) => GroupOutcome::Committed,
+            Err(error) => match BrokerError::commit_unknown(error, CommitCarrier::Commit) {
+                Ok(unknown) => GroupOutcome::Unknown(unknown),
+                Err(DbError::Server(failure)) if !records.is_empty() && failure.conflict().is_none() => {
+                    GroupOutcome::Failed(BrokerError::DbUnavailable(format!(
+                        "recording the group's idempotency keys failed ({failure}); nothing was committed"
+                    )))
+                }
+                Err(error) => GroupOutcome::Failed(BrokerError::from(error)),
+            },
+        }
     }
 
     /// The connection is gone (or the deadline passed) before `COMMIT`: nothing committed.

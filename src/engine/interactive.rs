@@ -11,6 +11,7 @@ use super::{SessionEngine, StatementRecord};
 use crate::coordinator::Admission;
 use crate::db::DbError;
 use crate::error::{AbortReason, BrokerError, CommitCarrier};
+use crate::idempotency::Claim;
 use crate::locks::{Grouping, LockRequest};
 use crate::metrics::TxKind;
 use crate::protocol::{Reply, Statement, TxOptions};
@@ -18,11 +19,23 @@ use crate::sql_guard;
 use crate::txn::{TxMode, TxState};
 
 impl SessionEngine {
+    /// A keyed `begin` whose key has a record (its transaction committed already) is
+    /// answered that record and opens nothing: the session is then aborted, so that a client
+    /// which missed `replayed` cannot run its statements in autocommit mode. Otherwise the
+    /// transaction also holds its key's broker key until it ends, and records at `commit`.
     pub(super) async fn begin(
         &mut self,
-        options: TxOptions,
+        mut options: TxOptions,
         arrived: Instant,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<Reply, BrokerError> {
+        let claim = Claim::of_begin(&options);
+        if let Some(claim) = &claim {
+            if let Some(answer) = self.recorded_answer(claim).await? {
+                self.end_transaction(TxEnd::Replayed).await;
+                return Ok(answer);
+            }
+            options.locks = Some(claim.with_lock_key(options.locks.take()));
+        }
         self.start_transaction(
             TxKind::Interactive,
             arrived,
@@ -32,8 +45,9 @@ impl SessionEngine {
             None,
         )
         .await?;
+        self.current.claim = claim;
         self.state = TxState::Active;
-        Ok(())
+        Ok(Reply::Done)
     }
 
     pub(super) async fn exec_in_transaction(
@@ -92,11 +106,24 @@ impl SessionEngine {
         Err(BrokerError::from(failure))
     }
 
-    pub(super) async fn commit(&mut self) -> Result<(), BrokerError> {
+    /// Commits; a keyed transaction's record goes just before its `COMMIT`, and when the
+    /// commit fails, a duplicate's record written meanwhile is the answer (`idempotent.rs`).
+    pub(super) async fn commit(&mut self) -> Result<Reply, BrokerError> {
+        let claim = self.current.claim.clone();
+        match (self.commit_open().await, claim) {
+            (Err(failure), Some(claim)) => self.replayed_instead_of(&claim, failure).await,
+            (outcome, _) => outcome.map(|()| Reply::Done),
+        }
+    }
+
+    async fn commit_open(&mut self) -> Result<(), BrokerError> {
         if self.current.statements == StatementRecord::AllSucceeded {
             self.hand_over_keys();
         }
-        let error = match self.db.commit().await {
+        let claim = self.current.claim.clone();
+        let records: Vec<(&Claim, &Reply)> =
+            claim.iter().map(|claim| (claim, &Reply::Done)).collect();
+        let error = match self.commit_recording(&records).await {
             Ok(()) => {
                 self.end_transaction(TxEnd::Committed).await;
                 return Ok(());

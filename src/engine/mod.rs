@@ -11,6 +11,8 @@
 //!   one-write `tx`).
 //! - `interactive.rs`: `begin`, `exec` inside a transaction, `lock`, `commit`, `rollback`.
 //! - `group.rs`: group execution, as a group's leader and as a member of another's.
+//! - `idempotent.rs`: idempotency keys: the recorded answer looked up before a keyed request
+//!   runs, and its record written just before its `COMMIT`.
 //! - `ending.rs`: `end_transaction`, the one way every transaction ends.
 //!
 //! **Invariant:** keys are held only while a transaction is open or being started; every
@@ -24,6 +26,7 @@
 mod alone;
 mod ending;
 mod group;
+mod idempotent;
 mod interactive;
 mod start;
 mod tx;
@@ -39,6 +42,7 @@ use crate::config::Config;
 use crate::coordinator::{Coordinator, ReadGate};
 use crate::db::{ConnectionIdentity, Database, DbConnection};
 use crate::error::{AbortReason, BrokerError};
+use crate::idempotency::{Claim, OutcomeTable};
 use crate::keys::{CommitGate, LockClient};
 use crate::locks::LockRequest;
 use crate::metrics::{Metrics, TxKind};
@@ -61,6 +65,7 @@ pub struct SessionFactory {
     pub coordinator: Addr<Coordinator>,
     pub metrics: Arc<Metrics>,
     pub log: Logger,
+    outcomes: Arc<OutcomeTable>,
     last_session_id: Arc<AtomicU64>,
 }
 
@@ -73,6 +78,7 @@ impl SessionFactory {
         log: Logger,
     ) -> SessionFactory {
         SessionFactory {
+            outcomes: Arc::new(OutcomeTable::new(&config)),
             config,
             database,
             coordinator,
@@ -95,6 +101,7 @@ impl SessionFactory {
             handed_over: None,
             classes: ClassCache::default(),
             connection: ConnectionProfile::Pristine,
+            outcomes: self.outcomes.clone(),
             config: self.config.clone(),
             metrics: self.metrics.clone(),
             log: self
@@ -115,6 +122,7 @@ pub struct SessionEngine {
     handed_over: Option<HandedOver>,
     classes: ClassCache,
     connection: ConnectionProfile,
+    outcomes: Arc<OutcomeTable>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     log: Logger,
@@ -167,13 +175,13 @@ impl SessionEngine {
             Request::Ping => Ok(Reply::Done),
             Request::Stats => self.stats().await.map(Reply::Stats),
             Request::Tx(tx) => self.run_tx(tx, arrived).await,
-            Request::Begin(options) => self.begin(options, arrived).await.map(|()| Reply::Done),
+            Request::Begin(options) => self.begin(options, arrived).await,
             Request::Exec(statement) if self.state.is_open() => {
                 self.exec_in_transaction(&statement).await
             }
             Request::Exec(statement) => self.exec_autocommit(&statement, arrived).await,
             Request::Lock(keys) => self.lock(keys).await.map(|()| Reply::Done),
-            Request::Commit => self.commit().await.map(|()| Reply::Done),
+            Request::Commit => self.commit().await,
             Request::Rollback => self.rollback().await.map(|()| Reply::Done),
         }
     }
@@ -249,6 +257,8 @@ struct TxContext {
     statements: StatementRecord,
     /// Where its time goes; `None` between transactions.
     clock: Option<TxClock>,
+    /// The idempotency key of an interactive transaction, recorded at its `COMMIT`.
+    claim: Option<Claim>,
 }
 
 impl TxContext {
@@ -258,6 +268,7 @@ impl TxContext {
             read_gate: ReadGate::default(),
             statements: StatementRecord::AllSucceeded,
             clock: None,
+            claim: None,
         }
     }
 }

@@ -23,7 +23,8 @@ use crate::sql_guard;
 pub(super) enum TxShape {
     /// `START TRANSACTION`, the statements, `COMMIT`: protocol step 2.
     Explicit,
-    /// One `INSERT`, `UPDATE`, `DELETE` or `REPLACE`, run alone in autocommit mode. InnoDB
+    /// One `INSERT`, `UPDATE`, `DELETE` or `REPLACE`, run alone in autocommit mode (never with
+    /// an idempotency key: its record must commit with it). InnoDB
     /// makes a single statement atomic and durable by itself, so this is the same transaction
     /// in one round trip instead of three. A connection lost while it runs leaves its outcome
     /// unknown (`commit_unknown`, where the explicit shape could say `db_unavailable`), which
@@ -37,6 +38,7 @@ impl TxShape {
             [only]
                 if config.single_write_autocommit
                     && !tx.options.read_only
+                    && tx.options.idempotency_key.is_none()
                     && sql_guard::is_single_data_change(&only.sql) =>
             {
                 TxShape::SingleWrite

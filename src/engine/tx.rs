@@ -14,9 +14,10 @@ use super::start::{Started, TxShape};
 use super::{ConnectionProfile, SessionEngine};
 use crate::db::DbError;
 use crate::error::{BrokerError, CommitCarrier};
+use crate::idempotency::Claim;
 use crate::locks::{GroupClass, Grouping};
 use crate::metrics::TxKind;
-use crate::protocol::{Isolation, QueryResult, Reply, TxRequest};
+use crate::protocol::{Isolation, Reply, TxRequest};
 use crate::sql_class::StatementClass;
 use crate::sql_guard;
 use crate::txn::TxMode;
@@ -42,9 +43,12 @@ impl TxFailure {
 }
 
 impl SessionEngine {
+    /// A keyed `tx` whose key has a record is answered from it and runs nothing; otherwise it
+    /// also takes its key's broker key, and a failure of it may turn out to be a duplicate's
+    /// success (`idempotent.rs`).
     pub(super) async fn run_tx(
         &mut self,
-        tx: TxRequest,
+        mut tx: TxRequest,
         arrived: Instant,
     ) -> Result<Reply, BrokerError> {
         for (index, statement) in tx.statements.iter().enumerate() {
@@ -52,6 +56,25 @@ impl SessionEngine {
                 BrokerError::BadRequest(format!("statements[{index}]: {}", refusal.message()))
             })?;
         }
+        let Some(claim) = Claim::of_tx(&tx) else {
+            return self.execute_tx(tx, None, arrived).await;
+        };
+        if let Some(answer) = self.recorded_answer(&claim).await? {
+            return Ok(answer);
+        }
+        tx.options.locks = Some(claim.with_lock_key(tx.options.locks.take()));
+        match self.execute_tx(tx, Some(&claim), arrived).await {
+            Err(failure) => self.replayed_instead_of(&claim, failure).await,
+            answer => answer,
+        }
+    }
+
+    async fn execute_tx(
+        &mut self,
+        tx: TxRequest,
+        claim: Option<&Claim>,
+        arrived: Instant,
+    ) -> Result<Reply, BrokerError> {
         let isolation = tx
             .options
             .isolation
@@ -70,7 +93,7 @@ impl SessionEngine {
             .start_transaction(TxKind::Tx, arrived, &tx.options, shape, grouping, member)
             .await?
         {
-            Started::Alone => self.run_alone(&tx, &classes, shape, retries).await,
+            Started::Alone => self.run_alone(&tx, &classes, shape, retries, claim).await,
             Started::Leading(inbox) => self.lead_group(tx, shape, retries, inbox).await,
             Started::Joined(outcome) => self.run_as_member(outcome).await,
         }
@@ -102,18 +125,19 @@ impl SessionEngine {
         classes: &[StatementClass],
         shape: TxShape,
         retries: u32,
+        claim: Option<&Claim>,
     ) -> Result<Reply, BrokerError> {
         let mut attempts: u32 = 0;
         loop {
             attempts += 1;
             let attempt = match shape {
-                TxShape::Explicit => self.attempt_explicit(tx, classes).await,
-                TxShape::SingleWrite => self.attempt_single_write(tx).await,
+                TxShape::Explicit => self.attempt_explicit(tx, classes, attempts, claim).await,
+                TxShape::SingleWrite => self.attempt_single_write(tx, attempts).await,
             };
             let failure = match attempt {
-                Ok(results) => {
+                Ok(reply) => {
                     self.end_transaction(TxEnd::Committed).await;
-                    return Ok(Reply::Tx { results, attempts });
+                    return Ok(reply);
                 }
                 Err(AttemptFailure::CommitUnknown(answer)) => {
                     self.end_transaction(TxEnd::CommitUnknown).await;
@@ -156,12 +180,14 @@ impl SessionEngine {
 
     /// The statements, then `COMMIT`, in the transaction `start_transaction` began; a
     /// statement that reads without locking first waits for the commits its keys came from.
-    /// The keys pass on as `COMMIT` is sent.
+    /// The keys pass on as `COMMIT` is sent; a keyed request's record goes just before it.
     async fn attempt_explicit(
         &mut self,
         tx: &TxRequest,
         classes: &[StatementClass],
-    ) -> Result<Vec<QueryResult>, AttemptFailure> {
+        attempts: u32,
+        claim: Option<&Claim>,
+    ) -> Result<Reply, AttemptFailure> {
         let mut results = Vec::with_capacity(tx.statements.len());
         for (index, (statement, class)) in tx.statements.iter().zip(classes).enumerate() {
             self.wait_for_reads(*class)
@@ -179,9 +205,12 @@ impl SessionEngine {
                 })?;
             results.push(result);
         }
+        let reply = Reply::Tx { results, attempts };
         self.hand_over_keys();
-        match self.db.commit().await {
-            Ok(()) => Ok(results),
+        let records: Vec<(&Claim, &Reply)> =
+            claim.map(|claim| (claim, &reply)).into_iter().collect();
+        match self.commit_recording(&records).await {
+            Ok(()) => Ok(reply),
             Err(error) => Err(AttemptFailure::of_commit(
                 error,
                 CommitCarrier::Commit,
@@ -194,12 +223,16 @@ impl SessionEngine {
     async fn attempt_single_write(
         &mut self,
         tx: &TxRequest,
-    ) -> Result<Vec<QueryResult>, AttemptFailure> {
+        attempts: u32,
+    ) -> Result<Reply, AttemptFailure> {
         match self
             .execute_alone(&tx.statements[0], tx.options.isolation)
             .await
         {
-            Ok(result) => Ok(vec![result]),
+            Ok(result) => Ok(Reply::Tx {
+                results: vec![result],
+                attempts,
+            }),
             Err(error) => Err(AttemptFailure::of_commit(
                 error,
                 CommitCarrier::AutocommitStatement,

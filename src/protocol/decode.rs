@@ -14,6 +14,13 @@ use super::values::ValueError;
 /// Longest key a request may name, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
 
+/// Longest idempotency key a `tx` or `begin` may carry, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
+
+/// Keys that start with this are the broker's own (one per idempotency key in use), so a
+/// client's key may not: it would collide with them.
+pub const RESERVED_KEY_PREFIX: char = '\0';
+
 /// No request of protocol v1 nests deeper than four levels (map, statements, statement,
 /// params); the limit stops a hostile frame from recursing the decoder off the stack.
 const MAX_NESTING: usize = 16;
@@ -52,6 +59,13 @@ pub enum DecodeError {
     KeyNotAStr { field: &'static str, index: usize },
     #[error("{field}[{index}]: a key must be 1 to {max} bytes", max = MAX_KEY_BYTES)]
     BadKeyLength { field: &'static str, index: usize },
+    #[error("{field}[{index}]: keys starting with a NUL byte are reserved for the broker")]
+    ReservedKey { field: &'static str, index: usize },
+    #[error(
+        "idempotency_key must be 1 to {max} bytes",
+        max = MAX_IDEMPOTENCY_KEY_BYTES
+    )]
+    BadIdempotencyKey,
     #[error("lock needs at least one key in locks or read_locks")]
     NoKeys,
     #[error("statements must hold at least one statement")]

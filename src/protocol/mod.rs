@@ -19,7 +19,7 @@ mod requests;
 mod responses;
 mod values;
 
-pub use decode::{DecodeError, MAX_KEY_BYTES};
+pub use decode::{DecodeError, MAX_IDEMPOTENCY_KEY_BYTES, MAX_KEY_BYTES, RESERVED_KEY_PREFIX};
 pub use requests::{
     Isolation, RejectedRequest, Request, RequestFrame, Statement, TxOptions, TxRequest,
 };

@@ -10,7 +10,10 @@ use rmpv::Value as Msgpack;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::decode::{decode_map, kind_of, DecodeError, Fields, MAX_KEY_BYTES};
+use super::decode::{
+    decode_map, kind_of, DecodeError, Fields, MAX_IDEMPOTENCY_KEY_BYTES, MAX_KEY_BYTES,
+    RESERVED_KEY_PREFIX,
+};
 use super::values::Value;
 use super::RequestId;
 use crate::error::BrokerError;
@@ -194,12 +197,14 @@ fn decode_statements(fields: &Fields) -> Result<Vec<Statement>, DecodeError> {
         .collect()
 }
 
-/// How a transaction starts: its keys, isolation level and access mode (`begin`, and `tx`).
+/// How a transaction starts: its keys, isolation level and access mode (`begin`, and `tx`),
+/// and the idempotency key that makes a retry of it answer once (`docs/protocol.md` §19).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TxOptions {
     pub locks: Option<LockRequest>,
     pub isolation: Option<Isolation>,
     pub read_only: bool,
+    pub idempotency_key: Option<String>,
 }
 
 impl TxOptions {
@@ -211,6 +216,12 @@ impl TxOptions {
                 Some(text) => Some(Isolation::parse(&text).ok_or(DecodeError::BadIsolation(text))?),
             },
             read_only: fields.bool("read_only")?,
+            idempotency_key: match fields.string("idempotency_key")? {
+                Some(key) if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES => {
+                    return Err(DecodeError::BadIdempotencyKey)
+                }
+                key => key,
+            },
         })
     }
 
@@ -223,6 +234,9 @@ impl TxOptions {
         }
         if self.read_only {
             map.serialize_entry("read_only", &true)?;
+        }
+        if let Some(key) = &self.idempotency_key {
+            map.serialize_entry("idempotency_key", key)?;
         }
         Ok(())
     }
@@ -263,6 +277,9 @@ fn decode_keys(fields: &Fields, name: &'static str) -> Result<Vec<String>, Decod
         .iter()
         .enumerate()
         .map(|(index, item)| match item.as_str() {
+            Some(key) if key.starts_with(RESERVED_KEY_PREFIX) => {
+                Err(DecodeError::ReservedKey { field: name, index })
+            }
             Some(key) if !key.is_empty() && key.len() <= MAX_KEY_BYTES => Ok(key.to_string()),
             Some(_) => Err(DecodeError::BadKeyLength { field: name, index }),
             None => Err(DecodeError::KeyNotAStr { field: name, index }),
@@ -516,6 +533,29 @@ mod tests {
         );
         check_rejected(
             &with_id(vec![
+                ("op", "lock".into()),
+                ("locks", Msgpack::Array(vec!["\0idempotency:x".into()])),
+            ]),
+            Some(9),
+            "locks[0]: keys starting with a NUL byte are reserved",
+        );
+        for bad in [String::new(), "k".repeat(MAX_IDEMPOTENCY_KEY_BYTES + 1)] {
+            check_rejected(
+                &with_id(vec![
+                    ("op", "begin".into()),
+                    ("idempotency_key", bad.as_str().into()),
+                ]),
+                Some(9),
+                "idempotency_key must be 1 to 128 bytes",
+            );
+        }
+        check_rejected(
+            &with_id(vec![("op", "begin".into()), ("idempotency_key", 7.into())]),
+            Some(9),
+            "field idempotency_key must be a str",
+        );
+        check_rejected(
+            &with_id(vec![
                 ("op", "exec".into()),
                 ("sql", "SELECT ?".into()),
                 ("params", Msgpack::Array(vec![Msgpack::Array(vec![])])),
@@ -573,6 +613,7 @@ mod tests {
                     locks: LockRequest::new(vec!["k".to_string()], vec!["j".to_string()]),
                     isolation: Some(Isolation::Serializable),
                     read_only: true,
+                    idempotency_key: Some("k-1".into()),
                 },
                 retries: Some(0),
             }),

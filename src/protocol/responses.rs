@@ -95,11 +95,29 @@ pub enum Reply {
         result: QueryResult,
     },
     Stats(Stats),
+    /// The recorded answer of an earlier request with the same idempotency key, sent again
+    /// with `replayed: true`; `results_omitted` when it was recorded without its rows.
+    Replayed {
+        reply: Box<Reply>,
+        results_omitted: bool,
+    },
 }
 
 impl Reply {
     /// A response does not name its op, so the reply is told by the fields it holds.
     fn decode(fields: &Fields) -> Result<Reply, DecodeError> {
+        let reply = Reply::decode_own(fields)?;
+        Ok(if fields.bool("replayed")? {
+            Reply::Replayed {
+                reply: Box::new(reply),
+                results_omitted: fields.bool("results_omitted")?,
+            }
+        } else {
+            reply
+        })
+    }
+
+    fn decode_own(fields: &Fields) -> Result<Reply, DecodeError> {
         Ok(if let Some(results) = fields.array("results")? {
             Reply::Tx {
                 results: results
@@ -147,6 +165,16 @@ impl Reply {
             }
             Reply::Exec { result } => map.serialize_entry("result", result)?,
             Reply::Stats(stats) => map.serialize_entry("stats", stats)?,
+            Reply::Replayed {
+                reply,
+                results_omitted,
+            } => {
+                reply.encode_fields(map)?;
+                map.serialize_entry("replayed", &true)?;
+                if *results_omitted {
+                    map.serialize_entry("results_omitted", &true)?;
+                }
+            }
         }
         Ok(())
     }
@@ -542,6 +570,23 @@ mod tests {
                 Reply::Tx {
                     results: vec![result.clone(), QueryResult::default()],
                     attempts: 2,
+                },
+            ),
+            Response::success(
+                6,
+                Reply::Replayed {
+                    reply: Box::new(Reply::Tx {
+                        results: vec![result.clone()],
+                        attempts: 1,
+                    }),
+                    results_omitted: true,
+                },
+            ),
+            Response::success(
+                7,
+                Reply::Replayed {
+                    reply: Box::new(Reply::Done),
+                    results_omitted: false,
                 },
             ),
             Response::success(4, Reply::Exec { result }),

@@ -14,6 +14,8 @@
 //! - `process`: the `txbroker` binary as a real process (`BrokerProcess`), config files,
 //!   signals, waiting for a process to exit.
 //! - `script_client`: a client process in Python that a test can kill with SIGKILL.
+//! - `exactly_once`: clients that retry logical transfers with one idempotency key each
+//!   through any fault (`KeyedLoad`), and the check that each landed exactly once.
 //!
 //! Every test binary compiles this whole module and uses part of it, hence `dead_code`.
 
@@ -21,6 +23,7 @@
 
 pub mod answers;
 pub mod http;
+pub mod exactly_once;
 pub mod process;
 pub mod raw;
 pub mod requests;

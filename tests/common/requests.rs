@@ -42,3 +42,9 @@ pub fn transfer_tx(id: &str, from: u64, to: u64, amount: i64) -> TxRequest {
         )
         .into_request()
 }
+
+/// `tx` carrying the idempotency key `key`.
+pub fn keyed(mut tx: TxRequest, key: &str) -> TxRequest {
+    tx.options.idempotency_key = Some(key.to_string());
+    tx
+}

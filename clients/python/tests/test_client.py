@@ -504,3 +504,74 @@ def test_tls_connection(start_broker):
         assert c.exec("SELECT ?", [41]).rows == [[41]]
     with pytest.raises(txbroker.TxbrokerConnectionError):
         broker.client(timeout=5)
+
+
+# ------------------------------------------------------------------ idempotency keys
+
+
+def _transfer(client, table, key, amount=10):
+    return client.tx(
+        [(f"UPDATE {table} SET balance = balance - ? WHERE id = 1", [amount]),
+         (f"UPDATE {table} SET balance = balance + ? WHERE id = 2", [amount]),
+         f"SELECT balance FROM {table} ORDER BY id"],
+        locks=[f"{table}:1", f"{table}:2"],
+        idempotency_key=key,
+    )
+
+
+def test_a_keyed_tx_is_answered_again_replayed_and_a_mismatch_is_refused(broker, client, table_name):
+    make_accounts(client, table_name, [100, 50])
+    key = txbroker.new_idempotency_key()
+    first = _transfer(client, table_name, key)
+    assert not first.replayed
+    with broker.client() as other:
+        again = _transfer(other, table_name, key)
+    assert again.replayed and not again.results_omitted
+    assert again.results[2].rows == first.results[2].rows == [[90], [60]]
+    assert client.exec(f"SELECT balance FROM {table_name} WHERE id = 1").scalar() == 90
+    with pytest.raises(txbroker.IdempotencyMismatchError) as refused:
+        _transfer(client, table_name, key, amount=11)
+    assert not refused.value.retryable
+    assert client.exec(f"SELECT balance FROM {table_name} WHERE id = 1").scalar() == 90
+
+
+def test_retry_idempotent_keeps_its_key_across_a_lost_answer_and_a_reconnect(broker, table_name):
+    with broker.client() as setup:
+        make_accounts(setup, table_name, [100, 50])
+    keys, answers = [], []
+
+    def transfer(key):
+        keys.append(key)
+        with broker.client() as client:
+            result = _transfer(client, table_name, key)
+        answers.append(result.replayed)
+        if len(keys) == 1:
+            # The answer of the first run is lost with its connection, as in a crash.
+            raise TxbrokerConnectionError("connection lost before the answer")
+        return result
+
+    result = txbroker.retry_idempotent(transfer, backoff=0.001)
+    assert len(set(keys)) == 1 and len(keys) == 2
+    assert answers == [False, True]
+    assert result.replayed
+    with broker.client() as check:
+        assert check.exec(f"SELECT balance FROM {table_name} WHERE id = 1").scalar() == 90
+
+    explicit = []
+    txbroker.retry_idempotent(lambda key: explicit.append(key), key="mine")
+    assert explicit == ["mine"]
+
+
+def test_a_later_begin_with_a_committed_key_opens_nothing(broker, client, table_name):
+    make_accounts(client, table_name, [100])
+    key = txbroker.new_idempotency_key()
+    with client.transaction(locks=[f"{table_name}:1"], idempotency_key=key) as t:
+        assert not t.replayed
+        t.exec(f"UPDATE {table_name} SET balance = balance + 1 WHERE id = 1")
+    with broker.client() as later:
+        t = later.transaction(locks=[f"{table_name}:1"], idempotency_key=key)
+        assert t.replayed
+        with pytest.raises(NoTransactionError):
+            t.exec(f"UPDATE {table_name} SET balance = balance + 1 WHERE id = 1")
+        t.commit()  # acknowledges: nothing was open
+        assert later.exec(f"SELECT balance FROM {table_name} WHERE id = 1").scalar() == 101

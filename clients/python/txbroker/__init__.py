@@ -10,7 +10,17 @@
         )
 """
 
-from .client import ISOLATION_LEVELS, Client, Result, Transaction, TxResult, __version__, retry
+from .client import (
+    ISOLATION_LEVELS,
+    Client,
+    Result,
+    Transaction,
+    TxResult,
+    __version__,
+    new_idempotency_key,
+    retry,
+    retry_idempotent,
+)
 from .errors import (
     AuthenticationError,
     BadRequestError,
@@ -20,6 +30,7 @@ from .errors import (
     DbUnavailableError,
     DeadlockError,
     FrameTooLargeError,
+    IdempotencyMismatchError,
     InternalError,
     LockConflictError,
     LockTimeoutError,
@@ -40,6 +51,8 @@ __all__ = [
     "Result",
     "TxResult",
     "retry",
+    "retry_idempotent",
+    "new_idempotency_key",
     "ISOLATION_LEVELS",
     "TxbrokerError",
     "TxbrokerConnectionError",
@@ -52,6 +65,7 @@ __all__ = [
     "DbUnavailableError",
     "DeadlockError",
     "FrameTooLargeError",
+    "IdempotencyMismatchError",
     "InternalError",
     "LockConflictError",
     "LockTimeoutError",

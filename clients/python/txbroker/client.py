@@ -8,6 +8,7 @@ import ssl
 import struct
 import threading
 import time
+import uuid
 from typing import (
     Any,
     Callable,
@@ -26,6 +27,7 @@ from typing import (
 import msgpack
 
 from .errors import (
+    CommitUnknownError,
     NoTransactionError,
     TxbrokerConnectionError,
     TxbrokerError,
@@ -35,7 +37,8 @@ from .errors import (
 
 __version__ = "0.1.0"
 
-__all__ = ["Client", "Transaction", "Result", "TxResult", "retry", "ISOLATION_LEVELS"]
+__all__ = ["Client", "Transaction", "Result", "TxResult", "retry", "retry_idempotent",
+           "new_idempotency_key", "ISOLATION_LEVELS"]
 
 ISOLATION_LEVELS = ("read_uncommitted", "read_committed", "repeatable_read", "serializable")
 
@@ -163,13 +166,20 @@ class Result:
 
 class TxResult:
     """The answer to :meth:`Client.tx`: one :class:`Result` per statement, and how many runs
-    the transaction took (``attempts`` > 1 when the broker retried after a deadlock)."""
+    the transaction took (``attempts`` > 1 when the broker retried after a deadlock).
 
-    __slots__ = ("results", "attempts")
+    ``replayed`` is true when the answer was recorded for an earlier request with the same
+    idempotency key, which committed (this one ran nothing); ``results_omitted`` when that
+    record was too large to keep its rows (the results keep columns and counts)."""
 
-    def __init__(self, results: List[Result], attempts: int) -> None:
+    __slots__ = ("results", "attempts", "replayed", "results_omitted")
+
+    def __init__(self, results: List[Result], attempts: int, replayed: bool = False,
+                 results_omitted: bool = False) -> None:
         self.results = results
         self.attempts = attempts
+        self.replayed = replayed
+        self.results_omitted = results_omitted
 
     def __getitem__(self, index: int) -> Result:
         return self.results[index]
@@ -181,7 +191,8 @@ class TxResult:
         return len(self.results)
 
     def __repr__(self) -> str:
-        return f"TxResult(results={self.results!r}, attempts={self.attempts!r})"
+        return (f"TxResult(results={self.results!r}, attempts={self.attempts!r}, "
+                f"replayed={self.replayed!r})")
 
 
 # --------------------------------------------------------------------------- requests
@@ -233,8 +244,11 @@ def _tx_fields(
     read_locks: Union[None, str, Iterable[str]],
     isolation: Optional[str],
     read_only: bool,
+    idempotency_key: Optional[str] = None,
 ) -> Dict[str, Any]:
     fields: Dict[str, Any] = {}
+    if idempotency_key is not None:
+        fields["idempotency_key"] = idempotency_key
     keys = _keys(locks, "locks")
     if keys:
         fields["locks"] = keys
@@ -255,6 +269,7 @@ def _tx_request_fields(
     isolation: Optional[str],
     read_only: bool,
     retries: Optional[int],
+    idempotency_key: Optional[str] = None,
 ) -> Dict[str, Any]:
     """The fields of a ``tx`` request (shared by the blocking and the asyncio client)."""
     if isinstance(statements, (str, Mapping)):
@@ -262,7 +277,7 @@ def _tx_request_fields(
     elif isinstance(statements, tuple) and len(statements) == 2 \
             and isinstance(statements[0], str) and not isinstance(statements[1], str):
         statements = [statements]  # a single (sql, params) pair
-    fields = _tx_fields(locks, read_locks, isolation, read_only)
+    fields = _tx_fields(locks, read_locks, isolation, read_only, idempotency_key)
     fields["statements"] = [_statement(s) for s in statements]
     if retries is not None:
         fields["retries"] = retries
@@ -271,7 +286,8 @@ def _tx_request_fields(
 
 def _tx_result(answer: Mapping[str, Any]) -> "TxResult":
     results = [Result.from_map(r) for r in (answer.get("results") or [])]
-    return TxResult(results, answer.get("attempts") or 1)
+    return TxResult(results, answer.get("attempts") or 1, bool(answer.get("replayed")),
+                    bool(answer.get("results_omitted")))
 
 
 def check_response(response: Any, request_id: int) -> Dict[str, Any]:
@@ -541,6 +557,7 @@ class Client:
         isolation: Optional[str] = None,
         read_only: bool = False,
         retries: Optional[int] = None,
+        idempotency_key: Optional[str] = None,
     ) -> TxResult:
         """Runs ``statements`` as one transaction after the broker grants ``locks``
         (exclusive) and ``read_locks`` (shared), in ascending key order.
@@ -550,9 +567,14 @@ class Client:
         transaction up to ``retries`` more times (default from its config). Raises a
         :class:`TxbrokerError` (``statement`` names the failing statement) on failure,
         after which nothing of the transaction was committed.
+
+        With ``idempotency_key`` (a str of 1 to 128 bytes, one per logical transaction) the
+        broker records the outcome with the commit, and answers a later ``tx`` with the same
+        key from that record (``replayed``) without running it again; see
+        :func:`retry_idempotent`.
         """
         fields = _tx_request_fields(statements, locks, read_locks, isolation, read_only,
-                                    retries)
+                                    retries, idempotency_key)
         return _tx_result(self._request("tx", fields))
 
     def exec(self, sql: str, params: Sequence[Any] = ()) -> Result:
@@ -569,8 +591,14 @@ class Client:
         read_locks: Iterable[str] = (),
         isolation: Optional[str] = None,
         read_only: bool = False,
+        idempotency_key: Optional[str] = None,
     ) -> "Transaction":
         """Begins an interactive transaction (``begin``), holding ``locks``/``read_locks``.
+
+        With ``idempotency_key``, the commit is recorded under that key; if the key's
+        transaction committed already, nothing is opened and the transaction's ``replayed`` is
+        true: its ``exec`` and ``lock`` raise, and ``commit`` only acknowledges (the broker
+        answers ``tx_aborted`` until then, so nothing runs in autocommit mode).
 
         Use it as a context manager: it commits when the block ends normally and rolls back
         (re-raising) when it ends with an exception::
@@ -578,15 +606,17 @@ class Client:
             with client.transaction(locks=["accounts:1"]) as t:
                 t.exec("UPDATE accounts SET balance = balance - ? WHERE id = ?", [10, 1])
         """
-        self._request("begin", _tx_fields(locks, read_locks, isolation, read_only))
-        transaction = Transaction(self)
+        answer = self._request(
+            "begin", _tx_fields(locks, read_locks, isolation, read_only, idempotency_key))
+        transaction = Transaction(self, replayed=bool(answer.get("replayed")))
         self._transaction = transaction
         return transaction
 
     def begin(self, locks: Iterable[str] = (), read_locks: Iterable[str] = (),
-              isolation: Optional[str] = None, read_only: bool = False) -> "Transaction":
+              isolation: Optional[str] = None, read_only: bool = False,
+              idempotency_key: Optional[str] = None) -> "Transaction":
         """Same as :meth:`transaction`."""
-        return self.transaction(locks, read_locks, isolation, read_only)
+        return self.transaction(locks, read_locks, isolation, read_only, idempotency_key)
 
     def lock(self, locks: Iterable[str] = (), read_locks: Iterable[str] = ()) -> None:
         """Adds keys to the open interactive transaction (see :meth:`Transaction.lock`)."""
@@ -622,9 +652,11 @@ class Transaction:
     mode by mistake.
     """
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, replayed: bool = False) -> None:
         self.client = client
         self._finished = False
+        #: The key's transaction had committed already: nothing is open.
+        self.replayed = replayed
 
     @property
     def active(self) -> bool:
@@ -634,6 +666,9 @@ class Transaction:
     def _check(self) -> None:
         if self._finished:
             raise NoTransactionError("this transaction is already finished")
+        if self.replayed:
+            raise NoTransactionError(
+                "this transaction's idempotency key committed already: nothing is open")
 
     def exec(self, sql: str, params: Sequence[Any] = ()) -> Result:
         """Runs one statement in the transaction. A SQL error leaves the transaction open;
@@ -650,7 +685,11 @@ class Transaction:
 
     def commit(self) -> None:
         """Commits and releases the keys. If the commit fails, the transaction is rolled
-        back (clearing any aborted state) before the error is raised."""
+        back (clearing any aborted state) before the error is raised. A replayed transaction
+        (its key committed already) only acknowledges, with a ``rollback``."""
+        if self.replayed and not self._finished:
+            self.rollback()
+            return
         self._check()
         try:
             self.client._request("commit")
@@ -701,6 +740,51 @@ class Transaction:
 
 
 # --------------------------------------------------------------------------- retry
+
+
+def new_idempotency_key() -> str:
+    """A fresh idempotency key: a random UUID (122 random bits) in hex."""
+    return uuid.uuid4().hex
+
+
+def retry_idempotent(
+    fn: Callable[[str], T],
+    attempts: int = 10,
+    key: Optional[str] = None,
+    backoff: float = 0.02,
+    max_backoff: float = 1.0,
+    on_retry: Optional[Callable[[TxbrokerError, int], None]] = None,
+) -> T:
+    """Runs one logical transaction with one idempotency key for every run: ``fn(key)``
+    (``key``, or a fresh one from :func:`new_idempotency_key`) until it returns, up to
+    ``attempts`` runs. Unlike :func:`retry` it also runs ``fn`` again after
+    ``commit_unknown`` and after a lost connection (:class:`TxbrokerConnectionError`, where
+    ``fn`` should connect anew): the key makes the broker answer a retry of a transaction that
+    did commit with its recorded outcome (``replayed``) instead of running it twice. A
+    non-retryable error (``idempotency_mismatch`` among them), or the last one, is raised::
+
+        def transfer(key):
+            with txbroker.Client(host, port) as client:
+                return client.tx(statements, locks=keys, idempotency_key=key)
+
+        result = txbroker.retry_idempotent(transfer)
+    """
+    if attempts < 1:
+        raise ValueError("attempts must be at least 1")
+    key = key if key is not None else new_idempotency_key()
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn(key)
+        except TxbrokerError as error:
+            again = error.retryable or isinstance(
+                error, (CommitUnknownError, TxbrokerConnectionError))
+            if not again or attempt == attempts:
+                raise
+            if on_retry is not None:
+                on_retry(error, attempt)
+            delay = min(max_backoff, backoff * (2 ** (attempt - 1)))
+            time.sleep(delay * (0.5 + random.random()))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def retry(

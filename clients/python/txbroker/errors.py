@@ -227,6 +227,13 @@ class CommitUnknownError(TxbrokerError):
     default_code = "commit_unknown"
 
 
+class IdempotencyMismatchError(TxbrokerError):
+    """``idempotency_mismatch``: the idempotency key was used by a different request (other
+    statements, keys, isolation or access mode); nothing ran."""
+
+    default_code = "idempotency_mismatch"
+
+
 class InternalError(TxbrokerError):
     """``internal``: a bug in the broker."""
 
@@ -269,6 +276,7 @@ _BY_CODE: Dict[str, Type[TxbrokerError]] = {
         TxAbortedError,
         DbUnavailableError,
         CommitUnknownError,
+        IdempotencyMismatchError,
         InternalError,
     )
 }

@@ -1,0 +1,376 @@
+//! Idempotency keys (`docs/protocol.md` §19) against the real database: a keyed request that
+//! committed is answered again from its record, `replayed`, with the same results and running
+//! nothing; the same key with another request is refused; a failed request records nothing;
+//! two copies sent at once from two connections run once; an expired record lets the key run
+//! again and is purged; a large answer is recorded without its rows; a keyed interactive
+//! transaction records its commit, and a later `begin` with its key opens nothing; requests
+//! with keys still run in groups, each recorded. The faults (MariaDB and the broker killed
+//! under retrying clients) are in `faults_db.rs` and `faults_process.rs`.
+
+mod common;
+
+use common::answers::{expect_code, int};
+use common::requests::{keyed, transfer_tx, with_keys};
+use common::{
+    answered, bank, begin_and_update_account, eventually, stats_until, TestBroker, TestDb, PATIENCE,
+};
+use txbroker::client::{Begun, TxBuilder, TxOutcome};
+use txbroker::error::ErrorCode;
+use txbroker::protocol::{Request, TxOptions, TxRequest};
+use txbroker::Config;
+
+async fn balance(db: &TestDb, id: u64) -> i64 {
+    db.scalar(&format!("SELECT balance FROM accounts WHERE id = {id}"))
+        .await
+}
+
+/// One statement that adds 1 to account 1 and reads it back.
+fn increment(key: &str) -> TxRequest {
+    keyed(
+        TxBuilder::new()
+            .lock("accounts:1")
+            .exec(
+                "UPDATE accounts SET balance = balance + 1 WHERE id = 1",
+                vec![],
+            )
+            .exec("SELECT balance FROM accounts WHERE id = 1", vec![])
+            .into_request(),
+        key,
+    )
+}
+
+fn config_with(db: &TestDb, change: impl FnOnce(&mut Config)) -> Config {
+    let mut config = db.config();
+    change(&mut config);
+    config
+}
+
+#[actix_rt::test]
+async fn a_committed_key_is_answered_again_replayed_with_the_same_results_and_runs_nothing() {
+    let db = bank("idem_replay", 2, 100).await;
+    let broker = TestBroker::start(db.config());
+    let first_client = broker.client().await;
+    let transfer = keyed(transfer_tx("t-1", 1, 2, 10), "logical-1");
+    let first = first_client.run_tx(transfer.clone()).await.expect("runs");
+    assert!(!first.replayed);
+    // From another connection, as after a reconnect.
+    let again = broker
+        .client()
+        .await
+        .run_tx(transfer.clone())
+        .await
+        .expect("answered");
+    assert!(again.replayed, "{again:?}");
+    assert!(!again.results_omitted);
+    assert_eq!(again.results, first.results);
+    assert_eq!(again.attempts, first.attempts);
+    assert_eq!((balance(&db, 1).await, balance(&db, 2).await), (90, 110));
+    assert_eq!(db.count("ledger").await, 1);
+    assert_eq!(db.count("txbroker_outcomes").await, 1);
+    // Another retry count is the same request.
+    let mut more_retries = transfer;
+    more_retries.retries = Some(7);
+    assert!(
+        first_client
+            .run_tx(more_retries)
+            .await
+            .expect("answered")
+            .replayed
+    );
+}
+
+#[actix_rt::test]
+async fn the_same_key_with_another_request_is_refused_and_nothing_runs() {
+    let db = bank("idem_mismatch", 2, 100).await;
+    let broker = TestBroker::start(db.config());
+    let client = broker.client().await;
+    client
+        .run_tx(keyed(transfer_tx("t-1", 1, 2, 10), "k"))
+        .await
+        .expect("runs");
+    let refused = expect_code(
+        client
+            .run_tx(keyed(transfer_tx("t-2", 1, 2, 11), "k"))
+            .await,
+        ErrorCode::IdempotencyMismatch,
+    );
+    assert!(!refused.retryable);
+    assert!(refused.message.contains("\"k\""), "{}", refused.message);
+    assert_eq!(db.count("ledger").await, 1);
+    assert_eq!(balance(&db, 1).await, 90);
+    // A begin is another request than the tx of its key.
+    expect_code(
+        client
+            .begin_idempotent(TxOptions {
+                idempotency_key: Some("k".into()),
+                ..with_keys(&["accounts:1", "accounts:2"])
+            })
+            .await,
+        ErrorCode::IdempotencyMismatch,
+    );
+    // The refused begin opened nothing.
+    expect_code(client.commit().await, ErrorCode::NoTransaction);
+}
+
+#[actix_rt::test]
+async fn a_failed_request_records_nothing_and_runs_when_sent_again() {
+    let db = bank("idem_failed", 2, 100).await;
+    db.run(&["INSERT INTO ledger VALUES ('t-1', 9, 9, 0)"])
+        .await;
+    let broker = TestBroker::start(db.config());
+    let client = broker.client().await;
+    let transfer = keyed(transfer_tx("t-1", 1, 2, 10), "k");
+    expect_code(client.run_tx(transfer.clone()).await, ErrorCode::Sql);
+    assert_eq!(db.count("txbroker_outcomes").await, 0);
+    db.run(&["DELETE FROM ledger"]).await;
+    let outcome = client.run_tx(transfer).await.expect("runs now");
+    assert!(!outcome.replayed);
+    assert_eq!((balance(&db, 1).await, db.count("ledger").await), (90, 1));
+}
+
+#[actix_rt::test]
+async fn a_duplicate_sent_at_once_from_two_connections_runs_once() {
+    let db = bank("idem_concurrent", 2, 100).await;
+    let broker = TestBroker::start(db.config());
+    let observer = broker.client().await;
+    // A holder of accounts:1 keeps the first copy waiting for it, holding the key's broker
+    // key, so that the second copy queues behind the first.
+    let holder = broker.client().await;
+    begin_and_update_account(&holder, 1, "balance = balance").await;
+    let transfer = keyed(transfer_tx("t-1", 1, 2, 10), "twice");
+    let first = broker.send_tx(transfer.clone()).await;
+    stats_until(&observer, "the first copy waits", |s| s.lock_waiters == 1).await;
+    let second = broker.send_tx(transfer).await;
+    stats_until(&observer, "both copies wait", |s| s.lock_waiters == 2).await;
+    holder.commit().await.expect("the holder lets go");
+    let answers: Vec<TxOutcome> = vec![
+        answered(first).await.expect("the first copy commits"),
+        answered(second).await.expect("the second copy is answered"),
+    ];
+    assert_eq!(
+        answers.iter().filter(|answer| answer.replayed).count(),
+        1,
+        "{answers:?}"
+    );
+    assert_eq!(answers[0].results, answers[1].results);
+    assert_eq!((balance(&db, 1).await, balance(&db, 2).await), (90, 110));
+    assert_eq!(db.count("ledger").await, 1);
+}
+
+#[actix_rt::test]
+async fn an_expired_key_runs_again_and_expired_records_are_purged() {
+    let db = bank("idem_expired", 1, 0).await;
+    let broker = TestBroker::start(config_with(&db, |config| {
+        config.idempotency_ttl_s = 1;
+        config.idempotency_purge_interval_ms = 60_000;
+    }));
+    let client = broker.client().await;
+    let first = client.run_tx(increment("short")).await.expect("runs");
+    assert_eq!(int(&first.results[1].rows[0][0]), 1);
+    let expired = "SELECT COUNT(*) FROM txbroker_outcomes WHERE expires_at < NOW(6)";
+    eventually("the record has expired", PATIENCE, || async {
+        db.scalar(expired).await == 1
+    })
+    .await;
+    let second = client.run_tx(increment("short")).await.expect("runs again");
+    assert!(!second.replayed);
+    assert_eq!(int(&second.results[1].rows[0][0]), 2);
+    assert!(
+        client
+            .run_tx(increment("short"))
+            .await
+            .expect("replayed")
+            .replayed
+    );
+    assert_eq!(balance(&db, 1).await, 2);
+    drop(client);
+    broker.shutdown();
+
+    // A broker that purges often deletes the expired record on its own.
+    let purging = TestBroker::start(config_with(&db, |config| {
+        config.idempotency_ttl_s = 1;
+        config.idempotency_purge_interval_ms = 50;
+    }));
+    eventually("the expired record is purged", PATIENCE, || async {
+        db.count("txbroker_outcomes").await == 0
+    })
+    .await;
+    drop(purging);
+}
+
+#[actix_rt::test]
+async fn a_large_answer_is_recorded_without_its_rows_and_its_replay_says_so() {
+    let db = bank("idem_large", 1, 0).await;
+    let broker = TestBroker::start(config_with(&db, |config| {
+        config.idempotency_max_response_bytes = 200;
+    }));
+    let client = broker.client().await;
+    let large = keyed(
+        TxBuilder::new()
+            .exec(
+                "UPDATE accounts SET balance = balance + 1 WHERE id = 1",
+                vec![],
+            )
+            .exec(
+                "SELECT REPEAT('x', 500) AS filler, balance FROM accounts",
+                vec![],
+            )
+            .into_request(),
+        "large",
+    );
+    let first = client.run_tx(large.clone()).await.expect("runs");
+    assert_eq!(first.results[1].rows.len(), 1);
+    let replay = client.run_tx(large).await.expect("replayed");
+    assert!(replay.replayed && replay.results_omitted, "{replay:?}");
+    assert_eq!(replay.results[1].columns, first.results[1].columns);
+    assert!(replay.results[1].rows.is_empty());
+    assert_eq!(replay.results[0], first.results[0]);
+    assert_eq!(balance(&db, 1).await, 1);
+}
+
+#[actix_rt::test]
+async fn a_keyed_interactive_transaction_records_its_commit_and_a_later_begin_opens_nothing() {
+    let db = bank("idem_interactive", 1, 0).await;
+    let broker = TestBroker::start(db.config());
+    let client = broker.client().await;
+    let options = TxOptions {
+        idempotency_key: Some("interactive".into()),
+        ..with_keys(&["accounts:1"])
+    };
+    assert_eq!(
+        client
+            .begin_idempotent(options.clone())
+            .await
+            .expect("begin"),
+        Begun::Opened
+    );
+    client
+        .exec(
+            "UPDATE accounts SET balance = balance + 1 WHERE id = 1",
+            vec![],
+        )
+        .await
+        .expect("exec");
+    assert!(
+        !client.commit_idempotent().await.expect("commit"),
+        "a first commit"
+    );
+
+    let later = broker.client().await;
+    assert_eq!(
+        later.begin_idempotent(options).await.expect("answered"),
+        Begun::AlreadyCommitted
+    );
+    // Nothing is open, and nothing meant for it runs on its own.
+    let refused = expect_code(
+        later
+            .exec(
+                "UPDATE accounts SET balance = balance + 1 WHERE id = 1",
+                vec![],
+            )
+            .await,
+        ErrorCode::TxAborted,
+    );
+    assert!(
+        refused.message.contains("already committed"),
+        "{}",
+        refused.message
+    );
+    later.rollback().await.expect("rollback acknowledges");
+    assert_eq!(balance(&db, 1).await, 1);
+    let stats = later.stats().await.expect("stats");
+    assert_eq!(stats.locks_held, 0);
+
+    // A rolled-back keyed transaction records nothing: its key opens a transaction again.
+    let options = TxOptions {
+        idempotency_key: Some("rolled back".into()),
+        ..with_keys(&["accounts:1"])
+    };
+    assert_eq!(
+        client
+            .begin_idempotent(options.clone())
+            .await
+            .expect("begin"),
+        Begun::Opened
+    );
+    client.rollback().await.expect("rollback");
+    assert_eq!(
+        client.begin_idempotent(options).await.expect("begin"),
+        Begun::Opened
+    );
+    client.rollback().await.expect("rollback");
+}
+
+#[actix_rt::test]
+async fn keyed_requests_still_run_in_groups_and_each_is_recorded() {
+    let db = bank("idem_groups", 2, 100).await;
+    let broker = TestBroker::start(db.config());
+    let observer = broker.client().await;
+    let holder = broker.client().await;
+    begin_and_update_account(&holder, 1, "balance = balance").await;
+    let before = observer.stats().await.expect("stats");
+    let mut sent = Vec::new();
+    for index in 0..4u64 {
+        let transfer = keyed(
+            transfer_tx(&format!("g-{index}"), 1, 2, 1),
+            &format!("g-{index}"),
+        );
+        sent.push((transfer.clone(), broker.send_tx(transfer).await));
+        stats_until(&observer, "the transfer is queued", |s| {
+            s.lock_waiters == index + 1
+        })
+        .await;
+    }
+    holder.commit().await.expect("the holder lets go");
+    let mut firsts = Vec::new();
+    for (transfer, task) in sent {
+        firsts.push((transfer, answered(task).await.expect("commits")));
+    }
+    let after = observer.stats().await.expect("stats");
+    assert!(
+        after.groups_committed > before.groups_committed,
+        "{after:?}"
+    );
+    assert_eq!(db.count("txbroker_outcomes").await, 4);
+    for (transfer, first) in firsts {
+        assert!(!first.replayed);
+        let again = observer.run_tx(transfer).await.expect("replayed");
+        assert!(again.replayed);
+        assert_eq!(again.results, first.results);
+    }
+    assert_eq!((balance(&db, 1).await, balance(&db, 2).await), (96, 104));
+}
+
+#[actix_rt::test]
+async fn the_table_and_database_are_configurable_and_created_at_start() {
+    let db = TestDb::create_with("idem_where", &["CREATE TABLE t (v INT) ENGINE=InnoDB"]).await;
+    let store = TestDb::create("idem_where_store").await;
+    let broker = TestBroker::start(config_with(&db, |config| {
+        config.idempotency_table = "my_outcomes".into();
+        config.idempotency_database = Some(store.name.clone());
+    }));
+    assert!(store.table_exists("my_outcomes").await);
+    assert!(!db.table_exists("txbroker_outcomes").await);
+    let client = broker.client().await;
+    let insert = keyed(
+        TxBuilder::new()
+            .exec("INSERT INTO t VALUES (1)", vec![])
+            .into_request(),
+        "where",
+    );
+    client.run_tx(insert.clone()).await.expect("runs");
+    assert!(client.run_tx(insert).await.expect("replayed").replayed);
+    assert_eq!(
+        (db.count("t").await, store.count("my_outcomes").await),
+        (1, 1)
+    );
+    // Old clients see no change: a request without a key runs every time.
+    let plain = Request::Tx(
+        TxBuilder::new()
+            .exec("INSERT INTO t VALUES (2)", vec![])
+            .into_request(),
+    );
+    client.request(plain.clone()).await.expect("runs");
+    client.request(plain).await.expect("runs again");
+    assert_eq!(db.count("t").await, 3);
+}
