@@ -14,7 +14,7 @@ use common::requests::{keyed, transfer_tx, with_keys};
 use common::{
     answered, bank, begin_and_update_account, eventually, stats_until, TestBroker, TestDb, PATIENCE,
 };
-use txbroker::client::{Begun, TxBuilder, TxOutcome};
+use txbroker::client::{Begun, Client, TxBuilder, TxOutcome};
 use txbroker::error::ErrorCode;
 use txbroker::protocol::{Request, TxOptions, TxRequest};
 use txbroker::Config;
@@ -228,22 +228,28 @@ async fn a_large_answer_is_recorded_without_its_rows_and_its_replay_says_so() {
     assert_eq!(balance(&db, 1).await, 1);
 }
 
+/// `begin` options that declare `accounts:1` and carry the idempotency key `key`.
+fn keyed_options(key: &str) -> TxOptions {
+    TxOptions {
+        idempotency_key: Some(key.into()),
+        ..with_keys(&["accounts:1"])
+    }
+}
+
+async fn begun(client: &Client, options: &TxOptions) -> Begun {
+    client
+        .begin_idempotent(options.clone())
+        .await
+        .expect("a keyed begin is answered")
+}
+
 #[actix_rt::test]
 async fn a_keyed_interactive_transaction_records_its_commit_and_a_later_begin_opens_nothing() {
     let db = bank("idem_interactive", 1, 0).await;
     let broker = TestBroker::start(db.config());
     let client = broker.client().await;
-    let options = TxOptions {
-        idempotency_key: Some("interactive".into()),
-        ..with_keys(&["accounts:1"])
-    };
-    assert_eq!(
-        client
-            .begin_idempotent(options.clone())
-            .await
-            .expect("begin"),
-        Begun::Opened
-    );
+    let options = keyed_options("interactive");
+    assert_eq!(begun(&client, &options).await, Begun::Opened);
     client
         .exec(
             "UPDATE accounts SET balance = balance + 1 WHERE id = 1",
@@ -257,10 +263,7 @@ async fn a_keyed_interactive_transaction_records_its_commit_and_a_later_begin_op
     );
 
     let later = broker.client().await;
-    assert_eq!(
-        later.begin_idempotent(options).await.expect("answered"),
-        Begun::AlreadyCommitted
-    );
+    assert_eq!(begun(&later, &options).await, Begun::AlreadyCommitted);
     // Nothing is open, and nothing meant for it runs on its own.
     let refused = expect_code(
         later
@@ -282,22 +285,10 @@ async fn a_keyed_interactive_transaction_records_its_commit_and_a_later_begin_op
     assert_eq!(stats.locks_held, 0);
 
     // A rolled-back keyed transaction records nothing: its key opens a transaction again.
-    let options = TxOptions {
-        idempotency_key: Some("rolled back".into()),
-        ..with_keys(&["accounts:1"])
-    };
-    assert_eq!(
-        client
-            .begin_idempotent(options.clone())
-            .await
-            .expect("begin"),
-        Begun::Opened
-    );
+    let options = keyed_options("rolled back");
+    assert_eq!(begun(&client, &options).await, Begun::Opened);
     client.rollback().await.expect("rollback");
-    assert_eq!(
-        client.begin_idempotent(options).await.expect("begin"),
-        Begun::Opened
-    );
+    assert_eq!(begun(&client, &options).await, Begun::Opened);
     client.rollback().await.expect("rollback");
 }
 

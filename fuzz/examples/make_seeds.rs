@@ -62,6 +62,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                     locks: keys(&["accounts:2", "accounts:1"], &["config:rates"]),
                     isolation: Some(Isolation::ReadCommitted),
                     read_only: false,
+                    idempotency_key: Some("seed-1".into()),
                 },
                 retries: Some(3),
             }),
@@ -72,6 +73,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                 locks: keys(&["k"], &["j"]),
                 isolation: Some(Isolation::Serializable),
                 read_only: true,
+                idempotency_key: None,
             }),
         ),
         (

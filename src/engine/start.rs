@@ -220,6 +220,13 @@ mod tests {
         );
         assert_eq!(TxShape::of(&tx(&[update], false), &off), TxShape::Explicit);
         assert_eq!(TxShape::of(&tx(&[update], true), &on), TxShape::Explicit);
+        let mut keyed = tx(&[update], false);
+        keyed.options.idempotency_key = Some("k".into());
+        assert_eq!(
+            TxShape::of(&keyed, &on),
+            TxShape::Explicit,
+            "a keyed write records its outcome in its own transaction"
+        );
         assert_eq!(
             TxShape::of(&tx(&[update, update], false), &on),
             TxShape::Explicit

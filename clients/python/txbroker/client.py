@@ -769,22 +769,13 @@ def retry_idempotent(
 
         result = txbroker.retry_idempotent(transfer)
     """
-    if attempts < 1:
-        raise ValueError("attempts must be at least 1")
     key = key if key is not None else new_idempotency_key()
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn(key)
-        except TxbrokerError as error:
-            again = error.retryable or isinstance(
-                error, (CommitUnknownError, TxbrokerConnectionError))
-            if not again or attempt == attempts:
-                raise
-            if on_retry is not None:
-                on_retry(error, attempt)
-            delay = min(max_backoff, backoff * (2 ** (attempt - 1)))
-            time.sleep(delay * (0.5 + random.random()))
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    def may_send_again(error: TxbrokerError) -> bool:
+        return error.retryable or isinstance(error, (CommitUnknownError, TxbrokerConnectionError))
+
+    return _run_retrying(lambda: fn(key), may_send_again, attempts, backoff, max_backoff,
+                         on_retry)
 
 
 def retry(
@@ -801,13 +792,27 @@ def retry(
     ``fn`` should run a whole transaction (a ``client.tx`` call or a ``with
     client.transaction()`` block), so that each run starts afresh.
     """
+    return _run_retrying(fn, lambda error: error.retryable, attempts, backoff, max_backoff,
+                         on_retry)
+
+
+def _run_retrying(
+    fn: Callable[[], T],
+    may_send_again: Callable[[TxbrokerError], bool],
+    attempts: int,
+    backoff: float,
+    max_backoff: float,
+    on_retry: Optional[Callable[[TxbrokerError, int], None]],
+) -> T:
+    """Calls ``fn()`` up to ``attempts`` times while it raises an error ``may_send_again``
+    accepts, pausing with jittered exponential back-off in between."""
     if attempts < 1:
         raise ValueError("attempts must be at least 1")
     for attempt in range(1, attempts + 1):
         try:
             return fn()
         except TxbrokerError as error:
-            if not error.retryable or attempt == attempts:
+            if not may_send_again(error) or attempt == attempts:
                 raise
             if on_retry is not None:
                 on_retry(error, attempt)
