@@ -65,14 +65,8 @@ enum Command {
     },
     /// Several targets alternately (A B C A B C ...), then each figure's median and ratios.
     Compare {
-        /// Comma-separated targets, run in this order every round.
-        #[arg(
-            long,
-            value_enum,
-            value_delimiter = ',',
-            default_value = "broker,direct,direct-sorted"
-        )]
-        targets: Vec<Target>,
+        #[command(flatten)]
+        targets: Targets,
         /// Rounds: every target runs once per round.
         #[arg(long, default_value_t = 3)]
         rounds: u32,
@@ -82,14 +76,8 @@ enum Command {
     /// A `compare` per client count, then the medians as CSV and a chart of throughput and
     /// p99 against clients (SVG).
     Sweep {
-        /// Comma-separated targets, run in this order every round.
-        #[arg(
-            long,
-            value_enum,
-            value_delimiter = ',',
-            default_value = "broker,direct,direct-sorted"
-        )]
-        targets: Vec<Target>,
+        #[command(flatten)]
+        targets: Targets,
         /// Rounds per client count: every target runs once per round.
         #[arg(long, default_value_t = 2)]
         rounds: u32,
@@ -107,6 +95,19 @@ enum Command {
         #[command(flatten)]
         options: Options,
     },
+}
+
+/// The targets of `compare` and `sweep`.
+#[derive(Args, Debug, Clone)]
+struct Targets {
+    /// Comma-separated targets, run in this order every round.
+    #[arg(
+        long = "targets",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "broker,direct,direct-sorted"
+    )]
+    list: Vec<Target>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -203,14 +204,14 @@ fn main() {
                     targets,
                     rounds,
                     options,
-                } => compare_command(targets, rounds, options, &server).await,
+                } => compare_command(targets.list, rounds, options, &server).await,
                 Command::Sweep {
                     targets,
                     rounds,
                     clients_list,
                     out,
                     options,
-                } => sweep_command(targets, rounds, clients_list, out, options, &server).await,
+                } => sweep_command(targets.list, rounds, clients_list, out, options, &server).await,
             }
         };
         let outcome = tokio::select! {
@@ -948,7 +949,7 @@ mod tests {
             panic!("compare expected");
         };
         assert_eq!(
-            targets,
+            targets.list,
             vec![Target::Broker, Target::Direct, Target::DirectSorted]
         );
         assert_eq!(options.clients, 128);
@@ -997,9 +998,16 @@ mod tests {
         let server = Server::start(ServerKind::Shared, &options.database_url)
             .await
             .expect("the shared server");
-        let all_ok = sweep_command(targets, rounds, clients_list, out_dir, options, &server)
-            .await
-            .expect("the sweep ran");
+        let all_ok = sweep_command(
+            targets.list,
+            rounds,
+            clients_list,
+            out_dir,
+            options,
+            &server,
+        )
+        .await
+        .expect("the sweep ran");
         assert!(all_ok, "a correctness check failed");
 
         let csv = std::fs::read_to_string(out.join("sweep.csv")).expect("sweep.csv");
