@@ -57,7 +57,7 @@ impl Panel {
 }
 
 /// The same colour for a target in every chart (matplotlib's first three).
-pub fn colour(target: Target) -> RGBColor {
+fn colour(target: Target) -> RGBColor {
     match target {
         Target::Broker => RGBColor(31, 119, 180),
         Target::Direct => RGBColor(214, 39, 40),
@@ -94,7 +94,7 @@ fn draw<B: DrawingBackend>(sweep: &Sweep, backend: B) -> DrawResult<B> {
     let ticks: Vec<f64> = points().collect();
     let x = || clients.clone().log_scale().with_key_points(ticks.clone());
 
-    let highest = highest(sweep, Panel::Throughput).max(1.0);
+    let (_, highest) = extent(sweep, Panel::Throughput);
     draw_panel(&left, sweep, Panel::Throughput, x(), 0.0..highest * 1.15)?;
     let (fastest, slowest) = extent(sweep, Panel::P99);
     let p99 = (fastest / 1.5)..(slowest * 1.5);
@@ -132,13 +132,8 @@ fn draw_legend<B: DrawingBackend>(
     Ok(())
 }
 
-/// The largest median of the panel's figure over every target and client count.
-fn highest(sweep: &Sweep, panel: Panel) -> f64 {
-    extent(sweep, panel).1
-}
-
-/// The smallest positive and the largest median of the panel's figure (0.1 and 1 when there
-/// is none, so that an empty chart still has axes).
+/// The smallest positive and the largest median of the panel's figure over every target and
+/// client count (0.1 and 1 when there is none, so that an empty chart still has axes).
 fn extent(sweep: &Sweep, panel: Panel) -> (f64, f64) {
     let values = sweep
         .targets
