@@ -28,7 +28,8 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -82,12 +83,7 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         rounds: u32,
         /// Comma-separated client counts, measured in this order.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "1,8,32,128",
-            conflicts_with = "clients"
-        )]
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
         clients_list: Vec<usize>,
         /// Directory for sweep.csv and sweep.svg (created when missing).
         #[arg(long)]
@@ -159,6 +155,28 @@ struct Options {
     broker_session_threads: Option<usize>,
 }
 
+impl Cli {
+    /// Parses the command line. `sweep` refuses `--clients`, which `--clients-list` replaces:
+    /// clap's `conflicts_with` cannot say so, as it ignores an argument left at its default.
+    fn parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut command = Cli::command();
+        let matches = command.try_get_matches_from_mut(args)?;
+        if let Some(("sweep", sweep)) = matches.subcommand() {
+            if sweep.value_source("clients") == Some(ValueSource::CommandLine) {
+                return Err(command.error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "sweep takes --clients-list, not --clients",
+                ));
+            }
+        }
+        Cli::from_arg_matches(&matches)
+    }
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
@@ -181,7 +199,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args(std::env::args_os()).unwrap_or_else(|error| error.exit());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -964,7 +982,7 @@ mod tests {
         let db = common::TestDb::create("txbench_sweep").await;
         let out = std::env::temp_dir().join(format!("txbench-real-sweep-{}", std::process::id()));
         let out_arg = out.to_string_lossy().into_owned();
-        let cli = Cli::try_parse_from([
+        let cli = Cli::parse_args([
             "txbench",
             "sweep",
             "--clients-list",
@@ -1035,6 +1053,23 @@ mod tests {
         let svg = std::fs::read_to_string(out.join("sweep.svg")).expect("sweep.svg");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         std::fs::remove_dir_all(&out).expect("removed");
+    }
+
+    #[test]
+    fn sweep_takes_a_list_of_client_counts_and_refuses_clients() {
+        let cli = Cli::parse_args(["txbench", "sweep", "--out", "charts"]).expect("parses");
+        let Command::Sweep { clients_list, .. } = cli.command else {
+            panic!("sweep expected");
+        };
+        assert_eq!(clients_list, [1, 8, 32, 128]);
+        for clients in [["--clients", "3"], ["-c", "3"]] {
+            let args = [
+                "txbench", "sweep", "--out", "charts", clients[0], clients[1],
+            ];
+            let error = Cli::parse_args(args).expect_err("refused");
+            assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+        }
+        assert!(Cli::parse_args(["txbench", "compare", "--clients", "3"]).is_ok());
     }
 
     #[test]
