@@ -1,12 +1,15 @@
 //! txbench: the load generator of issue 3. It runs one workload against txbroker or straight
 //! against MariaDB and reports throughput, latency, retries, deadlocks and a correctness
-//! check; `compare` runs several targets alternately and quotes medians and ratios.
+//! check; `compare` runs several targets alternately and quotes medians and ratios; `sweep`
+//! does a `compare` per client count and charts throughput and p99 against clients.
 //!
 //! See bench/README.md for how to run it and what each figure means.
 
+mod chart;
 mod db;
 mod report;
 mod server;
+mod sweep;
 mod target;
 mod workload;
 
@@ -25,7 +28,8 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -62,20 +66,44 @@ enum Command {
     },
     /// Several targets alternately (A B C A B C ...), then each figure's median and ratios.
     Compare {
-        /// Comma-separated targets, run in this order every round.
-        #[arg(
-            long,
-            value_enum,
-            value_delimiter = ',',
-            default_value = "broker,direct,direct-sorted"
-        )]
-        targets: Vec<Target>,
+        #[command(flatten)]
+        targets: Targets,
         /// Rounds: every target runs once per round.
         #[arg(long, default_value_t = 3)]
         rounds: u32,
         #[command(flatten)]
         options: Options,
     },
+    /// A `compare` per client count, then the medians as CSV and a chart of throughput and
+    /// p99 against clients (SVG).
+    Sweep {
+        #[command(flatten)]
+        targets: Targets,
+        /// Rounds per client count: every target runs once per round.
+        #[arg(long, default_value_t = 2)]
+        rounds: u32,
+        /// Comma-separated client counts, measured in this order.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
+        clients_list: Vec<usize>,
+        /// Directory for sweep.csv and sweep.svg (created when missing).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[command(flatten)]
+        options: Options,
+    },
+}
+
+/// The targets of `compare` and `sweep`.
+#[derive(Args, Debug, Clone)]
+struct Targets {
+    /// Comma-separated targets, run in this order every round.
+    #[arg(
+        long = "targets",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "broker,direct,direct-sorted"
+    )]
+    list: Vec<Target>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -127,6 +155,28 @@ struct Options {
     broker_session_threads: Option<usize>,
 }
 
+impl Cli {
+    /// Parses the command line. `sweep` refuses `--clients`, which `--clients-list` replaces:
+    /// clap's `conflicts_with` cannot say so, as it ignores an argument left at its default.
+    fn parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut command = Cli::command();
+        let matches = command.try_get_matches_from_mut(args)?;
+        if let Some(("sweep", sweep)) = matches.subcommand() {
+            if sweep.value_source("clients") == Some(ValueSource::CommandLine) {
+                return Err(command.error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "sweep takes --clients-list, not --clients",
+                ));
+            }
+        }
+        Cli::from_arg_matches(&matches)
+    }
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
@@ -149,13 +199,15 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args(std::env::args_os()).unwrap_or_else(|error| error.exit());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     let outcome = runtime.block_on(async {
-        let (Command::Run { options, .. } | Command::Compare { options, .. }) = &cli.command;
+        let (Command::Run { options, .. }
+        | Command::Compare { options, .. }
+        | Command::Sweep { options, .. }) = &cli.command;
         if options.server != ServerKind::Shared && options.broker_addr.is_some() {
             return Err(format!(
                 "--broker-addr names a broker connected to another MariaDB than --server {}",
@@ -170,7 +222,14 @@ fn main() {
                     targets,
                     rounds,
                     options,
-                } => compare_command(targets, rounds, options, &server).await,
+                } => compare_command(targets.list, rounds, options, &server).await,
+                Command::Sweep {
+                    targets,
+                    rounds,
+                    clients_list,
+                    out,
+                    options,
+                } => sweep_command(targets.list, rounds, clients_list, out, options, &server).await,
             }
         };
         let outcome = tokio::select! {
@@ -260,40 +319,65 @@ async fn compare_command(
         return Err("compare needs at least one target and one round".to_string());
     }
     let mut bench = Bench::new(options, server).await?;
-    let mut runs = Vec::new();
-    for round in 1..=rounds {
-        for target in &targets {
-            let label = format!("round {round}/{rounds} ");
-            let result = bench.run(*target, round, &label).await?;
-            if !bench.options.json {
-                report::print_run(&result);
-            }
-            runs.push(result);
-        }
-    }
-    let all_ok = runs.iter().all(|r| r.check.ok);
-    let o = &bench.options;
-    let title = format!(
-        "\n{} clients={} accounts={} hot={}: median of {rounds} rounds of {:.0?} (warm-up {:.0?}), targets run alternately\nserver: {}",
-        o.workload.name(),
-        o.clients,
-        o.accounts,
-        o.hot,
-        o.duration,
-        o.warmup,
-        bench.server.describe()
-    );
-    let comparison = report::compare(&targets, runs, &bench.server);
-    if o.json {
+    let comparison = bench.compare(&targets, rounds, "").await?;
+    let all_ok = comparison.all_checks_passed();
+    if bench.options.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&comparison).expect("json")
         );
-    } else {
-        report::print_comparison(&title, &comparison);
     }
     bench.stop().await;
     Ok(all_ok)
+}
+
+/// Returns whether every correctness check of every client count passed.
+async fn sweep_command(
+    targets: Vec<Target>,
+    rounds: u32,
+    clients_list: Vec<usize>,
+    out: std::path::PathBuf,
+    mut options: Options,
+    server: &Server,
+) -> Result<bool, String> {
+    if targets.is_empty() || rounds == 0 || clients_list.is_empty() {
+        return Err("sweep needs at least one target, one round and one client count".to_string());
+    }
+    // The in-process broker is started once, for the most clients of the list.
+    options.clients = clients_list.iter().copied().max().unwrap_or_default();
+    let mut bench = Bench::new(options, server).await?;
+    let mut steps = Vec::with_capacity(clients_list.len());
+    for (index, clients) in clients_list.iter().enumerate() {
+        bench.options.clients = *clients;
+        let label = format!("clients {}/{} ", index + 1, clients_list.len());
+        let comparison = bench.compare(&targets, rounds, &label).await?;
+        steps.push(sweep::Step {
+            clients: *clients,
+            comparison,
+        });
+    }
+    let o = &bench.options;
+    let sweep = sweep::Sweep {
+        workload: o.workload.name().to_string(),
+        accounts: o.accounts,
+        hot: o.hot,
+        rounds,
+        duration_s: o.duration.as_secs_f64(),
+        warmup_s: o.warmup.as_secs_f64(),
+        targets,
+        server: bench.server.clone(),
+        steps,
+    };
+    let json = o.json;
+    bench.stop().await;
+    let written = sweep::write(&sweep, &out)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&sweep).expect("json"));
+    }
+    for path in written {
+        eprintln!("txbench: wrote {}", path.display());
+    }
+    Ok(sweep.all_checks_passed())
 }
 
 /// A broker started in this process, in its own thread with its own actix System.
@@ -348,7 +432,10 @@ impl InProcessBroker {
 }
 
 struct Bench {
+    /// `clients` is the next run's; a sweep changes it between runs.
     options: Options,
+    /// The most clients of any run, which the in-process broker's `max_sessions` allows for.
+    max_clients: usize,
     server: ServerInfo,
     db: BenchDb,
     generator: Generator,
@@ -430,6 +517,7 @@ impl Bench {
         }
         let generator = Generator::new(options.workload, options.accounts, options.hot);
         Ok(Bench {
+            max_clients: options.clients,
             options,
             server: info,
             db,
@@ -444,6 +532,43 @@ impl Bench {
         }
     }
 
+    /// Runs every target once per round, alternately (A B C A B C ...), printing each run,
+    /// then the medians (as text unless `--json`).
+    async fn compare(
+        &mut self,
+        targets: &[Target],
+        rounds: u32,
+        label: &str,
+    ) -> Result<report::Comparison, String> {
+        let mut runs = Vec::new();
+        for round in 1..=rounds {
+            for target in targets {
+                let run_label = format!("{label}round {round}/{rounds} ");
+                let result = self.run(*target, round, &run_label).await?;
+                if !self.options.json {
+                    report::print_run(&result);
+                }
+                runs.push(result);
+            }
+        }
+        let comparison = report::compare(targets, runs, &self.server);
+        if !self.options.json {
+            let o = &self.options;
+            let title = format!(
+                "\n{} clients={} accounts={} hot={}: median of {rounds} rounds of {:.0?} (warm-up {:.0?}), targets run alternately\nserver: {}",
+                o.workload.name(),
+                o.clients,
+                o.accounts,
+                o.hot,
+                o.duration,
+                o.warmup,
+                self.server.describe()
+            );
+            report::print_comparison(&title, &comparison);
+        }
+        Ok(comparison)
+    }
+
     /// The broker's address, starting the in-process one the first time.
     fn broker_address(&mut self) -> Result<String, String> {
         if let Some(address) = &self.options.broker_addr {
@@ -453,7 +578,7 @@ impl Bench {
             let config = Config {
                 listen: "127.0.0.1:0".to_string(),
                 database_url: self.db.url.clone(),
-                max_sessions: self.options.clients + 16,
+                max_sessions: self.max_clients + 16,
                 session_threads: self
                     .options
                     .broker_session_threads
@@ -846,12 +971,109 @@ mod tests {
             panic!("compare expected");
         };
         assert_eq!(
-            targets,
+            targets.list,
             vec![Target::Broker, Target::Direct, Target::DirectSorted]
         );
         assert_eq!(options.clients, 128);
         assert!(options.json);
         assert_eq!(options.server, ServerKind::Shared);
+    }
+
+    /// A sweep as the command line gives it, on the real server: every target ran at every
+    /// client count, passed its check and committed, and both files were written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_short_sweep_on_the_real_server_writes_a_row_per_target_and_client_count() {
+        let db = common::TestDb::create("txbench_sweep").await;
+        let out = std::env::temp_dir().join(format!("txbench-real-sweep-{}", std::process::id()));
+        let out_arg = out.to_string_lossy().into_owned();
+        let cli = Cli::parse_args([
+            "txbench",
+            "sweep",
+            "--clients-list",
+            "1,4",
+            "--rounds",
+            "1",
+            "--duration",
+            "500ms",
+            "--warmup",
+            "0s",
+            "--accounts",
+            "100",
+            "--hot",
+            "2",
+            "--database-url",
+            &db.url,
+            "--out",
+            &out_arg,
+        ])
+        .expect("parses");
+        let Command::Sweep {
+            targets,
+            rounds,
+            clients_list,
+            out: out_dir,
+            options,
+        } = cli.command
+        else {
+            panic!("sweep expected");
+        };
+        let server = Server::start(ServerKind::Shared, &options.database_url)
+            .await
+            .expect("the shared server");
+        let all_ok = sweep_command(
+            targets.list,
+            rounds,
+            clients_list,
+            out_dir,
+            options,
+            &server,
+        )
+        .await
+        .expect("the sweep ran");
+        assert!(all_ok, "a correctness check failed");
+
+        let csv = std::fs::read_to_string(out.join("sweep.csv")).expect("sweep.csv");
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines.next().expect("a header").split(',').collect();
+        let column = |name: &str| header.iter().position(|h| *h == name).expect(name);
+        let rows: Vec<Vec<&str>> = lines.map(|line| line.split(',').collect()).collect();
+        let measured: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|row| (row[column("clients")], row[column("target")]))
+            .collect();
+        let expected: Vec<(&str, &str)> = ["1", "4"]
+            .into_iter()
+            .flat_map(|c| ["broker", "direct", "direct-sorted"].map(|t| (c, t)))
+            .collect();
+        assert_eq!(measured, expected);
+        for row in &rows {
+            let tx_per_s: f64 = row[column("tx_per_s")].parse().expect("tx/s");
+            assert!(tx_per_s > 0.0, "nothing committed: {row:?}");
+            assert_eq!(row[column("checks_passed")], "1");
+            // Not its value: without a warm-up the broker's sessions may not have reached
+            // the server when it is read ("not seen").
+            assert!(column("transport") < row.len());
+        }
+        let svg = std::fs::read_to_string(out.join("sweep.svg")).expect("sweep.svg");
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        std::fs::remove_dir_all(&out).expect("removed");
+    }
+
+    #[test]
+    fn sweep_takes_a_list_of_client_counts_and_refuses_clients() {
+        let cli = Cli::parse_args(["txbench", "sweep", "--out", "charts"]).expect("parses");
+        let Command::Sweep { clients_list, .. } = cli.command else {
+            panic!("sweep expected");
+        };
+        assert_eq!(clients_list, [1, 8, 32, 128]);
+        for clients in [["--clients", "3"], ["-c", "3"]] {
+            let args = [
+                "txbench", "sweep", "--out", "charts", clients[0], clients[1],
+            ];
+            let error = Cli::parse_args(args).expect_err("refused");
+            assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+        }
+        assert!(Cli::parse_args(["txbench", "compare", "--clients", "3"]).is_ok());
     }
 
     #[test]

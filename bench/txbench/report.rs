@@ -323,6 +323,26 @@ pub struct Comparison {
     pub runs: Vec<RunResult>,
 }
 
+impl Comparison {
+    pub fn all_checks_passed(&self) -> bool {
+        self.runs.iter().all(|r| r.check.ok)
+    }
+
+    /// The median of the figure named `json` (a key of [`FIGURES`]) for `target`.
+    pub fn median(&self, target: &str, json: &str) -> Option<f64> {
+        let (_, figures) = self.medians.iter().find(|(name, _)| name == target)?;
+        figures
+            .iter()
+            .find(|(name, _)| name == json)
+            .map(|(_, value)| *value)
+    }
+}
+
+/// The JSON name of every figure `compare` quotes, in its order, with the decimals it prints.
+pub fn figure_columns() -> impl Iterator<Item = (&'static str, usize)> {
+    FIGURES.iter().map(|figure| (figure.json, figure.decimals))
+}
+
 pub fn compare(targets: &[Target], runs: Vec<RunResult>, server: &ServerInfo) -> Comparison {
     let of_target = |target: Target| -> Vec<&RunResult> {
         runs.iter().filter(|r| r.target == target.name()).collect()
