@@ -38,11 +38,12 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::acceptor::{Acceptor, Shutdown};
-use crate::config::{Config, CoordinatorThread};
+use crate::config::{Config, Coordination, CoordinatorThread};
 use crate::coordinator::{self, Coordinator};
 use crate::db::Database;
 use crate::engine::SessionFactory;
 use crate::local::LocalSession;
+use crate::locks::GroupReach;
 use crate::metrics::Metrics;
 use crate::txn::ServerPhase;
 
@@ -126,7 +127,11 @@ impl BrokerBuilder {
         let coordinator = Coordinator::start_in_arbiter(&threads.coordinator, {
             let (lock_wait_timeout, max_group_size) =
                 (config.lock_wait_timeout(), config.max_group_size);
-            move |_| Coordinator::new(lock_wait_timeout, max_group_size)
+            let group_reach = match config.coordination {
+                Coordination::Local => GroupReach::HeldOrFree,
+                Coordination::Database => GroupReach::HeldByLeader,
+            };
+            move |_| Coordinator::new(lock_wait_timeout, max_group_size, group_reach)
         });
         let sessions = SessionFactory::new(
             config.clone(),

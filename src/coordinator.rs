@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::error::BrokerError;
 pub use crate::error::LockFailure;
 use crate::locks::{
-    AcquireOutcome, CommitTicket, Completed, Completion, Grant, Grouping, LockRequest, LockStats,
-    LockTable, OwnerId,
+    AcquireOutcome, CommitTicket, Completed, Completion, Grant, GroupReach, Grouping, LockRequest,
+    LockStats, LockTable, OwnerId,
 };
 use crate::protocol::{Reply, TxRequest};
 
@@ -115,9 +115,13 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// `max_group_size` 0 or 1 turns group execution off.
-    pub fn new(lock_wait_timeout: Duration, max_group_size: usize) -> Coordinator {
+    pub fn new(
+        lock_wait_timeout: Duration,
+        max_group_size: usize,
+        group_reach: GroupReach,
+    ) -> Coordinator {
         Coordinator {
-            table: LockTable::with_max_group_size(max_group_size),
+            table: LockTable::with_groups(max_group_size, group_reach),
             waiters: HashMap::new(),
             inboxes: HashMap::new(),
             commits: HashMap::new(),

@@ -21,6 +21,7 @@
 //! - [`coordinator`]: the lock coordinator actor around [`locks::LockTable`], and what its
 //!   grants carry (read gates of handed-over commits, group inboxes).
 //! - [`keys`]: a session's handle on its keys: acquire, hand over at `COMMIT`, release.
+//! - [`named_locks`]: keys as MariaDB named locks, for brokers that share a database.
 //! - [`engine`]: the rules of the protocol for one session, independent of transport.
 //! - [`session`]: the session actor, one per TCP client.
 //! - [`acceptor`]: the listener actor: session limit, session ids, drain.
@@ -42,6 +43,7 @@ pub mod engine;
 pub mod error;
 pub mod frame;
 pub mod keys;
+pub mod named_locks;
 pub mod tls;
 pub mod locks;
 pub mod logging;

@@ -3,6 +3,8 @@
 //! coordinator refuses or a lost connection aborts the transaction, and the session answers
 //! `tx_aborted` until its client acknowledges with `rollback`.
 
+use std::time::Instant;
+
 use super::ending::TxEnd;
 use super::start::TxShape;
 use super::{SessionEngine, StatementRecord};
@@ -55,10 +57,16 @@ impl SessionEngine {
     }
 
     pub(super) async fn lock(&mut self, keys: LockRequest) -> Result<(), BrokerError> {
-        let failure = match self.keys.acquire(keys).await {
+        let asked = Instant::now();
+        let failure = match self.keys.acquire(keys.clone()).await {
             Ok(Admission::Granted { read_gate, .. }) => {
                 self.current.read_gate.extend(read_gate);
-                return Ok(());
+                let Err(failure) = self.take_named_locks(&keys, asked).await else {
+                    return Ok(());
+                };
+                self.end_transaction(TxEnd::Aborted(failure.abort_reason()))
+                    .await;
+                return Err(BrokerError::from(failure));
             }
             // A request asked alone never joins a group.
             Ok(Admission::Joined(_)) => {
