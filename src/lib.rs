@@ -28,6 +28,7 @@
 //! - [`broker`]: starts everything inside a running actix `System`; the embedding API.
 //! - [`local`]: embedded sessions, for application code in the broker's process.
 //! - [`client`]: the async Rust client.
+//! - [`failover`]: a client of several brokers, moving to the next when one fails.
 //! - [`admin`]: the operator's `stats` and `exec` commands.
 //! - [`logging`]: the slog root logger.
 
@@ -35,6 +36,7 @@ pub mod acceptor;
 pub mod broker;
 pub mod local;
 pub mod client;
+pub mod failover;
 pub mod admin;
 pub mod config;
 pub mod coordinator;

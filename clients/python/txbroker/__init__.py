@@ -11,6 +11,7 @@
 """
 
 from .client import ISOLATION_LEVELS, Client, Result, Transaction, TxResult, __version__, retry
+from .failover import FailoverClient
 from .errors import (
     AuthenticationError,
     BadRequestError,
@@ -36,6 +37,7 @@ from .errors import (
 __all__ = [
     "__version__",
     "Client",
+    "FailoverClient",
     "Transaction",
     "Result",
     "TxResult",
