@@ -39,12 +39,13 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::acceptor::{Acceptor, Shutdown};
-use crate::config::{Config, CoordinatorThread};
+use crate::config::{Config, Coordination, CoordinatorThread};
 use crate::coordinator::{self, Coordinator};
 use crate::db::Database;
 use crate::engine::SessionFactory;
 use crate::idempotency::{self, OutcomeTable};
 use crate::local::LocalSession;
+use crate::locks::GroupReach;
 use crate::metrics::{Metrics, Timing};
 use crate::monitor::Monitor;
 use crate::txn::ServerPhase;
@@ -143,7 +144,11 @@ impl BrokerBuilder {
                 config.max_group_size,
                 config.hot_keys,
             );
-            move |_| Coordinator::new(lock_wait_timeout, max_group_size, hot_keys)
+            let group_reach = match config.coordination {
+                Coordination::Local => GroupReach::HeldOrFree,
+                Coordination::Database => GroupReach::HeldByLeader,
+            };
+            move |_| Coordinator::new(lock_wait_timeout, max_group_size, group_reach, hot_keys)
         });
         let (phase, _) = watch::channel(ServerPhase::Serving);
         let monitor = Monitor::new(

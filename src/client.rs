@@ -226,6 +226,12 @@ impl Client {
         }
     }
 
+    /// Whether the connection is known to be gone (the server closed it, or it failed):
+    /// nothing sent on it now would arrive.
+    pub fn is_closed(&self) -> bool {
+        self.submissions.is_closed()
+    }
+
     pub async fn request(&self, request: Request) -> Result<Reply, ClientError> {
         self.send(request).await
     }
@@ -594,7 +600,16 @@ async fn write_requests<W>(
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let mut writer = FramedWrite::new(write_half, FrameCodec::new(MAX_RESPONSE_BYTES));
-    while let Some(first) = submitted.recv().await {
+    loop {
+        // Ends with the reader, so that `Client::is_closed` tells of a connection the server
+        // closed before anything more is sent on it.
+        let first = tokio::select! {
+            next = submitted.recv() => match next {
+                Some(first) => first,
+                None => return,
+            },
+            () = awaiting.closed() => return,
+        };
         // Write everything already submitted before flushing: one syscall for a burst.
         let mut batch = vec![first];
         while let Ok(next) = submitted.try_recv() {

@@ -38,6 +38,18 @@ pub enum CoordinatorThread {
     Own,
 }
 
+/// How this broker's grants are made to hold across brokers sharing its database.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Coordination {
+    /// Keys are this broker's alone: right when it is the only broker on its database.
+    Local,
+    /// Each granted key is also taken as a MariaDB named lock (`GET_LOCK`) on the session's
+    /// connection, in the same ascending order, so that brokers sharing one database order
+    /// their transactions among themselves too (`docs/scaling.md`).
+    Database,
+}
+
 /// A client token. Its `Debug` never shows the secret, so a config printed by mistake leaks
 /// nothing.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -155,6 +167,8 @@ pub struct Config {
     pub idempotency_purge_batch: u64,
     /// Pause between two rounds of the purge, in milliseconds.
     pub idempotency_purge_interval_ms: u64,
+    /// Whether grants hold across brokers: `local` or `database` (named locks).
+    pub coordination: Coordination,
     /// Log level: `error`, `warning`, `info`, `debug` or `trace`.
     pub log_level: String,
 }
@@ -178,6 +192,7 @@ impl Default for Config {
             shutdown_grace_ms: 10_000,
             session_threads: 1,
             coordinator_thread: CoordinatorThread::WithSessions,
+            coordination: Coordination::Local,
             max_pipelined_requests: 64,
             client_read_timeout_ms: 30_000,
             max_keys_per_request: 1024,

@@ -30,8 +30,8 @@ use crate::error::BrokerError;
 pub use crate::error::LockFailure;
 use crate::hot_keys::HotKeys;
 use crate::locks::{
-    AcquireOutcome, CommitTicket, Completed, Completion, Grant, Grouping, KeyName, LockRequest,
-    LockStats, LockTable, OwnerId,
+    AcquireOutcome, CommitTicket, Completed, Completion, Grant, GroupReach, Grouping, KeyName,
+    LockRequest, LockStats, LockTable, OwnerId,
 };
 use crate::protocol::{HotKey, Reply, TxRequest};
 
@@ -125,9 +125,14 @@ pub struct Coordinator {
 impl Coordinator {
     /// `max_group_size` 0 or 1 turns group execution off; `hot_keys` is how many hot keys
     /// `GetStats` reports, 0 for none (and no tracking).
-    pub fn new(lock_wait_timeout: Duration, max_group_size: usize, hot_keys: usize) -> Coordinator {
+    pub fn new(
+        lock_wait_timeout: Duration,
+        max_group_size: usize,
+        group_reach: GroupReach,
+        hot_keys: usize,
+    ) -> Coordinator {
         Coordinator {
-            table: LockTable::with_max_group_size(max_group_size),
+            table: LockTable::with_groups(max_group_size, group_reach),
             waiters: HashMap::new(),
             inboxes: HashMap::new(),
             commits: HashMap::new(),

@@ -263,23 +263,29 @@ impl DbConnection {
         &mut self,
         statements: &[String],
     ) -> (Vec<QueryResult>, Option<DbError>) {
+        match self.execute_script_anywhere(statements).await {
+            (results, None) if !self.server_in_transaction() => {
+                (results, Some(DbError::TransactionEnded))
+            }
+            outcome => outcome,
+        }
+    }
+
+    /// `execute_script` for statements that neither need nor touch a transaction (named
+    /// locks), which may run with or without one open.
+    pub async fn execute_script_anywhere(
+        &mut self,
+        statements: &[String],
+    ) -> (Vec<QueryResult>, Option<DbError>) {
         // A line break first ends a `--` or `#` comment a statement may end with.
         let script = statements.join("\n;\n");
         let deadline = self.deadline;
-        let outcome = match within(deadline, self.run_script(&script, statements.len())).await {
-            Some(outcome) => outcome,
+        match within(deadline, self.run_script(&script, statements.len())).await {
+            Some((results, Some(error))) => (results, Some(self.failed(error))),
+            Some((results, None)) => (results, None),
             None => {
                 self.abandon();
-                return (Vec::new(), Some(DbError::DeadlineExceeded));
-            }
-        };
-        match outcome {
-            (results, Some(error)) => (results, Some(self.failed(error))),
-            (results, None) => {
-                if !self.server_in_transaction() {
-                    return (results, Some(DbError::TransactionEnded));
-                }
-                (results, None)
+                (Vec::new(), Some(DbError::DeadlineExceeded))
             }
         }
     }

@@ -27,12 +27,14 @@
 //! - [`keys`]: a session's handle on its keys: acquire, hand over at `COMMIT`, release.
 //! - [`idempotency`]: the outcomes table of idempotency keys, the claim a keyed request makes,
 //!   and the purge of expired records.
+//! - [`named_locks`]: keys as MariaDB named locks, for brokers that share a database.
 //! - [`engine`]: the rules of the protocol for one session, independent of transport.
 //! - [`session`]: the session actor, one per TCP client.
 //! - [`acceptor`]: the listener actor: session limit, session ids, drain.
 //! - [`broker`]: starts everything inside a running actix `System`; the embedding API.
 //! - [`local`]: embedded sessions, for application code in the broker's process.
 //! - [`client`]: the async Rust client.
+//! - [`failover`]: a client of several brokers, moving to the next when one fails.
 //! - [`admin`]: the operator's `stats` and `exec` commands.
 //! - [`top`]: the screen of `txbroker top`, a live view of a running broker.
 //! - [`logging`]: the slog root logger.
@@ -41,6 +43,7 @@ pub mod acceptor;
 pub mod broker;
 pub mod local;
 pub mod client;
+pub mod failover;
 pub mod admin;
 pub mod config;
 pub mod coordinator;
@@ -51,6 +54,7 @@ pub mod frame;
 pub mod hot_keys;
 pub mod idempotency;
 pub mod keys;
+pub mod named_locks;
 pub mod tls;
 pub mod top;
 pub mod latency_window;

@@ -76,6 +76,19 @@ pub struct CommitTicket {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GroupClass(pub u8);
 
+/// Which keys a request may bring into the group it joins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GroupReach {
+    /// Keys the leader holds, free keys and the joiner's own: the leader takes the latter
+    /// two over at once.
+    HeldOrFree,
+    /// Only keys the leader already holds. Brokers that also take their keys as named locks
+    /// in the database (`coordination = "database"`) need this: a key the leader took over
+    /// would have no named lock on its connection, and taking one then would wait out of
+    /// order.
+    HeldByLeader,
+}
+
 /// Whether a request may run in a group, its own or another's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Grouping {
@@ -402,6 +415,7 @@ pub struct LockTable {
     commits: HashMap<CommitTicket, Vec<KeyName>>,
     /// A leader and its members; 1 turns groups off.
     max_group_size: usize,
+    group_reach: GroupReach,
     stats: LockStats,
 }
 
@@ -420,7 +434,13 @@ impl LockTable {
     /// A table whose groups hold at most `max_group_size` requests, the
     /// leader's included (0 and 1: no groups).
     pub fn with_max_group_size(max_group_size: usize) -> Self {
+        LockTable::with_groups(max_group_size, GroupReach::HeldOrFree)
+    }
+
+    /// `with_max_group_size`, with joiners bringing only the keys `reach` allows.
+    pub fn with_groups(max_group_size: usize, group_reach: GroupReach) -> Self {
         LockTable {
+            group_reach,
             keys: HashMap::new(),
             owners: HashMap::new(),
             commits: HashMap::new(),
@@ -662,14 +682,24 @@ impl LockTable {
         class: GroupClass,
     ) -> Option<OwnerId> {
         let mut leader = None;
+        let only_held = self.group_reach == GroupReach::HeldByLeader;
         for (key, mode) in keys {
             let Some(entry) = self.keys.get(key.as_str()) else {
+                if only_held {
+                    return None;
+                }
                 continue;
             };
             if entry.is_free() {
+                if only_held {
+                    return None;
+                }
                 continue;
             }
             let holder = entry.holders.sole_holder_covering(*mode)?;
+            if holder == joiner && only_held {
+                return None;
+            }
             if holder == joiner || leader == Some(holder) {
                 continue;
             }

@@ -7,11 +7,15 @@
 //!
 //! A transaction's keys are held from the grant; when its statements all succeeded and its
 //! `COMMIT` is about to be sent they may be handed over (`hand_over_keys`), and then
-//! `end_transaction` settles the hand-over with the commit's outcome instead of releasing:
+//! `end_transaction` settles the hand-over with the commit's outcome instead of releasing.
+//! With `coordination = "database"` the keys are also named locks on the connection from
+//! just after the grant (`cross_broker.rs`), and those go only in `end_transaction`, once the
+//! `COMMIT` or `ROLLBACK` has answered: they are never handed over.
 //!
 //! ```text
-//! granted ──(statements ok, COMMIT sent)──▶ handed over ──(COMMIT answered)──▶ settled
-//!    └───────────────(end_transaction)──────────────────────────────────────▶ released
+//! granted ─▶ named-locked ──(statements ok, COMMIT sent)──▶ handed over ──(COMMIT answered)──▶ settled
+//!    │            │                                               └──(end_transaction)──▶ named locks released
+//!    └────────────┴──────────(end_transaction)──────────────────────────────────────────▶ released
 //! ```
 
 use slog::debug;
@@ -91,6 +95,9 @@ impl SessionEngine {
             self.settle(handed_over, &end);
         }
         self.db.set_deadline(None);
+        // After the commit's answer, never before: a successor on another broker may read
+        // without locking as soon as it has the lock.
+        self.release_named_locks().await;
         let finished = std::mem::replace(
             &mut self.current,
             TxContext::new(self.config.default_isolation),

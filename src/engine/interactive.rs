@@ -83,15 +83,20 @@ impl SessionEngine {
     }
 
     pub(super) async fn lock(&mut self, keys: LockRequest) -> Result<(), BrokerError> {
-        let started = Instant::now();
-        let admitted = self.keys.acquire(keys).await;
-        let waited = started.elapsed();
+        let asked = Instant::now();
+        let admitted = self.keys.acquire(keys.clone()).await;
+        let waited = asked.elapsed();
         self.metrics.lock_waited(waited);
         self.add_key_wait(waited);
         let failure = match admitted {
             Ok(Admission::Granted { read_gate, .. }) => {
                 self.current.read_gate.extend(read_gate);
-                return Ok(());
+                let Err(failure) = self.take_named_locks(&keys, asked).await else {
+                    return Ok(());
+                };
+                self.end_transaction(TxEnd::Aborted(failure.abort_reason()))
+                    .await;
+                return Err(BrokerError::from(failure));
             }
             // A request asked alone never joins a group.
             Ok(Admission::Joined(_)) => {

@@ -14,6 +14,8 @@
 //! - `idempotent.rs`: idempotency keys: the recorded answer looked up before a keyed request
 //!   runs, and its record written just before its `COMMIT`.
 //! - `ending.rs`: `end_transaction`, the one way every transaction ends.
+//! - `cross_broker.rs`: keys taken as named locks in the database (`coordination =
+//!   "database"`), so that brokers sharing a database order their transactions too.
 //!
 //! **Invariant:** keys are held only while a transaction is open or being started; every
 //! transaction ends in `end_transaction`, which releases them after the database has
@@ -24,6 +26,7 @@
 //! (`Idle`) or is refused (`Aborted`).
 
 mod alone;
+mod cross_broker;
 mod ending;
 mod group;
 mod idempotent;
@@ -38,7 +41,7 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use slog::Logger;
 
-use crate::config::Config;
+use crate::config::{Config, Coordination};
 use crate::coordinator::{Coordinator, ReadGate};
 use crate::db::{ConnectionIdentity, Database, DbConnection};
 use crate::error::{AbortReason, BrokerError};
@@ -50,6 +53,7 @@ use crate::protocol::{Isolation, Reply, Request, Statement, Stats, PROTOCOL_VERS
 use crate::sql_class::{Access, ClassCache, SessionUse, StatementClass};
 use crate::txn::{ServerPhase, TxState};
 
+use cross_broker::CrossBrokerKeys;
 use ending::TxEnd;
 
 /// The name and version a `hello` answers with.
@@ -99,6 +103,10 @@ impl SessionFactory {
             state: TxState::Idle,
             current: TxContext::new(self.config.default_isolation),
             handed_over: None,
+            cross_broker: match self.config.coordination {
+                Coordination::Local => CrossBrokerKeys::LocalOnly,
+                Coordination::Database => CrossBrokerKeys::NamedLocks(Default::default()),
+            },
             classes: ClassCache::default(),
             connection: ConnectionProfile::Pristine,
             outcomes: self.outcomes.clone(),
@@ -120,6 +128,8 @@ pub struct SessionEngine {
     current: TxContext,
     /// A commit whose keys were handed over and whose outcome is not settled yet.
     handed_over: Option<HandedOver>,
+    /// The keys it holds in the database too, with `coordination = "database"`.
+    cross_broker: CrossBrokerKeys,
     classes: ClassCache,
     connection: ConnectionProfile,
     outcomes: Arc<OutcomeTable>,

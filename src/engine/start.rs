@@ -100,6 +100,7 @@ impl SessionEngine {
                 Begin::Never | Begin::OnceGranted => Ok(()),
             }
         };
+        let asked = Instant::now();
         let (admitted, begun) = match options.locks.clone() {
             Some(asked) => {
                 let keys = &mut self.keys;
@@ -116,7 +117,10 @@ impl SessionEngine {
             None => (Ok(no_keys()), begin.await),
         };
         let outcome = match (admitted, begun) {
-            (Ok(admission), Ok(())) => self.begin_if_granted(admission, begins, options).await,
+            (Ok(admission), Ok(())) => {
+                self.begin_if_granted(admission, begins, options, asked)
+                    .await
+            }
             (_, Err(error)) => Err(BrokerError::from(error)),
             (Err(failure), Ok(())) => Err(BrokerError::from(failure)),
         };
@@ -127,15 +131,22 @@ impl SessionEngine {
     }
 
     /// What an admitted request starts as; one whose transaction was to begin once its keys
-    /// were granted begins it now, unless it joined a group.
+    /// were granted begins it now, unless it joined a group. Keys granted are taken in the
+    /// database too, with `coordination = "database"`, before anything runs.
     async fn begin_if_granted(
         &mut self,
         admission: Admission,
         begins: Begin,
         options: &TxOptions,
+        asked: Instant,
     ) -> Result<Started, BrokerError> {
-        if begins == Begin::OnceGranted && matches!(admission, Admission::Granted { .. }) {
-            begin_on_live_connection(&mut self.db, options).await?;
+        if let Admission::Granted { .. } = admission {
+            if begins == Begin::OnceGranted {
+                begin_on_live_connection(&mut self.db, options).await?;
+            }
+            if let Some(keys) = &options.locks {
+                self.take_named_locks(keys, asked).await?;
+            }
         }
         Ok(self.admitted(admission))
     }

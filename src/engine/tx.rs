@@ -90,12 +90,47 @@ impl SessionEngine {
         let tx = Arc::new(tx);
         let member = matches!(grouping, Grouping::Groupable(_)).then(|| tx.clone());
         match self
-            .start_transaction(TxKind::Tx, arrived, &tx.options, shape, grouping, member)
+            .start_retrying(&tx, arrived, shape, grouping, member, retries)
             .await?
         {
             Started::Alone => self.run_alone(&tx, &classes, shape, retries, claim).await,
             Started::Leading(inbox) => self.lead_group(tx, shape, retries, inbox).await,
             Started::Joined(outcome) => self.run_as_member(outcome).await,
+        }
+    }
+
+    /// Starts `tx`. A deadlock met while starting can only come from taking its keys as
+    /// named locks (`coordination = "database"`): the start let go of every key, and runs
+    /// again, like an attempt that met a deadlock, within the retries of the `tx`.
+    async fn start_retrying(
+        &mut self,
+        tx: &Arc<TxRequest>,
+        arrived: Instant,
+        shape: TxShape,
+        grouping: Grouping,
+        member: Option<Arc<TxRequest>>,
+        retries: u32,
+    ) -> Result<Started, BrokerError> {
+        let mut attempts: u32 = 0;
+        loop {
+            attempts += 1;
+            match self
+                .start_transaction(
+                    TxKind::Tx,
+                    arrived,
+                    &tx.options,
+                    shape,
+                    grouping,
+                    member.clone(),
+                )
+                .await
+            {
+                Err(BrokerError::Deadlock(_)) if attempts <= retries => {
+                    self.metrics.retried(crate::error::mysql_codes::DEADLOCK);
+                    tokio::time::sleep(retry_backoff(attempts)).await;
+                }
+                started => return started,
+            }
         }
     }
 

@@ -1260,3 +1260,47 @@ fn a_table_without_groups_never_makes_a_leader() {
     table.release_all(3);
     assert_empty(&table);
 }
+
+#[test]
+fn a_table_whose_groups_reach_only_held_keys_gathers_only_requests_for_the_leaders_keys() {
+    let mut table = LockTable::with_groups(8, GroupReach::HeldByLeader);
+    let groupable = Grouping::Groupable(GROUP);
+    assert_eq!(table.acquire(1, request(&["b"], &[])), GRANTED);
+    assert_eq!(
+        table.acquire_as(2, request(&["b"], &[]), groupable),
+        Waiting
+    );
+    assert_eq!(
+        table.acquire_as(3, request(&["b"], &[]), groupable),
+        Waiting
+    );
+    // One more key, free: it does not join, unlike with `HeldOrFree`.
+    assert_eq!(
+        table.acquire_as(4, request(&["b", "z"], &[]), groupable),
+        Waiting
+    );
+    // It holds "a" while it waits for "b": it does not bring it to the leader either.
+    assert_eq!(
+        table.acquire_as(5, request(&["a", "b"], &[]), groupable),
+        Waiting
+    );
+    assert_eq!(
+        completions(table.release_all(1)),
+        [(2, granted_with(&[], true)), (3, joined(2))]
+    );
+    assert!(table.held_mode(2, "z").is_none() && table.held_mode(2, "a").is_none());
+    // A newcomer for the leader's key joins at once; one for a free key more does not.
+    assert_eq!(
+        table.acquire_as(6, request(&["b"], &[]), groupable),
+        AcquireOutcome::Joined { leader: 2 }
+    );
+    assert_eq!(
+        table.acquire_as(7, request(&["b", "y"], &[]), groupable),
+        Waiting
+    );
+    assert!(table.close_group(2).is_empty());
+    for owner in [2, 4, 5, 7] {
+        table.release_all(owner);
+    }
+    assert_empty(&table);
+}

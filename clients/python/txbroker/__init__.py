@@ -21,6 +21,7 @@ from .client import (
     retry,
     retry_idempotent,
 )
+from .failover import FailoverClient
 from .errors import (
     AuthenticationError,
     BadRequestError,
@@ -47,6 +48,7 @@ from .errors import (
 __all__ = [
     "__version__",
     "Client",
+    "FailoverClient",
     "Transaction",
     "Result",
     "TxResult",

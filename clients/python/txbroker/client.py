@@ -416,6 +416,27 @@ class Client:
     def closed(self) -> bool:
         return self._sock is None
 
+    def closed_by_broker(self) -> bool:
+        """Whether the broker has closed the connection (or it failed) while no request was
+        in flight: a request sent now could not arrive. Looks without waiting; over TLS,
+        where that cannot be seen without reading, it says False."""
+        with self._lock:
+            sock = self._sock
+            if sock is None:
+                return True
+            if isinstance(sock, ssl.SSLSocket):
+                return False
+            try:
+                sock.setblocking(False)
+                try:
+                    return sock.recv(1, socket.MSG_PEEK) == b""
+                finally:
+                    sock.settimeout(self.timeout)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                return True
+
     def close(self) -> None:
         """Closes the connection. The broker rolls back an open transaction and releases
         its keys."""
