@@ -129,7 +129,6 @@ impl HotKeys {
 
     /// The hottest keys over the window at `now`, most waited-for first, counting the
     /// `ongoing` waits (key, waited so far) too.
-
     pub fn hottest<'a>(
         &mut self,
         now: Instant,
