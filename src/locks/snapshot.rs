@@ -11,7 +11,8 @@
 //! not change what the table does next.
 
 use super::{
-    CommitTicket, Grouping, Holders, Leadership, LockMode, LockTable, OwnerId, RequestState,
+    CommitTicket, Grouping, Holders, KeyEntry, Leadership, LockMode, LockTable, OwnerId,
+    OwnerState, RequestState,
 };
 
 /// The table's content, sorted; see the module documentation.
@@ -62,60 +63,12 @@ pub struct WaitSnapshot {
 impl LockTable {
     /// The table's content in canonical order; see [`TableSnapshot`].
     pub fn snapshot(&self) -> TableSnapshot {
-        let mut keys: Vec<KeySnapshot> = self
-            .keys
-            .values()
-            .map(|entry| {
-                let mut holders = match &entry.holders {
-                    Holders::Nobody => Vec::new(),
-                    Holders::Shared(owners) => owners
-                        .iter()
-                        .map(|owner| (*owner, LockMode::Shared))
-                        .collect(),
-                    Holders::Exclusive(owner) => vec![(*owner, LockMode::Exclusive)],
-                };
-                holders.sort_unstable();
-                let mut committing = entry.committing.clone();
-                committing.sort_unstable();
-                KeySnapshot {
-                    name: entry.name.to_string(),
-                    holders,
-                    queue: entry
-                        .queue
-                        .iter()
-                        .map(|waiter| (waiter.owner, waiter.mode))
-                        .collect(),
-                    committing,
-                }
-            })
-            .collect();
+        let mut keys: Vec<KeySnapshot> = self.keys.values().map(KeySnapshot::of).collect();
         keys.sort_unstable_by(|left, right| left.name.cmp(&right.name));
         let mut owners: Vec<OwnerSnapshot> = self
             .owners
             .iter()
-            .map(|(owner, state)| {
-                let mut read_after = state.read_after.clone();
-                read_after.sort_unstable();
-                OwnerSnapshot {
-                    owner: *owner,
-                    held: state
-                        .held
-                        .iter()
-                        .map(|(key, mode)| (key.to_string(), *mode))
-                        .collect(),
-                    waiting: match &state.request {
-                        RequestState::Idle => None,
-                        RequestState::Waiting(waiting) => Some(WaitSnapshot {
-                            key: waiting.key.to_string(),
-                            mode: waiting.mode,
-                            remaining: waiting.remaining_keys.as_slice().to_vec(),
-                        }),
-                    },
-                    grouping: state.grouping,
-                    leadership: state.leadership,
-                    read_after,
-                }
-            })
+            .map(|(owner, state)| OwnerSnapshot::of(*owner, state))
             .collect();
         owners.sort_unstable_by_key(|owner| owner.owner);
         let mut commits: Vec<(CommitTicket, Vec<String>)> = self
@@ -133,6 +86,58 @@ impl LockTable {
             keys,
             owners,
             commits,
+        }
+    }
+}
+
+impl KeySnapshot {
+    fn of(entry: &KeyEntry) -> KeySnapshot {
+        let mut holders = match &entry.holders {
+            Holders::Nobody => Vec::new(),
+            Holders::Shared(owners) => owners
+                .iter()
+                .map(|owner| (*owner, LockMode::Shared))
+                .collect(),
+            Holders::Exclusive(owner) => vec![(*owner, LockMode::Exclusive)],
+        };
+        holders.sort_unstable();
+        let mut committing = entry.committing.clone();
+        committing.sort_unstable();
+        KeySnapshot {
+            name: entry.name.to_string(),
+            holders,
+            queue: entry
+                .queue
+                .iter()
+                .map(|waiter| (waiter.owner, waiter.mode))
+                .collect(),
+            committing,
+        }
+    }
+}
+
+impl OwnerSnapshot {
+    fn of(owner: OwnerId, state: &OwnerState) -> OwnerSnapshot {
+        let mut read_after = state.read_after.clone();
+        read_after.sort_unstable();
+        OwnerSnapshot {
+            owner,
+            held: state
+                .held
+                .iter()
+                .map(|(key, mode)| (key.to_string(), *mode))
+                .collect(),
+            waiting: match &state.request {
+                RequestState::Idle => None,
+                RequestState::Waiting(waiting) => Some(WaitSnapshot {
+                    key: waiting.key.to_string(),
+                    mode: waiting.mode,
+                    remaining: waiting.remaining_keys.as_slice().to_vec(),
+                }),
+            },
+            grouping: state.grouping,
+            leadership: state.leadership,
+            read_after,
         }
     }
 }
