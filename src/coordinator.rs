@@ -164,6 +164,9 @@ impl Coordinator {
     }
 
     fn granted_at_once(&mut self, keys: Vec<KeyName>) {
+        if keys.is_empty() {
+            return;
+        }
         if let Some(hot_keys) = &mut self.hot_keys {
             let now = Instant::now();
             for key in &keys {
@@ -172,13 +175,11 @@ impl Coordinator {
         }
     }
 
-    /// The key `owner` just queued for, counted, when hot keys are kept.
-    fn queued(&mut self, owner: OwnerId) -> Option<(KeyName, Instant)> {
-        let hot_keys = self.hot_keys.as_mut()?;
-        let key = self.table.waiting_key_name(owner)?;
-        let now = Instant::now();
-        hot_keys.queued(&key, now);
-        Some((key, now))
+    /// The key `owner` just queued for, and when, while hot keys are kept; the wait is
+    /// counted when it ends (`wait_ended`), or read in progress by `hottest`.
+    fn queued(&self, owner: OwnerId) -> Option<(KeyName, Instant)> {
+        self.hot_keys.as_ref()?;
+        Some((self.table.waiting_key_name(owner)?, Instant::now()))
     }
 
     /// The hot keys for `GetStats`, with their queues now.

@@ -9,8 +9,9 @@
 //! while a stream of keys waited for once passes through. What is reported is the sum of both
 //! generations: the last 5 to 10 seconds.
 //!
-//! Only waits cost anything: a request granted at once touches the maps only when they hold
-//! something, and then with one lookup per key.
+//! Only waits cost anything, one map update each, when the wait ends (waits in progress are
+//! added when the summary is read); a request granted at once touches the maps only when they
+//! hold something, and then with one lookup per key.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -29,7 +30,7 @@ pub struct KeyHeat {
     pub key: KeyName,
     /// Time requests spent queued for it, summed; waits still in progress count so far.
     pub wait: Duration,
-    /// Requests that queued for it.
+    /// Requests that queued for it, those still queued included.
     pub waits: u64,
     /// Requests granted it while it was hot (after queueing, or at once while it was kept).
     pub grants: u64,
@@ -57,19 +58,24 @@ impl Generation {
     }
 
     /// The figures of `key`, making room for it by evicting the least waited-for key when
-    /// the map is full.
+    /// the map is full. A key already kept costs one lookup and no copy.
     fn figures_of(&mut self, key: &KeyName, capacity: usize) -> &mut Figures {
-        if !self.keys.contains_key(key) && self.keys.len() >= capacity {
-            let coldest = self
-                .keys
-                .iter()
-                .min_by_key(|(_, figures)| figures.wait)
-                .map(|(key, _)| key.clone());
-            if let Some(coldest) = coldest {
-                self.keys.remove(&coldest);
+        if !self.keys.contains_key(key) {
+            if self.keys.len() >= capacity {
+                let coldest = self
+                    .keys
+                    .iter()
+                    .min_by_key(|(_, figures)| figures.wait)
+                    .map(|(key, _)| key.clone());
+                if let Some(coldest) = coldest {
+                    self.keys.remove(&coldest);
+                }
             }
+            self.keys.insert(key.clone(), Figures::default());
         }
-        self.keys.entry(key.clone()).or_default()
+        self.keys
+            .get_mut(key)
+            .expect("the key is kept: it was there or was just inserted")
     }
 }
 
@@ -96,16 +102,11 @@ impl HotKeys {
         }
     }
 
-    /// A request started queueing for `key`.
-    pub fn queued(&mut self, key: &KeyName, now: Instant) {
-        self.rotate(now);
-        self.current.figures_of(key, self.capacity).waits += 1;
-    }
-
     /// A request that queued for `key` stopped waiting after `waited`, `granted` or not.
     pub fn waited(&mut self, key: &KeyName, waited: Duration, granted: bool, now: Instant) {
         self.rotate(now);
         let figures = self.current.figures_of(key, self.capacity);
+        figures.waits += 1;
         figures.wait += waited;
         figures.grants += u64::from(granted);
     }
@@ -142,7 +143,9 @@ impl HotKeys {
             sum.grants += figures.grants;
         }
         for (key, waited) in ongoing {
-            merged.entry(key).or_default().wait += waited;
+            let sum = merged.entry(key).or_default();
+            sum.wait += waited;
+            sum.waits += 1;
         }
         let mut heats: Vec<KeyHeat> = merged
             .into_iter()
@@ -187,9 +190,7 @@ mod tests {
     }
 
     fn wait(hot: &mut HotKeys, key: &str, waited: Duration, now: Instant) {
-        let key = name(key);
-        hot.queued(&key, now);
-        hot.waited(&key, waited, true, now);
+        hot.waited(&name(key), waited, true, now);
     }
 
     fn ranking(hot: &mut HotKeys, now: Instant) -> Vec<(String, u64)> {
@@ -220,7 +221,6 @@ mod tests {
         let start = Instant::now();
         let mut hot = HotKeys::new(3, start);
         let stuck = name("stuck");
-        hot.queued(&stuck, start);
         let heats = hot.hottest(start, [(&stuck, ms(400))].into_iter());
         assert_eq!(heats.len(), 1);
         assert_eq!(
