@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use common::process::BrokerProcess;
-use common::requests::{transfer_tx, with_keys};
+use common::requests::{transfer_tx, transfer_tx_keyed, with_keys};
 use common::{bank, stats_until, within};
 use txbroker::client::ClientError;
 use txbroker::failover::FailoverClient;
@@ -39,26 +39,32 @@ async fn an_address_that_refuses_is_skipped_for_the_next() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_brokers_request_in_flight_fails_visibly_and_the_next_broker_takes_over() {
+    // Named locks are server-wide: keys of this test's own.
+    const KEYS: &str = "failover_killed:";
     let db = bank("failover_killed", 2, 100).await;
     let config = db.config_file_text("coordination = \"database\"");
     let mut first = BrokerProcess::start("failover_killed_1", &config);
     let second = BrokerProcess::start("failover_killed_2", &config);
     let client = FailoverClient::new([first.addr.to_string(), second.addr.to_string()]);
     client
-        .run_tx(transfer_tx("before", 1, 2, 5))
+        .run_tx(transfer_tx_keyed(KEYS, "before", 1, 2, 5))
         .await
         .expect("on the first broker");
     assert_eq!(client.current_address().await, Some(first.addr.to_string()));
     // Another client of the first broker holds account 1's key, so the next transfer waits.
     let holder = first.client().await;
     holder
-        .begin(with_keys(&["accounts:1"]))
+        .begin(with_keys(&[format!("{KEYS}accounts:1")]))
         .await
         .expect("hold the key");
     let client = std::sync::Arc::new(client);
     let in_flight = tokio::spawn({
         let client = client.clone();
-        async move { client.run_tx(transfer_tx("in_flight", 1, 2, 5)).await }
+        async move {
+            client
+                .run_tx(transfer_tx_keyed(KEYS, "in_flight", 1, 2, 5))
+                .await
+        }
     });
     stats_until(&holder, "the transfer waits for the key", |stats| {
         stats.lock_waiters >= 1
@@ -74,7 +80,7 @@ async fn a_killed_brokers_request_in_flight_fails_visibly_and_the_next_broker_ta
         "{lost:?}"
     );
     client
-        .run_tx(transfer_tx("after", 1, 2, 5))
+        .run_tx(transfer_tx_keyed(KEYS, "after", 1, 2, 5))
         .await
         .expect("on the second broker");
     assert_eq!(

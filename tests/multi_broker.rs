@@ -13,6 +13,7 @@ mod common;
 use std::time::Duration;
 
 use common::process::BrokerProcess;
+use common::requests::transfer_tx_keyed;
 use common::{bank, within, TestDb};
 use txbroker::client::{Client, ClientError};
 use txbroker::error::ErrorCode;
@@ -50,13 +51,14 @@ async fn opposite_transfers(brokers: &[BrokerProcess], keys: &str) -> LoadOutcom
         for client_number in 0..CLIENTS_PER_BROKER {
             let client = broker.client().await;
             let (from, to) = if index % 2 == 0 { (1, 2) } else { (2, 1) };
-            let keys = keys.to_string();
+            let keys = format!("{keys}:");
             tasks.push(tokio::spawn(async move {
                 let mut outcome = (0u64, Vec::new());
                 for transfer in 0..TRANSFERS_PER_CLIENT {
                     let ledger_id = format!("{index}-{client_number}-{transfer}");
-                    match transfer_once(&client, &keys, &ledger_id, from, to).await {
-                        Ok(()) => outcome.0 += 1,
+                    let transfer = transfer_tx_keyed(&keys, &ledger_id, from, to, 1);
+                    match client.run_tx(transfer).await {
+                        Ok(_) => outcome.0 += 1,
                         Err(error) => outcome.1.push(error),
                     }
                 }
@@ -80,34 +82,6 @@ async fn opposite_transfers(brokers: &[BrokerProcess], keys: &str) -> LoadOutcom
         load.deadlocks += stats(&broker.client().await).await.deadlocks;
     }
     load
-}
-
-async fn transfer_once(
-    client: &Client,
-    keys: &str,
-    ledger_id: &str,
-    from: i64,
-    to: i64,
-) -> Result<(), ClientError> {
-    client
-        .tx()
-        .lock(format!("{keys}:accounts:1"))
-        .lock(format!("{keys}:accounts:2"))
-        .exec(
-            "UPDATE accounts SET balance = balance - 1 WHERE id = ?",
-            vec![from.into()],
-        )
-        .exec(
-            "UPDATE accounts SET balance = balance + 1 WHERE id = ?",
-            vec![to.into()],
-        )
-        .exec(
-            "INSERT INTO ledger VALUES (?, ?, ?, 1)",
-            vec![ledger_id.into(), from.into(), to.into()],
-        )
-        .run()
-        .await
-        .map(|_| ())
 }
 
 async fn stats(client: &Client) -> Stats {
@@ -188,22 +162,21 @@ async fn a_key_held_on_one_database_broker_times_out_on_another_even_when_hashed
         "held as a named lock from the begin"
     );
     let waiting = waiter.client().await;
-    let refused = waiting
-        .tx()
-        .lock(long_key.clone())
-        .exec("UPDATE accounts SET balance = balance WHERE id = 1", vec![])
-        .run()
+    let touch_row_1 = || {
+        waiting
+            .tx()
+            .lock(long_key.clone())
+            .exec("UPDATE accounts SET balance = balance WHERE id = 1", vec![])
+            .run()
+    };
+    let refused = touch_row_1()
         .await
         .expect_err("the key is held on the other broker");
     assert_eq!(refused.code(), Some(ErrorCode::LockTimeout), "{refused}");
     assert!(refused.is_retryable());
     // Once the holder commits, the other broker gets the key, and it is released after.
     holding.commit().await.expect("commit");
-    waiting
-        .tx()
-        .lock(long_key.clone())
-        .exec("UPDATE accounts SET balance = balance WHERE id = 1", vec![])
-        .run()
+    touch_row_1()
         .await
         .expect("granted once the holder committed");
     assert_eq!(db.scalar(&free).await, 1, "released after its commit");

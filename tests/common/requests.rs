@@ -25,9 +25,15 @@ pub fn with_keys<K: AsRef<str>>(exclusive: &[K]) -> TxOptions {
 /// One transfer of `amount` from account `from` to account `to`: both balances and a ledger
 /// row with the client-chosen unique `id`, with both accounts' keys declared.
 pub fn transfer_tx(id: &str, from: u64, to: u64, amount: i64) -> TxRequest {
+    transfer_tx_keyed("", id, from, to, amount)
+}
+
+/// `transfer_tx` with keys `{namespace}accounts:{id}`: named locks are server-wide, so tests
+/// that take keys in the database (`coordination = "database"`) give them a namespace.
+pub fn transfer_tx_keyed(namespace: &str, id: &str, from: u64, to: u64, amount: i64) -> TxRequest {
     TxBuilder::new()
-        .lock(format!("accounts:{from}"))
-        .lock(format!("accounts:{to}"))
+        .lock(format!("{namespace}accounts:{from}"))
+        .lock(format!("{namespace}accounts:{to}"))
         .exec(
             "UPDATE accounts SET balance = balance - ? WHERE id = ?",
             vec![amount.into(), from.into()],

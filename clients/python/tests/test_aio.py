@@ -4,6 +4,7 @@ import asyncio
 
 import pytest
 
+import txbroker
 from txbroker import (
     BadRequestError,
     LockConflictError,
@@ -95,4 +96,20 @@ def test_requests_waiting_when_the_connection_closes_fail(broker):
                 await task
         with pytest.raises(TxbrokerConnectionError):
             await client.ping()
+    run(main())
+
+
+def test_a_keyed_tx_runs_once_and_its_retry_is_replayed(broker, table_name):
+    async def main():
+        async with connect(broker) as client:
+            await client.exec(f"CREATE TABLE {table_name} (id INT PRIMARY KEY, n INT)")
+            await client.exec(f"INSERT INTO {table_name} VALUES (1, 0)")
+            key = txbroker.new_idempotency_key()
+            bump = [(f"UPDATE {table_name} SET n = n + 1 WHERE id = 1", [])]
+            first = await client.tx(bump, locks=["rows:1"], idempotency_key=key)
+            again = await client.tx(bump, locks=["rows:1"], idempotency_key=key)
+            assert not first.replayed and again.replayed
+            assert again.results[0].affected == first.results[0].affected == 1
+            n = await client.exec(f"SELECT n FROM {table_name} WHERE id = 1")
+            assert n.scalar() == 1
     run(main())

@@ -519,7 +519,8 @@ def _transfer(client, table, key, amount=10):
     )
 
 
-def test_a_keyed_tx_is_answered_again_replayed_and_a_mismatch_is_refused(broker, client, table_name):
+def test_a_keyed_tx_is_answered_again_replayed_and_a_mismatch_is_refused(
+        broker, client, table_name):
     make_accounts(client, table_name, [100, 50])
     key = txbroker.new_idempotency_key()
     first = _transfer(client, table_name, key)

@@ -6,7 +6,6 @@ through the next broker."""
 import socket
 import threading
 
-
 import txbroker
 from conftest import wait_for
 

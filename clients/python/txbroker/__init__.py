@@ -21,7 +21,6 @@ from .client import (
     retry,
     retry_idempotent,
 )
-from .failover import FailoverClient
 from .errors import (
     AuthenticationError,
     BadRequestError,
@@ -44,6 +43,7 @@ from .errors import (
     TxbrokerError,
     TxbrokerTimeoutError,
 )
+from .failover import FailoverClient
 
 __all__ = [
     "__version__",

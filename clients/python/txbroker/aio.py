@@ -227,9 +227,11 @@ class Client:
         isolation: Optional[str] = None,
         read_only: bool = False,
         retries: Optional[int] = None,
+        idempotency_key: Optional[str] = None,
     ) -> TxResult:
-        """As :meth:`txbroker.Client.tx`."""
-        fields = _tx_request_fields(statements, locks, read_locks, isolation, read_only, retries)
+        """As :meth:`txbroker.Client.tx`, ``idempotency_key`` included."""
+        fields = _tx_request_fields(statements, locks, read_locks, isolation, read_only, retries,
+                                    idempotency_key)
         return _tx_result(await self._request("tx", fields))
 
     async def exec(self, sql: str, params: Sequence[Any] = ()) -> Result:

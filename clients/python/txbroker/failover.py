@@ -12,7 +12,7 @@ recorded outcome; :meth:`FailoverClient.tx` is the one place that would do so.
 """
 
 import threading
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .client import Client, TxResult
 from .errors import BusyError, ShuttingDownError, TxbrokerConnectionError
@@ -79,7 +79,7 @@ class FailoverClient:
                     raise
             raise TxbrokerConnectionError("every broker turned the request away")
 
-    def stats(self) -> dict:
+    def stats(self) -> Dict[str, Any]:
         """The counters of the broker in use."""
         with self._lock:
             try:
