@@ -138,18 +138,7 @@ impl BrokerBuilder {
         check_database(&database, &log).await;
         let purge = start_idempotency_table(&config, &database, &log).await;
         let threads = Threads::start(&config, listener.is_some());
-        let coordinator = Coordinator::start_in_arbiter(&threads.coordinator, {
-            let (lock_wait_timeout, max_group_size, hot_keys) = (
-                config.lock_wait_timeout(),
-                config.max_group_size,
-                config.hot_keys,
-            );
-            let group_reach = match config.coordination {
-                Coordination::Local => GroupReach::HeldOrFree,
-                Coordination::Database => GroupReach::HeldByLeader,
-            };
-            move |_| Coordinator::new(lock_wait_timeout, max_group_size, group_reach, hot_keys)
-        });
+        let coordinator = start_coordinator(&config, &threads);
         let (phase, _) = watch::channel(ServerPhase::Serving);
         let monitor = Monitor::new(
             metrics.clone(),
@@ -157,10 +146,7 @@ impl BrokerBuilder {
             database.clone(),
             phase.subscribe(),
         );
-        let monitoring = match &config.metrics_listen {
-            Some(address) => Some(start_monitoring(&monitor, address, &log)?),
-            None => None,
-        };
+        let monitoring = start_monitoring(&monitor, &config, &log)?;
         let sessions = SessionFactory::new(
             config.clone(),
             database,
@@ -190,12 +176,33 @@ impl BrokerBuilder {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `address`.
+/// The lock coordinator, on its own arbiter when the configuration gives it one.
+fn start_coordinator(config: &Config, threads: &Threads) -> Addr<Coordinator> {
+    let (lock_wait_timeout, max_group_size, hot_keys) = (
+        config.lock_wait_timeout(),
+        config.max_group_size,
+        config.hot_keys,
+    );
+    // A key a leader takes over for a member has no named lock on the leader's connection,
+    // so across brokers only keys the leader already holds may join it.
+    let group_reach = match config.coordination {
+        Coordination::Local => GroupReach::HeldOrFree,
+        Coordination::Database => GroupReach::HeldByLeader,
+    };
+    Coordinator::start_in_arbiter(&threads.coordinator, move |_| {
+        Coordinator::new(lock_wait_timeout, max_group_size, group_reach, hot_keys)
+    })
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `metrics_listen`, when it is set.
 fn start_monitoring(
     monitor: &Monitor,
-    address: &str,
+    config: &Config,
     log: &Logger,
-) -> Result<(ServerHandle, SocketAddr), StartError> {
+) -> Result<Option<(ServerHandle, SocketAddr)>, StartError> {
+    let Some(address) = &config.metrics_listen else {
+        return Ok(None);
+    };
     let (handle, bound) = monitor
         .serve(address)
         .map_err(|source| StartError::Monitoring {
@@ -203,7 +210,7 @@ fn start_monitoring(
             source,
         })?;
     info!(log, "serving monitoring"; "address" => %bound);
-    Ok((handle, bound))
+    Ok(Some((handle, bound)))
 }
 
 /// TLS for client connections when the config names a certificate and a key.

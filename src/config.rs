@@ -273,31 +273,11 @@ impl Config {
         if mysql_async::Opts::from_url(&self.database_url).is_err() {
             return invalid("database_url is not a mysql:// URL");
         }
-        if self.max_sessions == 0 {
-            return invalid("max_sessions must be at least 1");
+        if let Some(name) = self.first_zero_count() {
+            return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
         }
         if self.max_frame_bytes < 64 || self.max_frame_bytes > u32::MAX as usize {
             return invalid("max_frame_bytes must be between 64 and 4294967295");
-        }
-        if self.lock_wait_timeout_ms == 0 {
-            return invalid("lock_wait_timeout_ms must be at least 1");
-        }
-        if self.idle_tx_timeout_ms == 0 {
-            return invalid("idle_tx_timeout_ms must be at least 1");
-        }
-        if self.client_read_timeout_ms == 0 {
-            return invalid("client_read_timeout_ms must be at least 1");
-        }
-        if self.max_pipelined_requests == 0 {
-            return invalid("max_pipelined_requests must be at least 1");
-        }
-        if self.max_keys_per_request == 0
-            || self.max_statements_per_tx == 0
-            || self.max_sql_bytes == 0
-        {
-            return invalid(
-                "max_keys_per_request, max_statements_per_tx and max_sql_bytes must be at least 1",
-            );
         }
         if self.hot_keys > MAX_HOT_KEYS {
             return invalid("hot_keys must be at most 100");
@@ -324,18 +304,34 @@ impl Config {
                 "idempotency_table and idempotency_database must be 1 to 64 letters, digits, _ or $",
             );
         }
-        if self.idempotency_ttl_s == 0
-            || self.idempotency_purge_batch == 0
-            || self.idempotency_purge_interval_ms == 0
-        {
-            return invalid(
-                "idempotency_ttl_s, idempotency_purge_batch and idempotency_purge_interval_ms must be at least 1",
-            );
-        }
         if parse_log_level(&self.log_level).is_none() {
             return invalid("log_level must be error, warning, info, debug or trace");
         }
         Ok(())
+    }
+
+    /// The first of the counts and durations that must not be 0 and is.
+    fn first_zero_count(&self) -> Option<&'static str> {
+        let counts = [
+            ("max_sessions", self.max_sessions as u64),
+            ("lock_wait_timeout_ms", self.lock_wait_timeout_ms),
+            ("idle_tx_timeout_ms", self.idle_tx_timeout_ms),
+            ("client_read_timeout_ms", self.client_read_timeout_ms),
+            ("max_pipelined_requests", self.max_pipelined_requests as u64),
+            ("max_keys_per_request", self.max_keys_per_request as u64),
+            ("max_statements_per_tx", self.max_statements_per_tx as u64),
+            ("max_sql_bytes", self.max_sql_bytes as u64),
+            ("idempotency_ttl_s", self.idempotency_ttl_s),
+            ("idempotency_purge_batch", self.idempotency_purge_batch),
+            (
+                "idempotency_purge_interval_ms",
+                self.idempotency_purge_interval_ms,
+            ),
+        ];
+        counts
+            .into_iter()
+            .find(|(_, count)| *count == 0)
+            .map(|(name, _)| name)
     }
 
     pub fn lock_wait_timeout(&self) -> Duration {

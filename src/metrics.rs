@@ -200,21 +200,112 @@ pub struct Metrics {
     retries: Counter,
     retries_by_code: Family<RetryLabels, Counter>,
     deadlocks: Counter,
+    keys: KeyCounters,
+    transactions: TransactionHistograms,
+    lock_wait: Histogram,
+    database: DatabaseCounters,
+    client_bytes: ClientBytes,
+    recent_latency: Mutex<LatencyWindow>,
+    timing: Timing,
+    lock_view: std::sync::Arc<LockViewCollector>,
+}
+
+/// What hand-over and group execution (protocol 1.1) did.
+struct KeyCounters {
     handovers: Counter,
     groups_committed: Counter,
     transactions_grouped: Counter,
     reads_waiting: Gauge,
-    transactions: TransactionHistograms,
-    lock_wait: Histogram,
-    database_connects: Counter,
-    database_reconnects: Counter,
-    database_connect_errors: Counter,
-    database_connections_lost: Counter,
-    bytes_received: Counter,
-    bytes_sent: Counter,
-    recent_latency: Mutex<LatencyWindow>,
-    timing: Timing,
-    lock_view: std::sync::Arc<LockViewCollector>,
+}
+
+impl KeyCounters {
+    fn register(registry: &mut Registry) -> KeyCounters {
+        let reads_waiting = Gauge::default();
+        registry.register(
+            "reads_waiting",
+            "Statements that read without locking, waiting now for a handed-over commit",
+            reads_waiting.clone(),
+        );
+        KeyCounters {
+            handovers: counter(
+                registry,
+                "handovers",
+                "Transactions whose keys passed on when their COMMIT was sent",
+            ),
+            groups_committed: counter(
+                registry,
+                "groups_committed",
+                "Database commits that carried a group of two or more requests",
+            ),
+            transactions_grouped: counter(
+                registry,
+                "transactions_grouped",
+                "Requests committed in groups, leaders included",
+            ),
+            reads_waiting,
+        }
+    }
+}
+
+/// The sessions' database connections.
+struct DatabaseCounters {
+    connects: Counter,
+    reconnects: Counter,
+    connect_errors: Counter,
+    connections_lost: Counter,
+}
+
+impl DatabaseCounters {
+    fn register(registry: &mut Registry) -> DatabaseCounters {
+        DatabaseCounters {
+            connects: counter(
+                registry,
+                "database_connects",
+                "Database connections opened by sessions",
+            ),
+            reconnects: counter(
+                registry,
+                "database_reconnects",
+                "Database connections opened to replace one a session had lost or found dead",
+            ),
+            connect_errors: counter(
+                registry,
+                "database_connect_errors",
+                "Attempts to open a database connection that failed",
+            ),
+            connections_lost: counter(
+                registry,
+                "database_connections_lost",
+                "Database connections that broke under a request",
+            ),
+        }
+    }
+}
+
+/// Protocol bytes to and from TCP clients, counted by their frame codecs.
+struct ClientBytes {
+    received: Counter,
+    sent: Counter,
+}
+
+impl ClientBytes {
+    fn register(registry: &mut Registry) -> ClientBytes {
+        let received = Counter::default();
+        registry.register_with_unit(
+            "client_received",
+            "Protocol bytes received from TCP clients, frame headers included",
+            Unit::Bytes,
+            received.clone(),
+        );
+        let sent = Counter::default();
+        registry.register_with_unit(
+            "client_sent",
+            "Protocol bytes sent to TCP clients, frame headers included",
+            Unit::Bytes,
+            sent.clone(),
+        );
+        ClientBytes { received, sent }
+    }
 }
 
 impl Default for Metrics {
@@ -227,6 +318,21 @@ impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
     }
+}
+
+/// The retries counted by MySQL error code, with the two codes every conflict retry has so
+/// far present from the start, so that a rate over them reads 0 rather than nothing.
+fn retries_by_code(registry: &mut Registry) -> Family<RetryLabels, Counter> {
+    let retries_by_code = Family::<RetryLabels, Counter>::default();
+    for mysql_code in [1205, 1213] {
+        let _ = retries_by_code.get_or_create(&RetryLabels { mysql_code });
+    }
+    registry.register(
+        "retries",
+        "Extra runs of a tx after a conflict the database reported, by MySQL error code",
+        retries_by_code.clone(),
+    );
+    retries_by_code
 }
 
 impl Metrics {
@@ -248,43 +354,13 @@ impl Metrics {
             "transactions_rolled_back",
             "Transactions that ended in rollback, each counted once however many runs it made",
         );
-        let retries_by_code = Family::<RetryLabels, Counter>::default();
-        // The two codes every conflict retry has so far, present from the start so that a
-        // rate over them reads 0 rather than nothing.
-        for mysql_code in [1205, 1213] {
-            let _ = retries_by_code.get_or_create(&RetryLabels { mysql_code });
-        }
-        registry.register(
-            "retries",
-            "Extra runs of a tx after a conflict the database reported, by MySQL error code",
-            retries_by_code.clone(),
-        );
+        let retries_by_code = retries_by_code(&mut registry);
         let deadlocks = counter(
             &mut registry,
             "deadlocks",
             "Deadlocks the database reported (1213 or SQLSTATE 40001)",
         );
-        let handovers = counter(
-            &mut registry,
-            "handovers",
-            "Transactions whose keys passed on when their COMMIT was sent",
-        );
-        let groups_committed = counter(
-            &mut registry,
-            "groups_committed",
-            "Database commits that carried a group of two or more requests",
-        );
-        let transactions_grouped = counter(
-            &mut registry,
-            "transactions_grouped",
-            "Requests committed in groups, leaders included",
-        );
-        let reads_waiting = Gauge::default();
-        registry.register(
-            "reads_waiting",
-            "Statements that read without locking, waiting now for a handed-over commit",
-            reads_waiting.clone(),
-        );
+        let keys = KeyCounters::register(&mut registry);
         let transactions = transaction_histograms(&mut registry);
         let lock_wait = Histogram::new(latency_buckets());
         registry.register_with_unit(
@@ -293,40 +369,8 @@ impl Metrics {
             Unit::Seconds,
             lock_wait.clone(),
         );
-        let database_connects = counter(
-            &mut registry,
-            "database_connects",
-            "Database connections opened by sessions",
-        );
-        let database_reconnects = counter(
-            &mut registry,
-            "database_reconnects",
-            "Database connections opened to replace one a session had lost or found dead",
-        );
-        let database_connect_errors = counter(
-            &mut registry,
-            "database_connect_errors",
-            "Attempts to open a database connection that failed",
-        );
-        let database_connections_lost = counter(
-            &mut registry,
-            "database_connections_lost",
-            "Database connections that broke under a request",
-        );
-        let bytes_received = Counter::default();
-        registry.register_with_unit(
-            "client_received",
-            "Protocol bytes received from TCP clients, frame headers included",
-            Unit::Bytes,
-            bytes_received.clone(),
-        );
-        let bytes_sent = Counter::default();
-        registry.register_with_unit(
-            "client_sent",
-            "Protocol bytes sent to TCP clients, frame headers included",
-            Unit::Bytes,
-            bytes_sent.clone(),
-        );
+        let database = DatabaseCounters::register(&mut registry);
+        let client_bytes = ClientBytes::register(&mut registry);
         let lock_view = std::sync::Arc::new(LockViewCollector::default());
         registry.register_collector(Box::new(lock_view.clone()));
         Metrics {
@@ -337,18 +381,11 @@ impl Metrics {
             retries: Counter::default(),
             retries_by_code,
             deadlocks,
-            handovers,
-            groups_committed,
-            transactions_grouped,
-            reads_waiting,
+            keys,
             transactions,
             lock_wait,
-            database_connects,
-            database_reconnects,
-            database_connect_errors,
-            database_connections_lost,
-            bytes_received,
-            bytes_sent,
+            database,
+            client_bytes,
             recent_latency: Mutex::new(LatencyWindow::new(LATENCY_WINDOW_SECONDS, Instant::now())),
             timing,
             lock_view,
@@ -410,45 +447,45 @@ impl Metrics {
     }
 
     pub fn handed_over(&self) {
-        self.handovers.inc();
+        self.keys.handovers.inc();
     }
 
     /// A group's transaction committed `requests` requests (two or more).
     pub fn group_committed(&self, requests: u64) {
-        self.groups_committed.inc();
-        self.transactions_grouped.inc_by(requests);
+        self.keys.groups_committed.inc();
+        self.keys.transactions_grouped.inc_by(requests);
     }
 
     /// A statement starts waiting for a handed-over commit; the guard counts its end.
     pub fn read_waiting(&self) -> ReadWaiting<'_> {
-        self.reads_waiting.inc();
+        self.keys.reads_waiting.inc();
         ReadWaiting(self)
     }
 
     /// A session opened a database connection; `replacing` when it had one before.
     pub fn database_connected(&self, replacing: bool) {
-        self.database_connects.inc();
+        self.database.connects.inc();
         if replacing {
-            self.database_reconnects.inc();
+            self.database.reconnects.inc();
         }
     }
 
     pub fn database_connect_failed(&self) {
-        self.database_connect_errors.inc();
+        self.database.connect_errors.inc();
     }
 
     pub fn database_connection_lost(&self) {
-        self.database_connections_lost.inc();
+        self.database.connections_lost.inc();
     }
 
     /// The counter a codec reading client frames adds their sizes to.
     pub fn bytes_received(&self) -> Counter {
-        self.bytes_received.clone()
+        self.client_bytes.received.clone()
     }
 
     /// The counter a codec writing client frames adds their sizes to.
     pub fn bytes_sent(&self) -> Counter {
-        self.bytes_sent.clone()
+        self.client_bytes.sent.clone()
     }
 
     /// Latency percentiles of the transactions that ended in the last seconds.
@@ -476,10 +513,10 @@ impl Metrics {
             transactions_rolled_back: self.transactions_rolled_back.get(),
             retries: self.retries.get(),
             deadlocks: self.deadlocks.get(),
-            handovers: self.handovers.get(),
-            groups_committed: self.groups_committed.get(),
-            transactions_grouped: self.transactions_grouped.get(),
-            reads_waiting: gauge(&self.reads_waiting),
+            handovers: self.keys.handovers.get(),
+            groups_committed: self.keys.groups_committed.get(),
+            transactions_grouped: self.keys.transactions_grouped.get(),
+            reads_waiting: gauge(&self.keys.reads_waiting),
         }
     }
 }
@@ -556,7 +593,7 @@ pub struct ReadWaiting<'a>(&'a Metrics);
 
 impl Drop for ReadWaiting<'_> {
     fn drop(&mut self) {
-        self.0.reads_waiting.dec();
+        self.0.keys.reads_waiting.dec();
     }
 }
 

@@ -11,14 +11,15 @@
 //! the predecessor's commit is visible (promise 1). Within one broker hand-over still passes
 //! the local keys at `COMMIT`; the successor then waits in `GET_LOCK` for the release.
 
-use std::time::Instant;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use super::SessionEngine;
-use crate::db::DbError;
+use crate::db::{ConnectionIdentity, DbError};
 use crate::error::{AbortReason, BrokerError, LockFailure};
 use crate::locks::LockRequest;
 use crate::named_locks::{lock_name, release_statement, take_script, NamedLockSet, NamedLockWait};
-use crate::protocol::Value;
+use crate::protocol::{QueryResult, Value};
 
 /// Whether this broker also takes its keys in the database.
 pub(super) enum CrossBrokerKeys {
@@ -74,24 +75,11 @@ impl SessionEngine {
             return Ok(());
         };
         let connection = self.db.identity();
-        let held = set.held_on(connection);
-        let highest = held.iter().next_back();
         let left = self
             .config
             .lock_wait_timeout()
             .saturating_sub(asked.elapsed());
-        let steps: Vec<(String, NamedLockWait)> = request
-            .keys()
-            .iter()
-            .filter(|(key, _)| !held.contains(key))
-            .map(|(key, _)| {
-                let wait = match highest {
-                    Some(highest) if key < highest => NamedLockWait::Try,
-                    _ => NamedLockWait::Upto(left),
-                };
-                (key.clone(), wait)
-            })
-            .collect();
+        let steps = steps_to_take(set.held_on(connection), request, left);
         let Some(connection) = connection.filter(|_| !steps.is_empty()) else {
             return match steps.is_empty() {
                 true => Ok(()),
@@ -108,28 +96,13 @@ impl SessionEngine {
         let CrossBrokerKeys::NamedLocks(set) = &mut self.cross_broker else {
             return Ok(());
         };
-        // Every lock taken is noted, also after one that was not: a later `GET_LOCK` told
-        // not to wait still takes a free lock.
-        let mut failure = None;
-        for ((key, wait), answer) in steps.into_iter().zip(&answers) {
-            let refused = match answer.rows.first().and_then(|row| row.first()) {
-                Some(Value::Int(1) | Value::UInt(1)) => {
-                    set.taken(connection, key);
-                    continue;
-                }
-                Some(Value::Int(0) | Value::UInt(0)) => TakeFailure::Lock(match wait {
-                    NamedLockWait::Try => LockFailure::Conflict { key },
-                    NamedLockWait::Upto(_) => LockFailure::Timeout {
-                        key,
-                        waited_ms: self.config.lock_wait_timeout_ms,
-                    },
-                }),
-                _ => TakeFailure::Db(DbError::Unavailable(format!(
-                    "GET_LOCK for key {key:?} answered NULL (the server failed or the query was killed)"
-                ))),
-            };
-            failure.get_or_insert(refused);
-        }
+        let failure = note_answers(
+            set,
+            connection,
+            steps,
+            &answers,
+            self.config.lock_wait_timeout_ms,
+        );
         match failure.or(error.map(TakeFailure::Db)) {
             Some(failure) => Err(failure),
             None => Ok(()),
@@ -154,4 +127,59 @@ impl SessionEngine {
             self.db.disconnect().await;
         }
     }
+}
+
+/// The keys of `request` the connection does not hold yet, each with how long it may wait: a
+/// key above every key held waits for what is `left`; one below is only tried.
+fn steps_to_take(
+    held: &BTreeSet<String>,
+    request: &LockRequest,
+    left: Duration,
+) -> Vec<(String, NamedLockWait)> {
+    let highest = held.iter().next_back();
+    request
+        .keys()
+        .iter()
+        .filter(|(key, _)| !held.contains(key))
+        .map(|(key, _)| {
+            let wait = match highest {
+                Some(highest) if key < highest => NamedLockWait::Try,
+                _ => NamedLockWait::Upto(left),
+            };
+            (key.clone(), wait)
+        })
+        .collect()
+}
+
+/// Notes in `set` every lock the server's answers say was taken, also after one that was not
+/// (a later `GET_LOCK` told not to wait still takes a free lock), and returns the first
+/// refusal.
+fn note_answers(
+    set: &mut NamedLockSet,
+    connection: ConnectionIdentity,
+    steps: Vec<(String, NamedLockWait)>,
+    answers: &[QueryResult],
+    lock_wait_timeout_ms: u64,
+) -> Option<TakeFailure> {
+    let mut failure = None;
+    for ((key, wait), answer) in steps.into_iter().zip(answers) {
+        let refused = match answer.rows.first().and_then(|row| row.first()) {
+            Some(Value::Int(1) | Value::UInt(1)) => {
+                set.taken(connection, key);
+                continue;
+            }
+            Some(Value::Int(0) | Value::UInt(0)) => TakeFailure::Lock(match wait {
+                NamedLockWait::Try => LockFailure::Conflict { key },
+                NamedLockWait::Upto(_) => LockFailure::Timeout {
+                    key,
+                    waited_ms: lock_wait_timeout_ms,
+                },
+            }),
+            _ => TakeFailure::Db(DbError::Unavailable(format!(
+                "GET_LOCK for key {key:?} answered NULL (the server failed or the query was killed)"
+            ))),
+        };
+        failure.get_or_insert(refused);
+    }
+    failure
 }
