@@ -46,7 +46,7 @@ fn config_with(db: &TestDb, change: impl FnOnce(&mut Config)) -> Config {
 }
 
 #[actix_rt::test]
-async fn a_committed_key_is_answered_again_replayed_with_the_same_results_and_runs_nothing() {
+async fn a_committed_key_is_answered_again_replayed_with_the_same_results_and_commits_nothing() {
     let db = bank("idem_replay", 2, 100).await;
     let broker = TestBroker::start(db.config());
     let first_client = broker.client().await;
@@ -80,7 +80,7 @@ async fn a_committed_key_is_answered_again_replayed_with_the_same_results_and_ru
 }
 
 #[actix_rt::test]
-async fn the_same_key_with_another_request_is_refused_and_nothing_runs() {
+async fn the_same_key_with_another_request_is_refused_and_nothing_commits() {
     let db = bank("idem_mismatch", 2, 100).await;
     let broker = TestBroker::start(db.config());
     let client = broker.client().await;

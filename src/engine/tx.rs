@@ -42,9 +42,8 @@ impl TxFailure {
 }
 
 impl SessionEngine {
-    /// A keyed `tx` whose key has a record is answered from it and runs nothing; otherwise it
-    /// also takes its key's broker key, and a failure of it may turn out to be a duplicate's
-    /// success (`idempotent.rs`).
+    /// A keyed `tx` also takes its key's broker key, and a failure of it may turn out to be a
+    /// duplicate's success, or its key's record an expired one (`idempotent.rs`).
     pub(super) async fn run_tx(&mut self, mut tx: TxRequest) -> Result<Reply, BrokerError> {
         for (index, statement) in tx.statements.iter().enumerate() {
             sql_guard::check(&statement.sql, TxMode::InTransaction).map_err(|refusal| {
@@ -52,21 +51,15 @@ impl SessionEngine {
             })?;
         }
         let Some(claim) = Claim::of_tx(&tx) else {
-            return self.execute_tx(tx, None).await;
+            return self.execute_tx(Arc::new(tx), None).await;
         };
-        if let Some(answer) = self.recorded_answer(&claim).await? {
-            return Ok(answer);
-        }
         tx.options.locks = Some(claim.with_lock_key(tx.options.locks.take()));
-        match self.execute_tx(tx, Some(&claim)).await {
-            Err(failure) => self.replayed_instead_of(&claim, failure).await,
-            answer => answer,
-        }
+        self.run_keyed_tx(Arc::new(tx), &claim).await
     }
 
-    async fn execute_tx(
+    pub(super) async fn execute_tx(
         &mut self,
-        tx: TxRequest,
+        tx: Arc<TxRequest>,
         claim: Option<&Claim>,
     ) -> Result<Reply, BrokerError> {
         let isolation = tx
@@ -81,7 +74,6 @@ impl SessionEngine {
         let grouping = self.grouping(&tx, &classes, isolation);
         let retries = tx.retries.unwrap_or(self.config.default_retries);
         let shape = TxShape::of(&tx, &self.config);
-        let tx = Arc::new(tx);
         let member = matches!(grouping, Grouping::Groupable(_)).then(|| tx.clone());
         match self
             .start_transaction(&tx.options, shape, grouping, member)
