@@ -365,3 +365,42 @@ async fn the_table_and_database_are_configurable_and_created_at_start() {
     client.request(plain).await.expect("runs again");
     assert_eq!(db.count("t").await, 3);
 }
+
+fn add_one(key: &str) -> TxRequest {
+    keyed(
+        TxBuilder::new()
+            .lock("accounts:1")
+            .exec(
+                "UPDATE accounts SET balance = balance + 1 WHERE id = 1",
+                vec![],
+            )
+            .into_request(),
+        key,
+    )
+}
+
+#[actix_rt::test]
+async fn a_replay_queued_with_a_new_request_is_answered_from_its_record_and_both_commit_once() {
+    let db = bank("idem_group_replay", 2, 100).await;
+    let broker = TestBroker::start(db.config());
+    let observer = broker.client().await;
+    let first = observer.run_tx(add_one("r")).await.expect("runs");
+    let holder = broker.client().await;
+    begin_and_update_account(&holder, 1, "balance = balance").await;
+    let replay = broker.send_tx(add_one("r")).await;
+    stats_until(&observer, "the replay is queued", |s| s.lock_waiters == 1).await;
+    let fresh = broker.send_tx(add_one("f")).await;
+    stats_until(&observer, "the new one is queued", |s| s.lock_waiters == 2).await;
+    holder.commit().await.expect("the holder lets go");
+    let replayed = answered(replay).await.expect("answered");
+    assert!(replayed.replayed, "{replayed:?}");
+    assert_eq!(replayed.results, first.results);
+    // In the replay's group, the new one fails with it and is sent again; otherwise it ran.
+    if let Err(error) = answered(fresh).await {
+        expect_code::<()>(Err(error), ErrorCode::DbUnavailable);
+        let resent = observer.run_tx(add_one("f")).await.expect("runs");
+        assert!(!resent.replayed);
+    }
+    assert_eq!(balance(&db, 1).await, 102);
+    assert_eq!(db.count("txbroker_outcomes").await, 2);
+}
