@@ -42,10 +42,17 @@ impl SessionEngine {
     /// its own. Runs outside any transaction, on the session's connection.
     pub(super) async fn look_up(&mut self, claim: &Claim) -> Result<Lookup, BrokerError> {
         self.db.ensure_connected().await?;
-        let found = self
-            .db
-            .execute(&self.outcomes.lookup(claim), TxMode::Autocommit)
-            .await?;
+        self.look_up_in(claim, TxMode::Autocommit).await
+    }
+
+    /// `look_up` in `mode`: inside a group's transaction, whose `COMMIT` then carries the
+    /// deletion of an expired record with everything else.
+    pub(super) async fn look_up_in(
+        &mut self,
+        claim: &Claim,
+        mode: TxMode,
+    ) -> Result<Lookup, BrokerError> {
+        let found = self.db.execute(&self.outcomes.lookup(claim), mode).await?;
         match self.outcomes.read(&found, claim) {
             Recorded::Live(reply) => Ok(Lookup::Replay(reply)),
             Recorded::OtherRequest => Err(BrokerError::IdempotencyMismatch {
@@ -53,7 +60,7 @@ impl SessionEngine {
             }),
             Recorded::Expired => {
                 self.db
-                    .execute(&self.outcomes.forget_expired(claim), TxMode::Autocommit)
+                    .execute(&self.outcomes.forget_expired(claim), mode)
                     .await?;
                 Ok(Lookup::RunAfterExpiry)
             }
