@@ -442,7 +442,7 @@ pub fn new_idempotency_key() -> String {
 /// attempt, until it is answered, fails with an error that sending it again cannot change, or
 /// has run `attempts` times. Unlike `retry`, it also sends it again after `commit_unknown` and
 /// after a connection lost with no answer: the key makes the broker answer a retry of a
-/// transaction that did commit with its recorded outcome (`replayed`) instead of running it
+/// transaction that did commit with its recorded outcome (`replayed`) instead of committing it
 /// twice. `transaction` gets the key to put in its request (`TxBuilder::idempotency_key`), and
 /// may connect anew each time.
 ///

@@ -155,7 +155,7 @@ impl OutcomeTable {
                  results_omitted BOOL NOT NULL, \
                  created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
                  expires_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
-                 KEY created_at (created_at), KEY expires_at (expires_at)) ENGINE=InnoDB",
+                 KEY expires_at (expires_at)) ENGINE=InnoDB",
                 self.name
             ),
             Vec::new(),

@@ -46,7 +46,7 @@ fn config_with(db: &TestDb, change: impl FnOnce(&mut Config)) -> Config {
 }
 
 #[actix_rt::test]
-async fn a_committed_key_is_answered_again_replayed_with_the_same_results_and_runs_nothing() {
+async fn a_committed_key_is_answered_again_replayed_with_the_same_results_and_commits_nothing() {
     let db = bank("idem_replay", 2, 100).await;
     let broker = TestBroker::start(db.config());
     let first_client = broker.client().await;
@@ -80,7 +80,7 @@ async fn a_committed_key_is_answered_again_replayed_with_the_same_results_and_ru
 }
 
 #[actix_rt::test]
-async fn the_same_key_with_another_request_is_refused_and_nothing_runs() {
+async fn the_same_key_with_another_request_is_refused_and_nothing_commits() {
     let db = bank("idem_mismatch", 2, 100).await;
     let broker = TestBroker::start(db.config());
     let client = broker.client().await;
@@ -364,4 +364,41 @@ async fn the_table_and_database_are_configurable_and_created_at_start() {
     client.request(plain.clone()).await.expect("runs");
     client.request(plain).await.expect("runs again");
     assert_eq!(db.count("t").await, 3);
+}
+
+fn add_one(key: &str) -> TxRequest {
+    keyed(
+        TxBuilder::new()
+            .lock("accounts:1")
+            .exec(
+                "UPDATE accounts SET balance = balance + 1 WHERE id = 1",
+                vec![],
+            )
+            .into_request(),
+        key,
+    )
+}
+
+#[actix_rt::test]
+async fn a_replay_queued_with_a_new_request_is_answered_from_its_record_and_the_new_one_commits() {
+    let db = bank("idem_group_replay", 2, 100).await;
+    let broker = TestBroker::start(db.config());
+    let observer = broker.client().await;
+    let first = observer.run_tx(add_one("r")).await.expect("runs");
+    let holder = broker.client().await;
+    begin_and_update_account(&holder, 1, "balance = balance").await;
+    let replay = broker.send_tx(add_one("r")).await;
+    stats_until(&observer, "the replay is queued", |s| s.lock_waiters == 1).await;
+    let fresh = broker.send_tx(add_one("f")).await;
+    stats_until(&observer, "the new one is queued", |s| s.lock_waiters == 2).await;
+    holder.commit().await.expect("the holder lets go");
+    let replayed = answered(replay).await.expect("answered");
+    assert!(replayed.replayed, "{replayed:?}");
+    assert_eq!(replayed.results, first.results);
+    // Whether or not the two share a group, the replay changes nothing of the new one's
+    // outcome (promise 3): it commits the first time it is sent.
+    let fresh = answered(fresh).await.expect("the new request commits");
+    assert!(!fresh.replayed, "{fresh:?}");
+    assert_eq!(balance(&db, 1).await, 102);
+    assert_eq!(db.count("txbroker_outcomes").await, 2);
 }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::ending::TxEnd;
+use super::idempotent::Lookup;
 use super::start::TxShape;
 use super::tx::{retry_backoff, TxFailure};
 use super::SessionEngine;
@@ -55,6 +56,8 @@ enum EntryState {
     Ran(Vec<QueryResult>),
     /// Will not commit; this is its answer.
     Failed(BrokerError),
+    /// Its idempotency key's record answers it: it committed earlier and does not run.
+    Replayed(Reply),
     /// A member whose client left before it ran: it never runs and is not answered.
     Abandoned,
 }
@@ -189,6 +192,15 @@ impl SessionEngine {
                     entry.state = EntryState::Abandoned;
                     continue;
                 }
+                let claim = (entry.attempts == 0)
+                    .then(|| Claim::of_tx(&entry.tx))
+                    .flatten();
+                if let Some(claim) = claim {
+                    if let Some(answered) = self.answered_by_record(&claim).await {
+                        group.entries[position].state = answered;
+                        continue;
+                    }
+                }
                 return Some(position);
             }
             from = group.entries.len();
@@ -197,6 +209,18 @@ impl SessionEngine {
             self.keys.close_group();
             let member = group.inbox.recv().await?;
             self.take_member(group, member);
+        }
+    }
+
+    /// A keyed request looks at its record before it first runs in a group: run first, as
+    /// alone, a replay's record `INSERT` would fail the group's `COMMIT` and with it every
+    /// other request (promise 3). `None`: it is to run. Same-key requests are serialized by
+    /// their broker key, so none can record between this look and the group's `COMMIT`.
+    async fn answered_by_record(&mut self, claim: &Claim) -> Option<EntryState> {
+        match self.look_up_in(claim, TxMode::InTransaction).await {
+            Ok(Lookup::Run | Lookup::RunAfterExpiry) => None,
+            Ok(Lookup::Replay(reply)) => Some(EntryState::Replayed(reply)),
+            Err(error) => Some(EntryState::Failed(error)),
         }
     }
 
@@ -554,6 +578,7 @@ fn answer_all(group: &mut Group, outcome: &GroupOutcome) -> Result<Reply, Broker
                 Err(error.clone())
             }
             (EntryState::Failed(error), _) => Err(error),
+            (EntryState::Replayed(reply), _) => Ok(reply),
             (EntryState::ToRun | EntryState::Abandoned, _) => continue,
         };
         match entry.answer.take() {

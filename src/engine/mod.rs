@@ -11,8 +11,8 @@
 //!   one-write `tx`).
 //! - `interactive.rs`: `begin`, `exec` inside a transaction, `lock`, `commit`, `rollback`.
 //! - `group.rs`: group execution, as a group's leader and as a member of another's.
-//! - `idempotent.rs`: idempotency keys: the recorded answer looked up before a keyed request
-//!   runs, and its record written just before its `COMMIT`.
+//! - `idempotent.rs`: idempotency keys: the record written just before a keyed request's
+//!   `COMMIT`, and looked up when a keyed `tx` failed and before a keyed `begin` runs.
 //! - `ending.rs`: `end_transaction`, the one way every transaction ends.
 //! - `cross_broker.rs`: keys taken as named locks in the database (`coordination =
 //!   "database"`), so that brokers sharing a database order their transactions too.

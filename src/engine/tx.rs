@@ -43,9 +43,8 @@ impl TxFailure {
 }
 
 impl SessionEngine {
-    /// A keyed `tx` whose key has a record is answered from it and runs nothing; otherwise it
-    /// also takes its key's broker key, and a failure of it may turn out to be a duplicate's
-    /// success (`idempotent.rs`).
+    /// A keyed `tx` also takes its key's broker key, and a failure of it may turn out to be a
+    /// duplicate's success, or its key's record an expired one (`idempotent.rs`).
     pub(super) async fn run_tx(
         &mut self,
         mut tx: TxRequest,
@@ -57,21 +56,15 @@ impl SessionEngine {
             })?;
         }
         let Some(claim) = Claim::of_tx(&tx) else {
-            return self.execute_tx(tx, None, arrived).await;
+            return self.execute_tx(Arc::new(tx), None, arrived).await;
         };
-        if let Some(answer) = self.recorded_answer(&claim).await? {
-            return Ok(answer);
-        }
         tx.options.locks = Some(claim.with_lock_key(tx.options.locks.take()));
-        match self.execute_tx(tx, Some(&claim), arrived).await {
-            Err(failure) => self.replayed_instead_of(&claim, failure).await,
-            answer => answer,
-        }
+        self.run_keyed_tx(Arc::new(tx), &claim, arrived).await
     }
 
-    async fn execute_tx(
+    pub(super) async fn execute_tx(
         &mut self,
-        tx: TxRequest,
+        tx: Arc<TxRequest>,
         claim: Option<&Claim>,
         arrived: Instant,
     ) -> Result<Reply, BrokerError> {
@@ -87,7 +80,6 @@ impl SessionEngine {
         let grouping = self.grouping(&tx, &classes, isolation);
         let retries = tx.retries.unwrap_or(self.config.default_retries);
         let shape = TxShape::of(&tx, &self.config);
-        let tx = Arc::new(tx);
         let member = matches!(grouping, Grouping::Groupable(_)).then(|| tx.clone());
         match self
             .start_retrying(&tx, arrived, shape, grouping, member, retries)

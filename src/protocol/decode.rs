@@ -66,6 +66,8 @@ pub enum DecodeError {
         max = MAX_IDEMPOTENCY_KEY_BYTES
     )]
     BadIdempotencyKey,
+    #[error("idempotency_key goes with transactions that write: a read_only one commits nothing to run once")]
+    IdempotentReadOnly,
     #[error("lock needs at least one key in locks or read_locks")]
     NoKeys,
     #[error("statements must hold at least one statement")]

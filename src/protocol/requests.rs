@@ -209,7 +209,7 @@ pub struct TxOptions {
 
 impl TxOptions {
     fn decode(fields: &Fields) -> Result<TxOptions, DecodeError> {
-        Ok(TxOptions {
+        let options = TxOptions {
             locks: decode_lock_request(fields)?,
             isolation: match fields.string("isolation")? {
                 None => None,
@@ -222,7 +222,12 @@ impl TxOptions {
                 }
                 key => key,
             },
-        })
+        };
+        // Its record could not be written in a READ ONLY transaction.
+        if options.read_only && options.idempotency_key.is_some() {
+            return Err(DecodeError::IdempotentReadOnly);
+        }
+        Ok(options)
     }
 
     fn encode_fields<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
@@ -550,6 +555,15 @@ mod tests {
             );
         }
         check_rejected(
+            &with_id(vec![
+                ("op", "begin".into()),
+                ("idempotency_key", "k".into()),
+                ("read_only", true.into()),
+            ]),
+            Some(9),
+            "idempotency_key goes with transactions that write: a read_only one commits nothing to run once",
+        );
+        check_rejected(
             &with_id(vec![("op", "begin".into()), ("idempotency_key", 7.into())]),
             Some(9),
             "field idempotency_key must be a str",
@@ -612,7 +626,7 @@ mod tests {
                 options: TxOptions {
                     locks: LockRequest::new(vec!["k".to_string()], vec!["j".to_string()]),
                     isolation: Some(Isolation::Serializable),
-                    read_only: true,
+                    read_only: false,
                     idempotency_key: Some("k-1".into()),
                 },
                 retries: Some(0),

@@ -169,8 +169,8 @@ class TxResult:
     the transaction took (``attempts`` > 1 when the broker retried after a deadlock).
 
     ``replayed`` is true when the answer was recorded for an earlier request with the same
-    idempotency key, which committed (this one ran nothing); ``results_omitted`` when that
-    record was too large to keep its rows (the results keep columns and counts)."""
+    idempotency key, which committed (nothing of this one committed); ``results_omitted`` when
+    that record was too large to keep its rows (the results keep columns and counts)."""
 
     __slots__ = ("results", "attempts", "replayed", "results_omitted")
 
