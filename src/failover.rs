@@ -3,18 +3,22 @@
 //! moves to the next address when a connection is refused, lost, or turned away (`busy`,
 //! `shutting_down`: nothing of the request ran).
 //!
-//! A request whose connection is lost while it is in flight is never sent again: it may have
-//! committed before the broker vanished, so its caller gets `ClientError::Disconnected` and
-//! decides. That is the seam for idempotency keys (issue 14): a `tx` that carries one may be
-//! sent again to the next broker, which answers with the recorded outcome if the first one
-//! committed it; `FailoverClient::run_tx` is the one place that would do so.
+//! A request without an idempotency key whose connection is lost while it is in flight is
+//! never sent again: it may have committed before the broker vanished, so its caller gets
+//! `ClientError::Disconnected` and decides. A `tx` that carries a key (`TxBuilder::
+//! idempotency_key`) is carried across instead: after a lost connection or `commit_unknown`
+//! the client moves to the next broker and sends the same request with the same key, once per
+//! address and once more (`client::retry_idempotent`), so its answer is the truth: run once,
+//! or the recorded outcome of the run that committed (`replayed`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), txbroker::client::ClientError> {
-//! use txbroker::client::TxBuilder;
+//! use txbroker::client::{new_idempotency_key, TxBuilder};
 //! use txbroker::failover::FailoverClient;
 //! let client = FailoverClient::new(["10.0.0.1:7306", "10.0.0.2:7306", "10.0.0.3:7306"]);
+//! // With a key, a transfer lost in flight is sent again to the next broker (module doc).
 //! let transfer = TxBuilder::new()
+//!     .idempotency_key(new_idempotency_key())
 //!     .lock("accounts:1")
 //!     .exec("UPDATE accounts SET balance = balance - 1 WHERE id = 1", vec![])
 //!     .into_request();
@@ -25,7 +29,7 @@
 
 use tokio::sync::Mutex;
 
-use crate::client::{Client, ClientError, TxOutcome};
+use crate::client::{retry_idempotent, Client, ClientError, TxOutcome};
 use crate::error::ErrorCode;
 use crate::protocol::{Stats, TxRequest};
 
@@ -64,9 +68,23 @@ impl FailoverClient {
         }
     }
 
-    /// Runs `tx` on the broker in use, connecting or moving on first if needed. Sent again
-    /// to the next broker only when the first turned it away without running it.
+    /// Runs `tx` on the broker in use, connecting or moving on first if needed. Without an
+    /// idempotency key it is sent again, to the next broker, only when one turned it away
+    /// without running it. With one it is also sent again after a lost connection or
+    /// `commit_unknown` (moving to the next broker first) or a retryable error, at most one
+    /// try per address plus one, so that an outcome the caller gets is the broker's.
     pub async fn run_tx(&self, tx: TxRequest) -> Result<TxOutcome, ClientError> {
+        let Some(key) = tx.options.idempotency_key.clone() else {
+            return self.run_tx_once(&tx).await;
+        };
+        let attempts = u32::try_from(self.addresses.len() + 1).unwrap_or(u32::MAX);
+        retry_idempotent(attempts, Some(key), |_same_key| self.run_tx_once(&tx)).await
+    }
+
+    /// One try of `tx`: on the broker in use, or on the next ones that turn it away. After a
+    /// lost connection, or a `commit_unknown` of a keyed `tx`, the next try goes to the next
+    /// broker.
+    async fn run_tx_once(&self, tx: &TxRequest) -> Result<TxOutcome, ClientError> {
         let mut route = self.route.lock().await;
         for _ in 0..self.addresses.len() {
             let client = self.connection(&mut route).await?;
@@ -75,6 +93,15 @@ impl FailoverClient {
                 Err(error @ (ClientError::Disconnected | ClientError::Io(_))) => {
                     // In flight when the connection went: its outcome is unknown. Without
                     // an idempotency key it must not be sent again (module doc).
+                    self.move_on(&mut route);
+                    return Err(error);
+                }
+                Err(error)
+                    if tx.options.idempotency_key.is_some()
+                        && error.code() == Some(ErrorCode::CommitUnknown) =>
+                {
+                    // This broker cannot learn the outcome; the next one reads it from the
+                    // key's record when `run_tx` sends it again.
                     self.move_on(&mut route);
                     return Err(error);
                 }

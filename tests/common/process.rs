@@ -101,6 +101,15 @@ impl BrokerProcess {
 
     /// Like `start`, with environment variables for the broker.
     pub fn start_with_env(name: &str, config: &str, env: &[(&str, &str)]) -> BrokerProcess {
+        BrokerProcess::spawn(name, config, env, "127.0.0.1:0")
+    }
+
+    /// Like `start`, listening on `address` (a restart where a proxy expects the broker).
+    pub fn start_on(name: &str, config: &str, address: SocketAddr) -> BrokerProcess {
+        BrokerProcess::spawn(name, config, &[], &address.to_string())
+    }
+
+    fn spawn(name: &str, config: &str, env: &[(&str, &str)], listen: &str) -> BrokerProcess {
         let path = write_config(name, config);
         let mut child = broker_command()
             .envs(env.iter().copied())
@@ -108,7 +117,7 @@ impl BrokerProcess {
                 "--config",
                 path.to_str().expect("utf-8 path"),
                 "--listen",
-                "127.0.0.1:0",
+                listen,
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

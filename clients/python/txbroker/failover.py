@@ -4,18 +4,20 @@
 broker that accepts it, and moves to the next address when a connection is refused or lost,
 or when a broker turns a request away before running it (``busy``, ``shutting_down``).
 
-A ``tx`` whose connection is lost while it is in flight is never sent again: it may have
-committed before the broker vanished, so the caller gets the
-:class:`TxbrokerConnectionError` and decides. That is the seam for idempotency keys: a
-``tx`` that carries one may be sent again to the next broker, which then answers with the
-recorded outcome; :meth:`FailoverClient.tx` is the one place that would do so.
+A ``tx`` without an idempotency key whose connection is lost while it is in flight is never
+sent again: it may have committed before the broker vanished, so the caller gets the
+:class:`TxbrokerConnectionError` and decides. A ``tx`` with ``idempotency_key=`` is carried
+across instead: after a lost connection or ``commit_unknown`` the client moves to the next
+broker and sends it again with the same key, once per address and once more
+(:func:`txbroker.retry_idempotent`), so its answer is the truth: run once, or the recorded
+outcome of the run that committed (``replayed``).
 """
 
 import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from .client import Client, TxResult
-from .errors import BusyError, ShuttingDownError, TxbrokerConnectionError
+from .client import Client, TxResult, retry_idempotent
+from .errors import BusyError, CommitUnknownError, ShuttingDownError, TxbrokerConnectionError
 
 Address = Union[str, Tuple[str, int]]
 
@@ -62,10 +64,22 @@ class FailoverClient:
         self.close()
 
     def tx(self, statements: Any, **options: Any) -> TxResult:
-        """:meth:`Client.tx` on the broker in use. Sent again, to the next broker, only when
-        one turned it away without running it; a connection lost while it was in flight
-        raises :class:`TxbrokerConnectionError` (its outcome is unknown) and the next call
-        goes to the next broker."""
+        """:meth:`Client.tx` on the broker in use. Without ``idempotency_key`` it is sent
+        again, to the next broker, only when one turned it away without running it; a
+        connection lost while it was in flight raises :class:`TxbrokerConnectionError` (its
+        outcome is unknown) and the next call goes to the next broker. With one it is also
+        sent again after a lost connection or ``commit_unknown`` (to the next broker) or a
+        retryable error, at most once per address and once more."""
+        key = options.get("idempotency_key")
+        if key is None:
+            return self._tx_once(statements, options)
+        return retry_idempotent(lambda _same_key: self._tx_once(statements, options),
+                                attempts=len(self.addresses) + 1, key=key)
+
+    def _tx_once(self, statements: Any, options: Dict[str, Any]) -> TxResult:
+        """One try: on the broker in use, or on the next ones that turn it away. After a lost
+        connection, or a ``commit_unknown`` of a keyed tx, the next try goes to the next
+        broker."""
         with self._lock:
             for _ in range(len(self.addresses)):
                 client = self._connection()
@@ -74,8 +88,14 @@ class FailoverClient:
                 except (BusyError, ShuttingDownError):
                     self._move_on()
                 except TxbrokerConnectionError:
-                    # In flight when the connection went: never sent again (module doc).
+                    # In flight when the connection went: without a key, never sent again
+                    # (module doc).
                     self._move_on()
+                    raise
+                except CommitUnknownError:
+                    if options.get("idempotency_key") is not None:
+                        # This broker cannot learn the outcome; the next reads the key's record.
+                        self._move_on()
                     raise
             raise TxbrokerConnectionError("every broker turned the request away")
 
