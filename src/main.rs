@@ -175,7 +175,7 @@ async fn wait_for_signal() -> &'static str {
     }
 }
 
-/// `stats --every`: a line per interval, until `count` lines or the broker goes away.
+/// `stats`, `top` and `exec`: talk to the broker at `--addr` like any client.
 async fn run_admin_command(command: Command) -> Result<(), txbroker::client::ClientError> {
     match command {
         Command::Stats {
@@ -202,20 +202,7 @@ async fn run_admin_command(command: Command) -> Result<(), txbroker::client::Cli
             token,
             every,
             count,
-        } => {
-            let client = admin::connect(&addr, token.as_deref()).await?;
-            // Redrawn in place on a terminal; one screen after another into a pipe or file.
-            let clear = if std::io::stdout().is_terminal() {
-                "\x1b[H\x1b[2J"
-            } else {
-                "\n"
-            };
-            let interval = Duration::from_secs_f64(every);
-            every_interval(&client, interval, count, |before, now, seconds| {
-                print!("{clear}{}", top::render_top(&addr, before, now, seconds));
-            })
-            .await
-        }
+        } => run_top(&addr, token.as_deref(), every, count).await,
         Command::Exec {
             addr,
             token,
@@ -234,6 +221,28 @@ async fn run_admin_command(command: Command) -> Result<(), txbroker::client::Cli
     }
 }
 
+/// `top`: the screen every `every` seconds, until `count` screens or the broker goes away.
+async fn run_top(
+    addr: &str,
+    token: Option<&str>,
+    every: f64,
+    count: Option<u64>,
+) -> Result<(), txbroker::client::ClientError> {
+    let client = admin::connect(addr, token).await?;
+    // Redrawn in place on a terminal; one screen after another into a pipe or file.
+    let clear = if std::io::stdout().is_terminal() {
+        "\x1b[H\x1b[2J"
+    } else {
+        "\n"
+    };
+    let interval = Duration::from_secs_f64(every);
+    every_interval(&client, interval, count, |before, now, seconds| {
+        print!("{clear}{}", top::render_top(addr, before, now, seconds));
+    })
+    .await
+}
+
+/// `stats --every`: a line per interval, until `count` lines or the broker goes away.
 async fn watch_stats(
     client: &txbroker::client::Client,
     interval: Duration,

@@ -76,18 +76,7 @@ impl SessionEngine {
         grouping: Grouping,
         member: Option<Arc<TxRequest>>,
     ) -> Result<Started, BrokerError> {
-        self.db.take_time_in_database();
-        self.current = TxContext::new(options.isolation.unwrap_or(self.config.default_isolation));
-        self.current.clock = Some(TxClock::start(kind, arrived));
-        match shape {
-            TxShape::Explicit => self.db.ensure_connected().await,
-            TxShape::SingleWrite => self.db.ensure_live(AUTOCOMMIT_PING_AFTER).await,
-        }?;
-        self.db.set_deadline(
-            self.config
-                .max_tx_duration()
-                .map(|limit| Instant::now() + limit),
-        );
+        self.open_context(kind, arrived, options, shape).await?;
         let begins = match (shape, grouping) {
             (TxShape::SingleWrite, _) => Begin::Never,
             (TxShape::Explicit, Grouping::Alone) => Begin::WhileWaiting,
@@ -128,6 +117,30 @@ impl SessionEngine {
             self.end_transaction(TxEnd::NotStarted).await;
         }
         outcome
+    }
+
+    /// A new transaction's context and clock, a connection fit for its shape, and its
+    /// deadline.
+    async fn open_context(
+        &mut self,
+        kind: TxKind,
+        arrived: Instant,
+        options: &TxOptions,
+        shape: TxShape,
+    ) -> Result<(), BrokerError> {
+        self.db.take_time_in_database();
+        self.current = TxContext::new(options.isolation.unwrap_or(self.config.default_isolation));
+        self.current.clock = Some(TxClock::start(kind, arrived));
+        match shape {
+            TxShape::Explicit => self.db.ensure_connected().await,
+            TxShape::SingleWrite => self.db.ensure_live(AUTOCOMMIT_PING_AFTER).await,
+        }?;
+        self.db.set_deadline(
+            self.config
+                .max_tx_duration()
+                .map(|limit| Instant::now() + limit),
+        );
+        Ok(())
     }
 
     /// What an admitted request starts as; one whose transaction was to begin once its keys
