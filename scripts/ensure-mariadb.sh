@@ -4,6 +4,7 @@
 # missing and we are root. Then checks that root can log in over TCP without a password
 # and that the database exists. Idempotent; prints what it does.
 set -euo pipefail
+. "$(dirname "$0")/apt.sh"
 
 url="${DATABASE_URL:-mysql://root@127.0.0.1:3306/test}"
 rest="${url#mysql://}"
@@ -31,14 +32,7 @@ case "$host" in
 esac
 
 if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then
-  if [ "$(id -u)" != 0 ]; then
-    say "mariadb-server is not installed and we are not root: install it (apt-get install mariadb-server)"
-    exit 1
-  fi
-  say "installing mariadb-server"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
-  apt-get install -y -qq mariadb-server mariadb-client >/dev/null
+  apt_install ensure-mariadb mariadb-server mariadb-client
 fi
 
 say "starting mariadbd on port $port"

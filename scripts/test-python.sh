@@ -10,18 +10,11 @@ cd "$(dirname "$0")/.."
 repo="$(pwd)"
 venv="$repo/.venv-python"
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else echo "test-python: need root to run: $*" >&2; return 1; fi
-}
-
-apt_install() {
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
-}
+. scripts/apt.sh
 
 if ! command -v python3 >/dev/null 2>&1; then
     echo "test-python: python3 is missing; installing it" >&2
-    apt_install python3 python3-venv python3-pip
+    apt_install test-python python3 python3-venv python3-pip
 fi
 
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
@@ -29,7 +22,7 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -m pip --version >/dev/nu
     if ! python3 -m venv "$venv" 2>/dev/null; then
         echo "test-python: python3 -m venv failed; installing python3-venv" >&2
         rm -rf "$venv"
-        apt_install python3-venv python3-pip
+        apt_install test-python python3-venv python3-pip
         python3 -m venv "$venv"
     fi
 fi
