@@ -42,6 +42,9 @@ type Answer = oneshot::Sender<Result<Reply, BrokerError>>;
 /// One request of a group: the leader's own (first) or a member's.
 struct Entry {
     tx: Arc<TxRequest>,
+    /// Its idempotency key and request hash, made once: they are read before it first runs
+    /// and again when the group records.
+    claim: Option<Claim>,
     retries: u32,
     attempts: u32,
     state: EntryState,
@@ -112,6 +115,7 @@ impl SessionEngine {
     ) -> Result<Reply, BrokerError> {
         let mut group = Group {
             entries: vec![Entry {
+                claim: Claim::of_tx(&tx),
                 tx: tx.clone(),
                 retries,
                 attempts: 0,
@@ -192,9 +196,8 @@ impl SessionEngine {
                     entry.state = EntryState::Abandoned;
                     continue;
                 }
-                let claim = (entry.attempts == 0)
-                    .then(|| Claim::of_tx(&entry.tx))
-                    .flatten();
+                // Cloned, not hashed again: the entry's state changes below.
+                let claim = entry.claim.clone().filter(|_| entry.attempts == 0);
                 if let Some(claim) = claim {
                     if let Some(answered) = self.answered_by_record(&claim).await {
                         group.entries[position].state = answered;
@@ -405,6 +408,7 @@ impl SessionEngine {
         let Member { tx, outcome } = member;
         group.entries.push(Entry {
             retries: tx.retries.unwrap_or(self.config.default_retries),
+            claim: Claim::of_tx(&tx),
             tx,
             attempts: 0,
             state: EntryState::ToRun,
@@ -481,12 +485,12 @@ impl SessionEngine {
     /// whole group before its `COMMIT`: every request is answered `db_unavailable`, which it
     /// is, since nothing committed, and a retry of the duplicated one replays its duplicate.
     async fn commit_group_recording(&mut self, group: &Group) -> GroupOutcome {
-        let replies: Vec<(Claim, Reply)> = group
+        let replies: Vec<(&Claim, Reply)> = group
             .entries
             .iter()
             .filter_map(|entry| match &entry.state {
                 EntryState::Ran(results) => Some((
-                    Claim::of_tx(&entry.tx)?,
+                    entry.claim.as_ref()?,
                     Reply::Tx {
                         results: results.clone(),
                         attempts: entry.attempts,
@@ -497,7 +501,7 @@ impl SessionEngine {
             .collect();
         let records: Vec<(&Claim, &Reply)> = replies
             .iter()
-            .map(|(claim, reply)| (claim, reply))
+            .map(|(claim, reply)| (*claim, reply))
             .collect();
         match self.commit_recording(&records).await {
             Ok(()) => GroupOutcome::Committed,
