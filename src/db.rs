@@ -277,10 +277,47 @@ impl DbConnection {
         &mut self,
         statements: &[String],
     ) -> (Vec<QueryResult>, Option<DbError>) {
+        self.run_script_bounded(statements, &mut |_| {}).await
+    }
+
+    /// Runs `statements`, a whole transaction from its `START TRANSACTION` to its `COMMIT`, as
+    /// one multi-statement query. The server answers each statement as soon as it has run it,
+    /// so `reached` is called once the first `reached_after` answers are in, while the rest
+    /// (`COMMIT` among them) still runs. A script that stops early may leave the transaction
+    /// open, to be rolled back.
+    pub async fn execute_transaction_script(
+        &mut self,
+        statements: &[String],
+        reached_after: usize,
+        reached: impl FnOnce() + Send,
+    ) -> (Vec<QueryResult>, Option<DbError>) {
+        self.set_server_transaction(ServerTransaction::MaybeOpen);
+        let mut reached = Some(reached);
+        let mut on_read = |read: usize| {
+            if read == reached_after {
+                if let Some(reached) = reached.take() {
+                    reached();
+                }
+            }
+        };
+        let outcome = self.run_script_bounded(statements, &mut on_read).await;
+        if outcome.1.is_none() && !self.server_in_transaction() {
+            self.set_server_transaction(ServerTransaction::None);
+        }
+        outcome
+    }
+
+    /// `statements` in one round trip, within the deadline; `on_read` is told how many
+    /// answers are in after each.
+    async fn run_script_bounded(
+        &mut self,
+        statements: &[String],
+        on_read: &mut (dyn FnMut(usize) + Send),
+    ) -> (Vec<QueryResult>, Option<DbError>) {
         // A line break first ends a `--` or `#` comment a statement may end with.
         let script = statements.join("\n;\n");
         let deadline = self.deadline;
-        match within(deadline, self.run_script(&script, statements.len())).await {
+        match within(deadline, self.run_script(&script, statements.len(), on_read)).await {
             Some((results, Some(error))) => (results, Some(self.failed(error))),
             Some((results, None)) => (results, None),
             None => {
@@ -294,9 +331,10 @@ impl DbConnection {
         &mut self,
         script: &str,
         statements: usize,
+        on_read: &mut (dyn FnMut(usize) + Send),
     ) -> (Vec<QueryResult>, Option<mysql_async::Error>) {
         let started = Instant::now();
-        let outcome = self.read_script(script, statements).await;
+        let outcome = self.read_script(script, statements, on_read).await;
         self.time_in_database += started.elapsed();
         outcome
     }
@@ -305,6 +343,7 @@ impl DbConnection {
         &mut self,
         script: &str,
         statements: usize,
+        on_read: &mut (dyn FnMut(usize) + Send),
     ) -> (Vec<QueryResult>, Option<mysql_async::Error>) {
         let mut results = Vec::new();
         let conn = match self.conn() {
@@ -341,6 +380,7 @@ impl DbConnection {
                 if has_rows { 0 } else { affected },
                 last_insert_id,
             ));
+            on_read(results.len());
         }
         (results, None)
     }

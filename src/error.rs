@@ -332,6 +332,8 @@ pub enum CommitCarrier {
     Commit,
     /// A statement run alone in autocommit mode, which is its own commit.
     AutocommitStatement,
+    /// A one-trip `tx`: its statements, record and `COMMIT` sent in one query.
+    Script,
 }
 
 impl BrokerError {
@@ -349,7 +351,7 @@ impl BrokerError {
                 CommitCarrier::Commit => {
                     "COMMIT was still running at max_tx_duration_ms and was killed".to_string()
                 }
-                CommitCarrier::AutocommitStatement => {
+                CommitCarrier::AutocommitStatement | CommitCarrier::Script => {
                     "the statement was still running at max_tx_duration_ms and was killed"
                         .to_string()
                 }
@@ -360,6 +362,9 @@ impl BrokerError {
             CommitCarrier::Commit => cause,
             CommitCarrier::AutocommitStatement => format!(
                 "{cause}; the statement ran as its own autocommit transaction, so it may have committed"
+            ),
+            CommitCarrier::Script => format!(
+                "{cause}; COMMIT went to the server with the statements, in one query, so it may have committed"
             ),
         }))
     }

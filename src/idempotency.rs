@@ -153,9 +153,23 @@ impl OutcomeTable {
                  request_hash BINARY(32) NOT NULL, \
                  response MEDIUMBLOB NOT NULL, \
                  results_omitted BOOL NOT NULL, \
+                 row_counts TEXT CHARACTER SET ascii NULL, \
                  created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
                  expires_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
                  KEY expires_at (expires_at)) ENGINE=InnoDB",
+                self.name
+            ),
+            Vec::new(),
+        )
+    }
+
+    /// Adds `row_counts` to a table created before it existed (it is the last column
+    /// added); a no-op on a table that has it.
+    fn upgrade_statement(&self) -> Statement {
+        Statement::new(
+            format!(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS \
+                 row_counts TEXT CHARACTER SET ascii NULL AFTER results_omitted",
                 self.name
             ),
             Vec::new(),
@@ -168,7 +182,8 @@ impl OutcomeTable {
     pub fn lookup(&self, claim: &Claim) -> Statement {
         Statement::new(
             format!(
-                "SELECT request_hash, response, results_omitted, expires_at > NOW(6) \
+                "SELECT request_hash, response, results_omitted, expires_at > NOW(6), \
+                 row_counts \
                  FROM {} WHERE idempotency_key = ?",
                 self.name
             ),
@@ -178,7 +193,7 @@ impl OutcomeTable {
 
     /// What the lookup of `claim` found.
     pub fn read(&self, found: &QueryResult, claim: &Claim) -> Recorded {
-        let Some([Value::Bytes(hash), Value::Bytes(response), omitted, live]) =
+        let Some([Value::Bytes(hash), Value::Bytes(response), omitted, live, row_counts]) =
             found.rows.first().map(Vec::as_slice)
         else {
             return Recorded::Absent;
@@ -191,7 +206,7 @@ impl OutcomeTable {
         }
         match Response::decode(response).map(|decoded| decoded.outcome) {
             Ok(Ok(reply)) => Recorded::Live(Reply::Replayed {
-                reply: Box::new(reply),
+                reply: Box::new(with_row_counts(reply, row_counts)),
                 results_omitted: is_true(omitted),
             }),
             // Only successes are recorded; anything else is not a record of this broker's.
@@ -213,9 +228,13 @@ impl OutcomeTable {
     /// The `INSERT` of one record per claim with the reply it will be answered, as complete
     /// text (every value a hex literal), to go in one round trip with the `COMMIT`.
     pub fn insert(&self, records: &[(&Claim, &Reply)]) -> String {
+        self.insert_rows(records, "NULL")
+    }
+
+    fn insert_rows(&self, records: &[(&Claim, &Reply)], row_counts: &str) -> String {
         let mut sql = format!(
             "INSERT INTO {} (idempotency_key, request_hash, response, results_omitted, \
-             created_at, expires_at) VALUES ",
+             row_counts, created_at, expires_at) VALUES ",
             self.name
         );
         for (index, (claim, reply)) in records.iter().enumerate() {
@@ -231,12 +250,31 @@ impl OutcomeTable {
             push_hex(&mut sql, &response);
             let _ = write!(
                 sql,
-                ", {}, NOW(6), NOW(6) + INTERVAL {} SECOND)",
+                ", {}, {row_counts}, NOW(6), NOW(6) + INTERVAL {} SECOND)",
                 u8::from(omitted),
                 self.ttl_s
             );
         }
         sql
+    }
+
+    /// `SET` of the session variable that keeps the row count of statement `index` of a
+    /// one-trip `tx` until its record is written, for every statement but the last (whose
+    /// count `ROW_COUNT()` still gives when the record is written).
+    pub fn keep_row_count(index: usize) -> String {
+        format!("SET @txbroker_row_count_{index} = ROW_COUNT()")
+    }
+
+    /// The `INSERT` of `claim`'s record for a one-trip `tx` of `statements` statements that
+    /// answer with row counts only, to follow the last of them in the same query: the server
+    /// writes the counts in (`row_counts`), which `reply` leaves at zero.
+    pub fn insert_counting(&self, claim: &Claim, reply: &Reply, statements: usize) -> String {
+        let mut row_counts = String::from("CONCAT_WS(','");
+        for index in 0..statements.saturating_sub(1) {
+            let _ = write!(row_counts, ", @txbroker_row_count_{index}");
+        }
+        row_counts.push_str(", ROW_COUNT())");
+        self.insert_rows(&[(claim, reply)], &row_counts)
     }
 
     /// The reply as recorded, and whether its rows were left out to keep it under
@@ -279,6 +317,9 @@ impl OutcomeTable {
         connection.ensure_connected().await?;
         connection
             .execute(&self.create_statement(), TxMode::Autocommit)
+            .await?;
+        connection
+            .execute(&self.upgrade_statement(), TxMode::Autocommit)
             .await
             .map(drop)
     }
@@ -338,6 +379,30 @@ pub async fn purge_expired(database: Database, table: OutcomeTable, log: Logger)
 enum TableState {
     Unknown,
     Exists,
+}
+
+/// `reply` with the affected-row counts the server recorded (`row_counts`, one per result,
+/// comma-separated), when it recorded them; a count that does not read as one is left as
+/// recorded.
+fn with_row_counts(reply: Reply, row_counts: &Value) -> Reply {
+    let counts = match row_counts {
+        Value::Text(counts) => counts.clone(),
+        Value::Bytes(counts) => String::from_utf8_lossy(counts).into_owned(),
+        _ => return reply,
+    };
+    let Reply::Tx {
+        mut results,
+        attempts,
+    } = reply
+    else {
+        return reply;
+    };
+    for (result, count) in results.iter_mut().zip(counts.split(',')) {
+        if let Ok(count) = count.parse() {
+            result.affected = count;
+        }
+    }
+    Reply::Tx { results, attempts }
 }
 
 fn is_true(value: &Value) -> bool {

@@ -109,6 +109,20 @@ pub fn is_single_data_change(sql: &str) -> bool {
         )
 }
 
+/// Whether the whole answer to `sql` is its count of affected rows: one `UPDATE` or `DELETE`
+/// without `RETURNING` (no rows) and without `LAST_INSERT_ID` (no insert id), so that the
+/// server's `ROW_COUNT()` right after it says everything its client will be told. A keyed
+/// `tx` of such statements writes its record in the same query as its statements
+/// (`crate::idempotency`). A word inside a string literal counts too: a false alarm only
+/// costs the longer way.
+pub fn answers_with_row_count(sql: &str) -> bool {
+    let versioned_code = sql.contains("/*!") || sql.contains("/*M!");
+    let mut words = words(sql).map(|(word, _)| word);
+    !versioned_code
+        && matches!(words.next().as_deref(), Some("update" | "delete"))
+        && !words.any(|word| word == "returning" || word == "last_insert_id")
+}
+
 /// The text after each occurrence of the word `word` in `sql`.
 fn words_after<'a>(sql: &'a str, word: &str) -> Vec<&'a str> {
     words(sql)
@@ -228,6 +242,29 @@ mod tests {
             cases.push((sql, AUTOCOMMIT, None));
         }
         check_all(&cases);
+    }
+
+    #[test]
+    fn only_updates_and_deletes_without_rows_or_ids_answer_with_a_row_count() {
+        for sql in [
+            "UPDATE t SET v = v + ? WHERE id = ?",
+            "/* note */ delete from t where id = 1",
+            "UPDATE t JOIN u ON t.id = u.id SET t.v = u.v",
+        ] {
+            assert!(answers_with_row_count(sql), "{sql}");
+        }
+        for sql in [
+            "INSERT INTO t VALUES (1)",
+            "REPLACE INTO t VALUES (1)",
+            "DELETE FROM t WHERE id = 1 RETURNING id",
+            "UPDATE seq SET id = LAST_INSERT_ID(id + 1)",
+            "/*!50000 UPDATE t SET v = 1 */",
+            "SELECT v FROM t FOR UPDATE",
+            "CALL p()",
+            "",
+        ] {
+            assert!(!answers_with_row_count(sql), "{sql}");
+        }
     }
 
     #[test]

@@ -402,3 +402,158 @@ async fn a_replay_queued_with_a_new_request_is_answered_from_its_record_and_the_
     assert_eq!(balance(&db, 1).await, 102);
     assert_eq!(db.count("txbroker_outcomes").await, 2);
 }
+
+/// A keyed move of `amount` from `from` to `to` without a ledger row: `UPDATE`s only, so it
+/// runs in one query with its record (`TxShape::OneTrip`).
+fn keyed_move(key: &str, from: u64, to: u64, amount: i64) -> TxRequest {
+    keyed(
+        TxBuilder::new()
+            .lock(format!("accounts:{from}"))
+            .lock(format!("accounts:{to}"))
+            .exec(
+                "UPDATE accounts SET balance = balance - ? WHERE id = ?",
+                vec![amount.into(), from.into()],
+            )
+            .exec(
+                "UPDATE accounts SET balance = balance + ? WHERE id = ?",
+                vec![amount.into(), to.into()],
+            )
+            .into_request(),
+        key,
+    )
+}
+
+#[actix_rt::test]
+async fn a_keyed_tx_of_updates_and_deletes_is_replayed_with_the_row_counts_the_server_gave() {
+    let db = bank("idem_row_counts", 4, 100).await;
+    let broker = TestBroker::start(db.config());
+    let request = keyed(
+        TxBuilder::new()
+            .lock("accounts")
+            .exec(
+                "UPDATE accounts SET balance = balance - ? WHERE id = ?",
+                vec![5.into(), 1.into()],
+            )
+            .exec(
+                "UPDATE accounts SET balance = balance + 1 WHERE id >= 3",
+                vec![],
+            )
+            .exec("DELETE FROM accounts WHERE id = 99", vec![])
+            .exec("UPDATE accounts SET balance = balance WHERE id = 2", vec![])
+            .exec("DELETE FROM accounts WHERE id = ?", vec![4.into()])
+            .into_request(),
+        "counts",
+    );
+    let first = broker
+        .client()
+        .await
+        .run_tx(request.clone())
+        .await
+        .expect("runs");
+    assert!(!first.replayed);
+    let affected: Vec<u64> = first.results.iter().map(|result| result.affected).collect();
+    assert_eq!(affected[..3], [1, 2, 0], "{affected:?}");
+    assert_eq!(affected[4], 1, "{affected:?}");
+    let again = broker
+        .client()
+        .await
+        .run_tx(request)
+        .await
+        .expect("answered");
+    assert!(again.replayed, "{again:?}");
+    assert_eq!(again.results, first.results);
+    assert_eq!(again.attempts, first.attempts);
+    assert_eq!(
+        (balance(&db, 1).await, balance(&db, 3).await),
+        (95, 101),
+        "ran once"
+    );
+    assert_eq!(db.count("accounts").await, 3);
+}
+
+#[actix_rt::test]
+async fn a_failing_statement_of_a_keyed_update_tx_is_named_rolls_back_and_records_nothing() {
+    let db = bank("idem_one_trip_fails", 2, 100).await;
+    let broker = TestBroker::start(db.config());
+    let client = broker.client().await;
+    let request = keyed(
+        TxBuilder::new()
+            .lock("accounts")
+            .exec(
+                "UPDATE accounts SET balance = balance - 10 WHERE id = 1",
+                vec![],
+            )
+            // The primary key refuses it.
+            .exec("UPDATE accounts SET id = 1 WHERE id = 2", vec![])
+            .into_request(),
+        "fails",
+    );
+    let refused = expect_code(client.run_tx(request.clone()).await, ErrorCode::Sql);
+    assert_eq!(refused.statement, Some(1), "{refused:?}");
+    assert_eq!(balance(&db, 1).await, 100, "the first statement was rolled back");
+    assert_eq!(db.count("txbroker_outcomes").await, 0);
+    // The session goes on, out of any transaction, and the key may run when sent again.
+    let moved = client
+        .run_tx(keyed_move("fails-then-other", 1, 2, 10))
+        .await
+        .expect("runs");
+    assert!(!moved.replayed);
+    assert_eq!((balance(&db, 1).await, balance(&db, 2).await), (90, 110));
+    db.run(&["DELETE FROM accounts WHERE id = 2"]).await;
+    let now = client.run_tx(request).await.expect("runs now");
+    assert!(!now.replayed);
+    assert_eq!(balance(&db, 1).await, 80);
+}
+
+#[actix_rt::test]
+async fn a_keyed_update_tx_sent_at_once_from_two_connections_runs_once() {
+    let db = bank("idem_one_trip_concurrent", 2, 100).await;
+    let broker = TestBroker::start(db.config());
+    let observer = broker.client().await;
+    let holder = broker.client().await;
+    begin_and_update_account(&holder, 1, "balance = balance").await;
+    let first = broker.send_tx(keyed_move("twice", 1, 2, 10)).await;
+    stats_until(&observer, "the first copy waits", |s| s.lock_waiters == 1).await;
+    let second = broker.send_tx(keyed_move("twice", 1, 2, 10)).await;
+    stats_until(&observer, "both copies wait", |s| s.lock_waiters == 2).await;
+    holder.commit().await.expect("the holder lets go");
+    let answers: Vec<TxOutcome> = vec![
+        answered(first).await.expect("the first copy commits"),
+        answered(second).await.expect("the second copy is answered"),
+    ];
+    assert_eq!(
+        answers.iter().filter(|answer| answer.replayed).count(),
+        1,
+        "{answers:?}"
+    );
+    assert_eq!(answers[0].results, answers[1].results);
+    assert_eq!((balance(&db, 1).await, balance(&db, 2).await), (90, 110));
+}
+
+#[actix_rt::test]
+async fn an_outcomes_table_made_before_row_counts_is_upgraded_at_start() {
+    let db = bank("idem_upgrade", 2, 100).await;
+    db.run(&["CREATE TABLE txbroker_outcomes (\
+              idempotency_key VARBINARY(128) NOT NULL PRIMARY KEY, \
+              request_hash BINARY(32) NOT NULL, \
+              response MEDIUMBLOB NOT NULL, \
+              results_omitted BOOL NOT NULL, \
+              created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
+              expires_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
+              KEY expires_at (expires_at)) ENGINE=InnoDB"])
+        .await;
+    let broker = TestBroker::start(db.config());
+    let client = broker.client().await;
+    let first = client
+        .run_tx(keyed_move("old-table", 1, 2, 10))
+        .await
+        .expect("runs");
+    let again = client
+        .run_tx(keyed_move("old-table", 1, 2, 10))
+        .await
+        .expect("answered");
+    assert!(again.replayed);
+    assert_eq!(again.results, first.results);
+    assert_eq!(first.results[0].affected, 1);
+    assert_eq!(balance(&db, 1).await, 90);
+}

@@ -21,9 +21,12 @@
 use slog::debug;
 
 use super::{HandedOver, SessionEngine, TxContext};
+use crate::config::Config;
 use crate::coordinator::Settlement;
+use crate::db::ConnectionIdentity;
 use crate::error::AbortReason;
-use crate::metrics::{TxOutcome, TxTimes};
+use crate::keys::LockClient;
+use crate::metrics::{Metrics, TxOutcome, TxTimes};
 use crate::txn::TxState;
 
 /// How a transaction ended.
@@ -69,14 +72,10 @@ impl SessionEngine {
     /// Passes the keys on as `COMMIT` is about to be sent, when hand-over is on and the
     /// transaction holds keys. Call only once every statement has succeeded.
     pub(super) fn hand_over_keys(&mut self) {
-        if !self.config.handover_at_commit || !self.keys.holds_keys() {
-            return;
+        let connection = self.db.identity();
+        if let Some(handed_over) = hand_over(&self.config, &mut self.keys, &self.metrics, connection) {
+            self.handed_over = Some(handed_over);
         }
-        self.handed_over = Some(HandedOver {
-            gate: self.keys.hand_over(),
-            connection: self.db.identity(),
-        });
-        self.metrics.handed_over();
     }
 
     pub(super) async fn end_transaction(&mut self, end: TxEnd) {
@@ -154,4 +153,23 @@ impl Drop for SessionEngine {
             self.settle(handed_over, &TxEnd::CommitUnknown);
         }
     }
+}
+
+/// `hand_over_keys`, for a caller that has the session's connection borrowed (a one-trip `tx`
+/// hands over while its query is still being answered): the hand-over of `keys`, if there is
+/// one to make.
+pub(super) fn hand_over(
+    config: &Config,
+    keys: &mut LockClient,
+    metrics: &Metrics,
+    connection: Option<ConnectionIdentity>,
+) -> Option<HandedOver> {
+    if !config.handover_at_commit || !keys.holds_keys() {
+        return None;
+    }
+    metrics.handed_over();
+    Some(HandedOver {
+        gate: keys.hand_over(),
+        connection,
+    })
 }

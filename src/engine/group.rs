@@ -61,6 +61,10 @@ enum EntryState {
     Failed(BrokerError),
     /// Its idempotency key's record answers it: it committed earlier and does not run.
     Replayed(Reply),
+    /// Its idempotency key is that of the earlier request at this position in the group,
+    /// whose record is not written until the group's `COMMIT`: it does not run, and is
+    /// answered from that request's outcome, as it would be from its record.
+    SameKeyAs(usize),
     /// A member whose client left before it ran: it never runs and is not answered.
     Abandoned,
 }
@@ -126,8 +130,8 @@ impl SessionEngine {
             commit: CommitStage::NotSent,
         };
         // A single write leads in a transaction like the rest: its own commit would flush
-        // while it holds the keys.
-        if shape == TxShape::SingleWrite {
+        // while it holds the keys. Nor has a one-trip `tx` begun one: it sends its own.
+        if shape != TxShape::Explicit {
             if let Err(error) = self.db.begin(tx.options.isolation, false).await {
                 return self.lose_group(&mut group, error).await;
             }
@@ -198,6 +202,10 @@ impl SessionEngine {
                 }
                 // Cloned, not hashed again: the entry's state changes below.
                 let claim = entry.claim.clone().filter(|_| entry.attempts == 0);
+                if let Some(first) = claim.as_ref().and_then(|claim| same_key_before(group, position, claim)) {
+                    group.entries[position].state = EntryState::SameKeyAs(first);
+                    continue;
+                }
                 if let Some(claim) = claim {
                     if let Some(answered) = self.answered_by_record(&claim).await {
                         group.entries[position].state = answered;
@@ -229,8 +237,8 @@ impl SessionEngine {
 
     /// What runs next from `first`: consecutive requests, each as its statements written out
     /// (after its savepoint, for a member), up to one whose last statement returns rows (the
-    /// rows of a statement are lost when the next one in the script fails); or one whose
-    /// values have no literal, alone with prepared statements.
+    /// rows of a statement are lost when the next one in the script fails) or a keyed one yet
+    /// to be looked up; or one whose values have no literal, alone with prepared statements.
     fn batch_from(&mut self, group: &Group, first: usize) -> Batch {
         let alone = |position| Batch {
             parts: vec![(position, None)],
@@ -244,6 +252,11 @@ impl SessionEngine {
             batch.after = position;
             if !matches!(entry.state, EntryState::ToRun) {
                 continue;
+            }
+            // A keyed request first runs only once `next_to_run` has looked at its record
+            // and at the group's other keys: it starts a batch of its own.
+            if position != first && entry.claim.is_some() && entry.attempts == 0 {
+                return batch;
             }
             let Some(script) = self.script_part(position, &entry.tx) else {
                 if batch.parts.is_empty() {
@@ -564,16 +577,65 @@ impl SessionEngine {
     }
 }
 
+/// The position of the request before `position` in `group` that carries `claim`'s
+/// idempotency key and will be recorded or answered from a record: two requests with one key
+/// share a group when the second joins the group its broker key's holder leads.
+fn same_key_before(group: &Group, position: usize, claim: &Claim) -> Option<usize> {
+    group.entries[..position].iter().position(|entry| {
+        matches!(
+            entry.state,
+            EntryState::Ran(_) | EntryState::Replayed(_) | EntryState::SameKeyAs(_)
+        ) && entry.claim.as_ref().is_some_and(|earlier| earlier.key == claim.key)
+    })
+}
+
+/// The answer of a request that shares its idempotency key with one that was answered
+/// `first`: that answer again, replayed, when they ask the same; a mismatch when they do not.
+fn answer_of_same_key(
+    first: &Result<Reply, BrokerError>,
+    first_claim: Option<&Claim>,
+    claim: Option<&Claim>,
+) -> Result<Reply, BrokerError> {
+    match (first_claim, claim) {
+        (Some(first_claim), Some(claim)) if first_claim.hash != claim.hash => {
+            Err(BrokerError::IdempotencyMismatch {
+                key: claim.key.clone(),
+            })
+        }
+        _ => match first {
+            Ok(reply @ Reply::Replayed { .. }) => Ok(reply.clone()),
+            Ok(reply) => Ok(Reply::Replayed {
+                reply: Box::new(reply.clone()),
+                results_omitted: false,
+            }),
+            Err(error) => Err(error.clone()),
+        },
+    }
+}
+
 /// Sends each member its answer and returns the leader's.
 fn answer_all(group: &mut Group, outcome: &GroupOutcome) -> Result<Reply, BrokerError> {
     let mut leader_answer = Err(BrokerError::Internal(
         "the leader's request has no answer".into(),
     ));
-    for entry in &mut group.entries {
+    let mut answers: Vec<Option<Result<Reply, BrokerError>>> = Vec::with_capacity(group.entries.len());
+    for position in 0..group.entries.len() {
+        let entry = &mut group.entries[position];
         let answer = match (
             std::mem::replace(&mut entry.state, EntryState::Abandoned),
             outcome,
         ) {
+            (EntryState::SameKeyAs(first), _) => match &answers[first] {
+                Some(first_answer) => answer_of_same_key(
+                    first_answer,
+                    group.entries[first].claim.as_ref(),
+                    group.entries[position].claim.as_ref(),
+                ),
+                None => {
+                    answers.push(None);
+                    continue;
+                }
+            },
             (EntryState::Ran(results), GroupOutcome::Committed) => Ok(Reply::Tx {
                 results,
                 attempts: entry.attempts,
@@ -583,9 +645,13 @@ fn answer_all(group: &mut Group, outcome: &GroupOutcome) -> Result<Reply, Broker
             }
             (EntryState::Failed(error), _) => Err(error),
             (EntryState::Replayed(reply), _) => Ok(reply),
-            (EntryState::ToRun | EntryState::Abandoned, _) => continue,
+            (EntryState::ToRun | EntryState::Abandoned, _) => {
+                answers.push(None);
+                continue;
+            }
         };
-        match entry.answer.take() {
+        answers.push(Some(answer.clone()));
+        match group.entries[position].answer.take() {
             Some(member) => {
                 let _ = member.send(answer);
             }

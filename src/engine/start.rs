@@ -30,10 +30,30 @@ pub(super) enum TxShape {
     /// unknown (`commit_unknown`, where the explicit shape could say `db_unavailable`), which
     /// is why `single_write_autocommit = false` turns it off.
     SingleWrite,
+    /// A keyed `tx` of `UPDATE`s and `DELETE`s whose answer is their row counts
+    /// (`sql_guard::answers_with_row_count`): `START TRANSACTION`, the statements, the record
+    /// (whose row counts the server writes in) and `COMMIT` go in one multi-statement query,
+    /// one round trip instead of three or more. The keys pass on when the last statement has
+    /// answered. As with a single write, a connection lost under it leaves the outcome unknown,
+    /// which the key's record then answers.
+    OneTrip,
 }
+
+/// The most statements a one-trip `tx` has; a longer one runs the explicit way.
+pub(super) const ONE_TRIP_MAX_STATEMENTS: usize = 64;
 
 impl TxShape {
     pub(super) fn of(tx: &TxRequest, config: &Config) -> TxShape {
+        let keyed = tx.options.idempotency_key.is_some() && !tx.options.read_only;
+        if keyed
+            && tx.statements.len() <= ONE_TRIP_MAX_STATEMENTS
+            && tx
+                .statements
+                .iter()
+                .all(|statement| sql_guard::answers_with_row_count(&statement.sql))
+        {
+            return TxShape::OneTrip;
+        }
         match tx.statements.as_slice() {
             [only]
                 if config.single_write_autocommit
@@ -78,7 +98,7 @@ impl SessionEngine {
     ) -> Result<Started, BrokerError> {
         self.open_context(kind, arrived, options, shape).await?;
         let begins = match (shape, grouping) {
-            (TxShape::SingleWrite, _) => Begin::Never,
+            (TxShape::SingleWrite | TxShape::OneTrip, _) => Begin::Never,
             (TxShape::Explicit, Grouping::Alone) => Begin::WhileWaiting,
             (TxShape::Explicit, Grouping::Groupable(_)) => Begin::OnceGranted,
         };
@@ -133,7 +153,9 @@ impl SessionEngine {
         self.current.clock = Some(TxClock::start(kind, arrived));
         match shape {
             TxShape::Explicit => self.db.ensure_connected().await,
-            TxShape::SingleWrite => self.db.ensure_live(AUTOCOMMIT_PING_AFTER).await,
+            TxShape::SingleWrite | TxShape::OneTrip => {
+                self.db.ensure_live(AUTOCOMMIT_PING_AFTER).await
+            }
         }?;
         self.db.set_deadline(
             self.config
@@ -185,7 +207,8 @@ enum Begin {
     WhileWaiting,
     /// Once its keys are held (not at all if it joins a group).
     OnceGranted,
-    /// Never: a single write is its own transaction.
+    /// Never: a single write is its own transaction, and a one-trip `tx` sends it with its
+    /// statements.
     Never,
 }
 
@@ -248,9 +271,19 @@ mod tests {
         keyed.options.idempotency_key = Some("k".into());
         assert_eq!(
             TxShape::of(&keyed, &on),
-            TxShape::Explicit,
-            "a keyed write records its outcome in its own transaction"
+            TxShape::OneTrip,
+            "a keyed write records its outcome in its own transaction, in the same query"
         );
+        let mut keyed_insert = tx(&["INSERT INTO t VALUES (1)"], false);
+        keyed_insert.options.idempotency_key = Some("k".into());
+        assert_eq!(
+            TxShape::of(&keyed_insert, &on),
+            TxShape::Explicit,
+            "an insert id is not a row count"
+        );
+        let mut keyed_with_read = tx(&[update, "SELECT v FROM t"], false);
+        keyed_with_read.options.idempotency_key = Some("k".into());
+        assert_eq!(TxShape::of(&keyed_with_read, &on), TxShape::Explicit);
         assert_eq!(
             TxShape::of(&tx(&[update, update], false), &on),
             TxShape::Explicit

@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use slog::debug;
 
-use super::ending::TxEnd;
+use super::ending::{hand_over, TxEnd};
 use super::start::{Started, TxShape};
 use super::{ConnectionProfile, SessionEngine};
 use crate::db::DbError;
 use crate::error::{BrokerError, CommitCarrier};
-use crate::idempotency::Claim;
+use crate::idempotency::{Claim, OutcomeTable};
 use crate::locks::{GroupClass, Grouping};
 use crate::metrics::TxKind;
-use crate::protocol::{Isolation, Reply, TxRequest};
+use crate::protocol::{Isolation, QueryResult, Reply, TxRequest};
 use crate::sql_class::StatementClass;
 use crate::sql_guard;
 use crate::txn::TxMode;
@@ -160,6 +160,10 @@ impl SessionEngine {
             let attempt = match shape {
                 TxShape::Explicit => self.attempt_explicit(tx, classes, attempts, claim).await,
                 TxShape::SingleWrite => self.attempt_single_write(tx, attempts).await,
+                TxShape::OneTrip => match claim {
+                    Some(claim) => self.attempt_one_trip(tx, classes, attempts, claim).await,
+                    None => unreachable!("only a keyed tx has the one-trip shape"),
+                },
             };
             let failure = match attempt {
                 Ok(reply) => {
@@ -201,7 +205,7 @@ impl SessionEngine {
                     .begin(tx.options.isolation, tx.options.read_only)
                     .await
             }
-            TxShape::SingleWrite => Ok(()),
+            TxShape::SingleWrite | TxShape::OneTrip => Ok(()),
         }
     }
 
@@ -244,6 +248,100 @@ impl SessionEngine {
                 None,
             )),
         }
+    }
+
+    /// `START TRANSACTION`, the statements (each but the last followed by keeping its row
+    /// count), the record and `COMMIT` in one query (`TxShape::OneTrip`). The keys pass on once
+    /// the last statement has answered: its `COMMIT` is on its way by then, as when it is sent
+    /// after the statements. A statement the server refuses stops the query there, with the
+    /// transaction open, to be rolled back; a connection lost under it leaves the outcome
+    /// unknown. A statement that cannot be written as text runs the explicit way instead.
+    async fn attempt_one_trip(
+        &mut self,
+        tx: &TxRequest,
+        classes: &[StatementClass],
+        attempts: u32,
+        claim: &Claim,
+    ) -> Result<Reply, AttemptFailure> {
+        for class in classes {
+            self.wait_for_reads(*class)
+                .await
+                .map_err(AttemptFailure::Refused)?;
+        }
+        let failed = |error| {
+            AttemptFailure::Failed(TxFailure {
+                statement: None,
+                error,
+            })
+        };
+        match self.db.set_isolation(tx.options.isolation).await {
+            // Nothing of the transaction was sent.
+            Err(DbError::ConnectionLost(message)) => {
+                return Err(failed(DbError::Unavailable(message)))
+            }
+            Err(error) => return Err(failed(error)),
+            Ok(()) => {}
+        }
+        let Some(statements) = self.one_trip_statements(tx) else {
+            self.db
+                .begin(tx.options.isolation, false)
+                .await
+                .map_err(failed)?;
+            return self.attempt_explicit(tx, classes, attempts, Some(claim)).await;
+        };
+        let template = Reply::Tx {
+            results: vec![QueryResult::default(); tx.statements.len()],
+            attempts,
+        };
+        let mut script = Vec::with_capacity(2 * statements.len() + 2);
+        script.push("START TRANSACTION".to_string());
+        let last = statements.len() - 1;
+        for (index, statement) in statements.into_iter().enumerate() {
+            script.push(statement);
+            if index < last {
+                script.push(OutcomeTable::keep_row_count(index));
+            }
+        }
+        let answered = script.len();
+        script.push(
+            self.outcomes
+                .insert_counting(claim, &template, tx.statements.len()),
+        );
+        script.push("COMMIT".to_string());
+        let connection = self.db.identity();
+        let (config, keys, metrics) = (&self.config, &mut self.keys, &self.metrics);
+        let mut handed_over = None;
+        let (results, error) = self
+            .db
+            .execute_transaction_script(&script, answered, || {
+                handed_over = hand_over(config, keys, metrics, connection);
+            })
+            .await;
+        if handed_over.is_some() {
+            self.handed_over = handed_over;
+        }
+        match error {
+            None => Ok(Reply::Tx {
+                results: one_trip_results(results, tx.statements.len()),
+                attempts,
+            }),
+            Some(error @ DbError::Server(_)) => Err(AttemptFailure::Failed(TxFailure {
+                statement: one_trip_statement(results.len(), tx.statements.len()),
+                error,
+            })),
+            Some(error) => Err(AttemptFailure::of_commit(error, CommitCarrier::Script, None)),
+        }
+    }
+
+    /// The statements of `tx` with their values written in, or `None` when one cannot be.
+    fn one_trip_statements(&mut self, tx: &TxRequest) -> Option<Vec<String>> {
+        tx.statements
+            .iter()
+            .map(|statement| {
+                let placeholders = self.classes.placeholders(&statement.sql)?;
+                self.db.render(statement, &placeholders)
+            })
+            .collect()
     }
 
     /// The one statement, alone in autocommit mode: its own commit.
@@ -319,4 +417,22 @@ pub(super) fn retry_backoff(attempt: u32) -> Duration {
     let cap = Duration::from_millis(1u64 << attempt.min(5)).min(MAX_RETRY_BACKOFF);
     let micros = cap.as_micros() as u64;
     Duration::from_micros(rand::thread_rng().gen_range(micros / 2..=micros))
+}
+
+/// The results of a one-trip `tx`'s `statements` among those of its whole query: every
+/// other answer from the second on (between them come the `SET`s that keep row counts).
+fn one_trip_results(script_results: Vec<QueryResult>, statements: usize) -> Vec<QueryResult> {
+    script_results
+        .into_iter()
+        .skip(1)
+        .step_by(2)
+        .take(statements)
+        .collect()
+}
+
+/// Which of a one-trip `tx`'s `statements` the part `failed` of its query is (counting from
+/// 0, `START TRANSACTION` first): `None` for the parts that are not (a `SET`, the record,
+/// `COMMIT`).
+fn one_trip_statement(failed: usize, statements: usize) -> Option<usize> {
+    (failed % 2 == 1 && failed / 2 < statements).then_some(failed / 2)
 }
