@@ -176,42 +176,41 @@ impl OutcomeTable {
         )
     }
 
-    /// Reads the record of `claim`'s key: a plain read by primary key, outside any
-    /// transaction. A record written meanwhile by a duplicate still in flight is not seen,
-    /// and then the duplicate's primary key stops this request's own record (see the module).
-    pub fn lookup(&self, claim: &Claim) -> Statement {
-        Statement::new(
-            format!(
-                "SELECT request_hash, response, results_omitted, expires_at > NOW(6), \
-                 row_counts \
-                 FROM {} WHERE idempotency_key = ?",
-                self.name
-            ),
-            vec![Value::Bytes(claim.key.as_bytes().to_vec())],
-        )
+    /// Reads the records of `claims`' keys, in one query: a plain read by primary key,
+    /// outside any transaction or inside a group's. A record written meanwhile by a duplicate
+    /// still in flight is not seen, and then the duplicate's primary key stops this request's
+    /// own record (see the module).
+    pub fn lookup(&self, claims: &[&Claim]) -> Statement {
+        let mut sql = format!(
+            "SELECT idempotency_key, request_hash, response, results_omitted, \
+             expires_at > NOW(6), row_counts FROM {} WHERE idempotency_key IN (",
+            self.name
+        );
+        for index in 0..claims.len() {
+            sql.push_str(if index == 0 { "?" } else { ", ?" });
+        }
+        sql.push(')');
+        let keys = claims
+            .iter()
+            .map(|claim| Value::Bytes(claim.key.as_bytes().to_vec()))
+            .collect();
+        Statement::new(sql, keys)
     }
 
-    /// What the lookup of `claim` found.
-    pub fn read(&self, found: &QueryResult, claim: &Claim) -> Recorded {
-        let Some([Value::Bytes(hash), Value::Bytes(response), omitted, live, row_counts]) =
-            found.rows.first().map(Vec::as_slice)
-        else {
-            return Recorded::Absent;
-        };
-        if !is_true(live) {
-            return Recorded::Expired;
-        }
-        if hash.as_slice() != claim.hash {
-            return Recorded::OtherRequest;
-        }
-        match Response::decode(response).map(|decoded| decoded.outcome) {
-            Ok(Ok(reply)) => Recorded::Live(Reply::Replayed {
-                reply: Box::new(with_row_counts(reply, row_counts)),
-                results_omitted: is_true(omitted),
-            }),
-            // Only successes are recorded; anything else is not a record of this broker's.
-            _ => Recorded::Absent,
-        }
+    /// What the lookup of `claims` found for each, in their order.
+    pub fn read(&self, found: &QueryResult, claims: &[&Claim]) -> Vec<Recorded> {
+        claims
+            .iter()
+            .map(|claim| {
+                found
+                    .rows
+                    .iter()
+                    .find(|row| {
+                        matches!(row.first(), Some(Value::Bytes(key)) if key.as_slice() == claim.key.as_bytes())
+                    })
+                    .map_or(Recorded::Absent, |row| read_record(&row[1..], claim))
+            })
+            .collect()
     }
 
     /// Deletes `claim`'s record if it has expired, so that the request may record anew.
@@ -379,6 +378,27 @@ pub async fn purge_expired(database: Database, table: OutcomeTable, log: Logger)
 enum TableState {
     Unknown,
     Exists,
+}
+
+/// What one record (its columns after the key, as `lookup` reads them) holds for `claim`.
+fn read_record(record: &[Value], claim: &Claim) -> Recorded {
+    let [Value::Bytes(hash), Value::Bytes(response), omitted, live, row_counts] = record else {
+        return Recorded::Absent;
+    };
+    if !is_true(live) {
+        return Recorded::Expired;
+    }
+    if hash.as_slice() != claim.hash {
+        return Recorded::OtherRequest;
+    }
+    match Response::decode(response).map(|decoded| decoded.outcome) {
+        Ok(Ok(reply)) => Recorded::Live(Reply::Replayed {
+            reply: Box::new(with_row_counts(reply, row_counts)),
+            results_omitted: is_true(omitted),
+        }),
+        // Only successes are recorded; anything else is not a record of this broker's.
+        _ => Recorded::Absent,
+    }
 }
 
 /// `reply` with the affected-row counts the server recorded (`row_counts`, one per result,

@@ -45,11 +45,31 @@ struct Entry {
     /// Its idempotency key and request hash, made once: they are read before it first runs
     /// and again when the group records.
     claim: Option<Claim>,
+    /// Whether its record has been looked at (a keyed request's, before it first runs).
+    record: RecordLook,
     retries: u32,
     attempts: u32,
     state: EntryState,
     /// Where a member's answer goes; `None` for the leader's own request.
     answer: Option<Answer>,
+}
+
+/// A keyed request's record is read before the request first runs in a group: run first, as
+/// alone, a replay's record `INSERT` would fail the group's `COMMIT` and with it every other
+/// request (promise 3). Requests without a key have nothing to look at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RecordLook {
+    Pending,
+    Done,
+}
+
+impl RecordLook {
+    fn of(claim: &Option<Claim>) -> RecordLook {
+        match claim {
+            Some(_) => RecordLook::Pending,
+            None => RecordLook::Done,
+        }
+    }
 }
 
 enum EntryState {
@@ -119,6 +139,7 @@ impl SessionEngine {
     ) -> Result<Reply, BrokerError> {
         let mut group = Group {
             entries: vec![Entry {
+                record: RecordLook::of(&Claim::of_tx(&tx)),
                 claim: Claim::of_tx(&tx),
                 tx: tx.clone(),
                 retries,
@@ -200,15 +221,9 @@ impl SessionEngine {
                     entry.state = EntryState::Abandoned;
                     continue;
                 }
-                // Cloned, not hashed again: the entry's state changes below.
-                let claim = entry.claim.clone().filter(|_| entry.attempts == 0);
-                if let Some(first) = claim.as_ref().and_then(|claim| same_key_before(group, position, claim)) {
-                    group.entries[position].state = EntryState::SameKeyAs(first);
-                    continue;
-                }
-                if let Some(claim) = claim {
-                    if let Some(answered) = self.answered_by_record(&claim).await {
-                        group.entries[position].state = answered;
+                if entry.record == RecordLook::Pending {
+                    self.look_up_records(group, position).await;
+                    if !matches!(group.entries[position].state, EntryState::ToRun) {
                         continue;
                     }
                 }
@@ -223,15 +238,45 @@ impl SessionEngine {
         }
     }
 
-    /// A keyed request looks at its record before it first runs in a group: run first, as
-    /// alone, a replay's record `INSERT` would fail the group's `COMMIT` and with it every
-    /// other request (promise 3). `None`: it is to run. Same-key requests are serialized by
-    /// their broker key, so none can record between this look and the group's `COMMIT`.
-    async fn answered_by_record(&mut self, claim: &Claim) -> Option<EntryState> {
-        match self.look_up_in(claim, TxMode::InTransaction).await {
-            Ok(Lookup::Run | Lookup::RunAfterExpiry) => None,
-            Ok(Lookup::Replay(reply)) => Some(EntryState::Replayed(reply)),
-            Err(error) => Some(EntryState::Failed(error)),
+    /// Looks at the records of every keyed request from `from` on that has not run yet, in
+    /// one query. One that shares its key with a request before it in the group is answered
+    /// from that request's outcome; its record is written only at the group's `COMMIT`.
+    /// Same-key requests are otherwise serialized by their broker key, so no other can record
+    /// between this look and the group's `COMMIT`.
+    async fn look_up_records(&mut self, group: &mut Group, from: usize) {
+        let mut pending = Vec::new();
+        for position in from..group.entries.len() {
+            let entry = &group.entries[position];
+            let (Some(claim), RecordLook::Pending, EntryState::ToRun) =
+                (&entry.claim, entry.record, &entry.state)
+            else {
+                continue;
+            };
+            let same_key = same_key_before(group, position, claim);
+            let entry = &mut group.entries[position];
+            entry.record = RecordLook::Done;
+            match same_key {
+                Some(first) => entry.state = EntryState::SameKeyAs(first),
+                None => pending.push(position),
+            }
+        }
+        let claims: Vec<&Claim> = pending
+            .iter()
+            .filter_map(|&position| group.entries[position].claim.as_ref())
+            .collect();
+        if claims.is_empty() {
+            return;
+        }
+        let lookups = match self.look_up_all_in(&claims, TxMode::InTransaction).await {
+            Ok(lookups) => lookups,
+            Err(error) => pending.iter().map(|_| Err(error.clone())).collect(),
+        };
+        for (position, lookup) in pending.into_iter().zip(lookups) {
+            group.entries[position].state = match lookup {
+                Ok(Lookup::Run | Lookup::RunAfterExpiry) => continue,
+                Ok(Lookup::Replay(reply)) => EntryState::Replayed(reply),
+                Err(error) => EntryState::Failed(error),
+            };
         }
     }
 
@@ -253,9 +298,8 @@ impl SessionEngine {
             if !matches!(entry.state, EntryState::ToRun) {
                 continue;
             }
-            // A keyed request first runs only once `next_to_run` has looked at its record
-            // and at the group's other keys: it starts a batch of its own.
-            if position != first && entry.claim.is_some() && entry.attempts == 0 {
+            // Arrived after the last look at the records: `next_to_run` looks first.
+            if entry.record == RecordLook::Pending {
                 return batch;
             }
             let Some(script) = self.script_part(position, &entry.tx) else {
@@ -419,9 +463,11 @@ impl SessionEngine {
 
     fn take_member(&mut self, group: &mut Group, member: Member) {
         let Member { tx, outcome } = member;
+        let claim = Claim::of_tx(&tx);
         group.entries.push(Entry {
             retries: tx.retries.unwrap_or(self.config.default_retries),
-            claim: Claim::of_tx(&tx),
+            record: RecordLook::of(&claim),
+            claim,
             tx,
             attempts: 0,
             state: EntryState::ToRun,
@@ -584,7 +630,7 @@ fn same_key_before(group: &Group, position: usize, claim: &Claim) -> Option<usiz
     group.entries[..position].iter().position(|entry| {
         matches!(
             entry.state,
-            EntryState::Ran(_) | EntryState::Replayed(_) | EntryState::SameKeyAs(_)
+            EntryState::ToRun | EntryState::Ran(_) | EntryState::Replayed(_) | EntryState::SameKeyAs(_)
         ) && entry.claim.as_ref().is_some_and(|earlier| earlier.key == claim.key)
     })
 }

@@ -53,20 +53,36 @@ impl SessionEngine {
         claim: &Claim,
         mode: TxMode,
     ) -> Result<Lookup, BrokerError> {
-        let found = self.db.execute(&self.outcomes.lookup(claim), mode).await?;
-        match self.outcomes.read(&found, claim) {
-            Recorded::Live(reply) => Ok(Lookup::Replay(reply)),
-            Recorded::OtherRequest => Err(BrokerError::IdempotencyMismatch {
-                key: claim.key.clone(),
-            }),
-            Recorded::Expired => {
-                self.db
-                    .execute(&self.outcomes.forget_expired(claim), mode)
-                    .await?;
-                Ok(Lookup::RunAfterExpiry)
-            }
-            Recorded::Absent => Ok(Lookup::Run),
+        let mut lookups = self.look_up_all_in(&[claim], mode).await?;
+        lookups.pop().unwrap_or(Ok(Lookup::Run))
+    }
+
+    /// The records of `claims` read in one query (the lookups of a group's keyed members
+    /// cost one round trip, not one each): for each claim, what its request is to do, or the
+    /// mismatch that refuses it. Expired records are deleted, one by one (rare).
+    pub(super) async fn look_up_all_in(
+        &mut self,
+        claims: &[&Claim],
+        mode: TxMode,
+    ) -> Result<Vec<Result<Lookup, BrokerError>>, BrokerError> {
+        let found = self.db.execute(&self.outcomes.lookup(claims), mode).await?;
+        let mut lookups = Vec::with_capacity(claims.len());
+        for (claim, recorded) in claims.iter().zip(self.outcomes.read(&found, claims)) {
+            lookups.push(match recorded {
+                Recorded::Live(reply) => Ok(Lookup::Replay(reply)),
+                Recorded::OtherRequest => Err(BrokerError::IdempotencyMismatch {
+                    key: claim.key.clone(),
+                }),
+                Recorded::Expired => {
+                    self.db
+                        .execute(&self.outcomes.forget_expired(claim), mode)
+                        .await?;
+                    Ok(Lookup::RunAfterExpiry)
+                }
+                Recorded::Absent => Ok(Lookup::Run),
+            });
         }
+        Ok(lookups)
     }
 
     /// A keyed `tx`, run without a look at its key's record: when the key has one, its
