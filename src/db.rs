@@ -317,7 +317,12 @@ impl DbConnection {
         // A line break first ends a `--` or `#` comment a statement may end with.
         let script = statements.join("\n;\n");
         let deadline = self.deadline;
-        match within(deadline, self.run_script(&script, statements.len(), on_read)).await {
+        match within(
+            deadline,
+            self.run_script(&script, statements.len(), on_read),
+        )
+        .await
+        {
             Some((results, Some(error))) => (results, Some(self.failed(error))),
             Some((results, None)) => (results, None),
             None => {

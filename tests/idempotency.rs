@@ -490,7 +490,11 @@ async fn a_failing_statement_of_a_keyed_update_tx_is_named_rolls_back_and_record
     );
     let refused = expect_code(client.run_tx(request.clone()).await, ErrorCode::Sql);
     assert_eq!(refused.statement, Some(1), "{refused:?}");
-    assert_eq!(balance(&db, 1).await, 100, "the first statement was rolled back");
+    assert_eq!(
+        balance(&db, 1).await,
+        100,
+        "the first statement was rolled back"
+    );
     assert_eq!(db.count("txbroker_outcomes").await, 0);
     // The session goes on, out of any transaction, and the key may run when sent again.
     let moved = client

@@ -73,7 +73,9 @@ impl SessionEngine {
     /// transaction holds keys. Call only once every statement has succeeded.
     pub(super) fn hand_over_keys(&mut self) {
         let connection = self.db.identity();
-        if let Some(handed_over) = hand_over(&self.config, &mut self.keys, &self.metrics, connection) {
+        if let Some(handed_over) =
+            hand_over(&self.config, &mut self.keys, &self.metrics, connection)
+        {
             self.handed_over = Some(handed_over);
         }
     }

@@ -630,8 +630,14 @@ fn same_key_before(group: &Group, position: usize, claim: &Claim) -> Option<usiz
     group.entries[..position].iter().position(|entry| {
         matches!(
             entry.state,
-            EntryState::ToRun | EntryState::Ran(_) | EntryState::Replayed(_) | EntryState::SameKeyAs(_)
-        ) && entry.claim.as_ref().is_some_and(|earlier| earlier.key == claim.key)
+            EntryState::ToRun
+                | EntryState::Ran(_)
+                | EntryState::Replayed(_)
+                | EntryState::SameKeyAs(_)
+        ) && entry
+            .claim
+            .as_ref()
+            .is_some_and(|earlier| earlier.key == claim.key)
     })
 }
 
@@ -664,7 +670,8 @@ fn answer_all(group: &mut Group, outcome: &GroupOutcome) -> Result<Reply, Broker
     let mut leader_answer = Err(BrokerError::Internal(
         "the leader's request has no answer".into(),
     ));
-    let mut answers: Vec<Option<Result<Reply, BrokerError>>> = Vec::with_capacity(group.entries.len());
+    let mut answers: Vec<Option<Result<Reply, BrokerError>>> =
+        Vec::with_capacity(group.entries.len());
     for position in 0..group.entries.len() {
         let entry = &mut group.entries[position];
         let answer = match (

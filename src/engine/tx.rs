@@ -287,7 +287,9 @@ impl SessionEngine {
                 .begin(tx.options.isolation, false)
                 .await
                 .map_err(failed)?;
-            return self.attempt_explicit(tx, classes, attempts, Some(claim)).await;
+            return self
+                .attempt_explicit(tx, classes, attempts, Some(claim))
+                .await;
         };
         let template = Reply::Tx {
             results: vec![QueryResult::default(); tx.statements.len()],
@@ -329,7 +331,11 @@ impl SessionEngine {
                 statement: one_trip_statement(results.len(), tx.statements.len()),
                 error,
             })),
-            Some(error) => Err(AttemptFailure::of_commit(error, CommitCarrier::Script, None)),
+            Some(error) => Err(AttemptFailure::of_commit(
+                error,
+                CommitCarrier::Script,
+                None,
+            )),
         }
     }
 
