@@ -7,7 +7,10 @@
 //!
 //! A record is written by the transaction it describes, just before its `COMMIT`, so it exists
 //! exactly when that transaction committed; the primary key on the idempotency key makes a
-//! second commit of the same key fail instead of running twice, whatever the broker knew.
+//! second commit of the same key fail instead of running twice, whatever the broker knew. A
+//! `tx` whose statements answer only with row counts writes its record in the same query as
+//! its statements, before their answers are known: the server writes the counts in
+//! (`row_counts`, from `ROW_COUNT()`), and a replay puts them back into the response.
 
 use std::fmt::Write as _;
 use std::time::Duration;
