@@ -10,7 +10,7 @@
 mod common;
 
 use common::answers::{expect_code, int};
-use common::requests::{keyed, transfer_tx, with_keys};
+use common::requests::{keyed, money_move, transfer_tx, with_keys};
 use common::{
     answered, bank, begin_and_update_account, eventually, stats_until, TestBroker, TestDb, PATIENCE,
 };
@@ -131,16 +131,22 @@ async fn a_failed_request_records_nothing_and_runs_when_sent_again() {
 #[actix_rt::test]
 async fn a_duplicate_sent_at_once_from_two_connections_runs_once() {
     let db = bank("idem_concurrent", 2, 100).await;
+    duplicates_run_once(&db, keyed(transfer_tx("t-1", 1, 2, 10), "twice")).await;
+    assert_eq!(db.count("ledger").await, 1);
+}
+
+/// Sends `request` twice at once, from two connections, while a holder of `accounts:1` keeps
+/// the first copy waiting for it, holding the key's broker key, so that the second copy
+/// queues behind the first: one copy commits, the other is its replay, and the transfer of 10
+/// from account 1 to account 2 lands once.
+async fn duplicates_run_once(db: &TestDb, request: TxRequest) {
     let broker = TestBroker::start(db.config());
     let observer = broker.client().await;
-    // A holder of accounts:1 keeps the first copy waiting for it, holding the key's broker
-    // key, so that the second copy queues behind the first.
     let holder = broker.client().await;
     begin_and_update_account(&holder, 1, "balance = balance").await;
-    let transfer = keyed(transfer_tx("t-1", 1, 2, 10), "twice");
-    let first = broker.send_tx(transfer.clone()).await;
+    let first = broker.send_tx(request.clone()).await;
     stats_until(&observer, "the first copy waits", |s| s.lock_waiters == 1).await;
-    let second = broker.send_tx(transfer).await;
+    let second = broker.send_tx(request).await;
     stats_until(&observer, "both copies wait", |s| s.lock_waiters == 2).await;
     holder.commit().await.expect("the holder lets go");
     let answers: Vec<TxOutcome> = vec![
@@ -153,8 +159,7 @@ async fn a_duplicate_sent_at_once_from_two_connections_runs_once() {
         "{answers:?}"
     );
     assert_eq!(answers[0].results, answers[1].results);
-    assert_eq!((balance(&db, 1).await, balance(&db, 2).await), (90, 110));
-    assert_eq!(db.count("ledger").await, 1);
+    assert_eq!((balance(db, 1).await, balance(db, 2).await), (90, 110));
 }
 
 #[actix_rt::test]
@@ -406,21 +411,7 @@ async fn a_replay_queued_with_a_new_request_is_answered_from_its_record_and_the_
 /// A keyed move of `amount` from `from` to `to` without a ledger row: `UPDATE`s only, so it
 /// runs in one query with its record (`TxShape::OneTrip`).
 fn keyed_move(key: &str, from: u64, to: u64, amount: i64) -> TxRequest {
-    keyed(
-        TxBuilder::new()
-            .lock(format!("accounts:{from}"))
-            .lock(format!("accounts:{to}"))
-            .exec(
-                "UPDATE accounts SET balance = balance - ? WHERE id = ?",
-                vec![amount.into(), from.into()],
-            )
-            .exec(
-                "UPDATE accounts SET balance = balance + ? WHERE id = ?",
-                vec![amount.into(), to.into()],
-            )
-            .into_request(),
-        key,
-    )
+    keyed(money_move("", from, to, amount).into_request(), key)
 }
 
 #[actix_rt::test]
@@ -512,26 +503,7 @@ async fn a_failing_statement_of_a_keyed_update_tx_is_named_rolls_back_and_record
 #[actix_rt::test]
 async fn a_keyed_update_tx_sent_at_once_from_two_connections_runs_once() {
     let db = bank("idem_one_trip_concurrent", 2, 100).await;
-    let broker = TestBroker::start(db.config());
-    let observer = broker.client().await;
-    let holder = broker.client().await;
-    begin_and_update_account(&holder, 1, "balance = balance").await;
-    let first = broker.send_tx(keyed_move("twice", 1, 2, 10)).await;
-    stats_until(&observer, "the first copy waits", |s| s.lock_waiters == 1).await;
-    let second = broker.send_tx(keyed_move("twice", 1, 2, 10)).await;
-    stats_until(&observer, "both copies wait", |s| s.lock_waiters == 2).await;
-    holder.commit().await.expect("the holder lets go");
-    let answers: Vec<TxOutcome> = vec![
-        answered(first).await.expect("the first copy commits"),
-        answered(second).await.expect("the second copy is answered"),
-    ];
-    assert_eq!(
-        answers.iter().filter(|answer| answer.replayed).count(),
-        1,
-        "{answers:?}"
-    );
-    assert_eq!(answers[0].results, answers[1].results);
-    assert_eq!((balance(&db, 1).await, balance(&db, 2).await), (90, 110));
+    duplicates_run_once(&db, keyed_move("twice", 1, 2, 10)).await;
 }
 
 #[actix_rt::test]

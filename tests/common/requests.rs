@@ -31,6 +31,17 @@ pub fn transfer_tx(id: &str, from: u64, to: u64, amount: i64) -> TxRequest {
 /// `transfer_tx` with keys `{namespace}accounts:{id}`: named locks are server-wide, so tests
 /// that take keys in the database (`coordination = "database"`) give them a namespace.
 pub fn transfer_tx_keyed(namespace: &str, id: &str, from: u64, to: u64, amount: i64) -> TxRequest {
+    money_move(namespace, from, to, amount)
+        .exec(
+            "INSERT INTO ledger (id, from_id, to_id, amount) VALUES (?, ?, ?, ?)",
+            vec![id.into(), from.into(), to.into(), amount.into()],
+        )
+        .into_request()
+}
+
+/// The two balance updates of a transfer, with both accounts' keys
+/// `{namespace}accounts:{id}` declared, to which a request may add statements.
+pub fn money_move(namespace: &str, from: u64, to: u64, amount: i64) -> TxBuilder<'static> {
     TxBuilder::new()
         .lock(format!("{namespace}accounts:{from}"))
         .lock(format!("{namespace}accounts:{to}"))
@@ -42,11 +53,6 @@ pub fn transfer_tx_keyed(namespace: &str, id: &str, from: u64, to: u64, amount: 
             "UPDATE accounts SET balance = balance + ? WHERE id = ?",
             vec![amount.into(), to.into()],
         )
-        .exec(
-            "INSERT INTO ledger (id, from_id, to_id, amount) VALUES (?, ?, ?, ?)",
-            vec![id.into(), from.into(), to.into(), amount.into()],
-        )
-        .into_request()
 }
 
 /// `tx` carrying the idempotency key `key`.
