@@ -164,13 +164,7 @@ fn render_value(value: &Value) -> String {
         Value::Float(f) => f.to_string(),
         Value::Double(f) => f.to_string(),
         Value::Text(text) => text.clone(),
-        Value::Bytes(bytes) => {
-            let mut hex = String::from("0x");
-            for byte in bytes {
-                let _ = write!(hex, "{byte:02x}");
-            }
-            hex
-        }
+        Value::Bytes(bytes) => format!("0x{}", hex::encode(bytes)),
     }
 }
 

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::error::BrokerError;
 pub use crate::error::LockFailure;
 use crate::hot_keys::HotKeys;
+use crate::idempotency::Claim;
 use crate::locks::{
     AcquireOutcome, CommitTicket, Completed, Completion, Grant, GroupReach, Grouping, KeyName,
     LockRequest, LockStats, LockTable, OwnerId,
@@ -81,9 +82,18 @@ impl ReadGate {
     }
 }
 
+/// A request that may run in another session's group, as its session hands it to the
+/// coordinator: the request, and its idempotency claim (key and hash), made once by that
+/// session so that the leader does not hash the request again.
+#[derive(Clone, Debug)]
+pub struct GroupRequest {
+    pub tx: Arc<TxRequest>,
+    pub claim: Option<Claim>,
+}
+
 /// A request that joined a group, as its leader receives it.
 pub struct Member {
-    pub tx: Arc<TxRequest>,
+    pub request: GroupRequest,
     /// Where the leader sends the request's answer once the group's commit has answered.
     pub outcome: oneshot::Sender<Result<Reply, BrokerError>>,
 }
@@ -106,7 +116,7 @@ struct Waiter {
     reply: AdmissionReply,
     timer: SpawnHandle,
     /// The request itself, for a leader to run, when it may be grouped.
-    member: Option<Arc<TxRequest>>,
+    member: Option<GroupRequest>,
     /// The key it first queued for, and when, while hot keys are kept.
     queued: Option<(KeyName, Instant)>,
 }
@@ -246,12 +256,12 @@ impl Coordinator {
     fn send_to_group(
         &mut self,
         leader: OwnerId,
-        member: Option<Arc<TxRequest>>,
+        member: Option<GroupRequest>,
         reply: AdmissionReply,
     ) {
         let (outcome, joined) = oneshot::channel();
         let delivered = match (self.inboxes.get(&leader), member) {
-            (Some(inbox), Some(tx)) => inbox.send(Member { tx, outcome }).is_ok(),
+            (Some(inbox), Some(request)) => inbox.send(Member { request, outcome }).is_ok(),
             _ => false,
         };
         let _ = reply.send(if delivered {
@@ -303,7 +313,7 @@ pub struct Acquire {
     pub owner: OwnerId,
     pub request: LockRequest,
     pub grouping: Grouping,
-    pub member: Option<Arc<TxRequest>>,
+    pub member: Option<GroupRequest>,
     pub reply: AdmissionReply,
 }
 

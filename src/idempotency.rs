@@ -434,10 +434,11 @@ fn is_true(value: &Value) -> bool {
 
 /// `X'…'`: bytes as an SQL hex literal, which needs no escaping in any `sql_mode`.
 fn push_hex(sql: &mut String, bytes: &[u8]) {
+    let mut digits = vec![0; 2 * bytes.len()];
+    hex::encode_to_slice(bytes, &mut digits)
+        .unwrap_or_else(|_| unreachable!("two digits per byte fit"));
     sql.push_str("X'");
-    for byte in bytes {
-        let _ = write!(sql, "{byte:02x}");
-    }
+    sql.push_str(std::str::from_utf8(&digits).unwrap_or_default());
     sql.push('\'');
 }
 

@@ -9,18 +9,16 @@
 //! when dropped at the latest.
 
 use std::future::Future;
-use std::sync::Arc;
 
 use actix::Addr;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::coordinator::{
-    Acquire, Admission, CancelWait, Coordinator, CoordinatorStats, GetStats, HandOver, LockFailure,
-    ReleaseAll, Settled, Settlement,
+    Acquire, Admission, CancelWait, Coordinator, CoordinatorStats, GetStats, GroupRequest,
+    HandOver, LockFailure, ReleaseAll, Settled, Settlement,
 };
 use crate::locks::{CommitTicket, Grouping, LockRequest, OwnerId};
-use crate::protocol::TxRequest;
 
 /// Whether the session may hold keys right now; saves a message per keyless transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +64,7 @@ impl LockClient {
         &mut self,
         request: LockRequest,
         grouping: Grouping,
-        tx: Option<Arc<TxRequest>>,
+        tx: Option<GroupRequest>,
     ) -> Result<Admission, LockFailure> {
         let again = matches!(grouping, Grouping::Groupable(_)).then(|| request.clone());
         match self.ask(request, grouping, tx).await {
@@ -88,7 +86,7 @@ impl LockClient {
         &mut self,
         request: LockRequest,
         grouping: Grouping,
-        tx: Option<Arc<TxRequest>>,
+        tx: Option<GroupRequest>,
     ) -> Result<Admission, LockFailure> {
         if self.client_gone.is_cancelled() {
             return Err(LockFailure::Cancelled);

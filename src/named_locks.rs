@@ -47,11 +47,7 @@ pub fn lock_name(key: &str) -> String {
         .take(room)
         .collect();
     let digest = Sha256::digest(key.as_bytes());
-    let hash: String = digest
-        .iter()
-        .take(HASH_HEX_DIGITS / 2)
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
+    let hash = hex::encode(&digest[..HASH_HEX_DIGITS / 2]);
     format!("{NAME_PREFIX}{prefix}#{hash}")
 }
 

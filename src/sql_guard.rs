@@ -113,14 +113,25 @@ pub fn is_single_data_change(sql: &str) -> bool {
 /// without `RETURNING` (no rows) and without `LAST_INSERT_ID` (no insert id), so that the
 /// server's `ROW_COUNT()` right after it says everything its client will be told. A keyed
 /// `tx` of such statements writes its record in the same query as its statements
-/// (`crate::idempotency`). A word inside a string literal counts too: a false alarm only
-/// costs the longer way.
+/// (`crate::idempotency`). The two names are looked for anywhere in the text, in a string or
+/// a longer name too: a false alarm only costs the longer way. Checked for every statement of
+/// every keyed `tx`, so it reads only the first word as a word.
 pub fn answers_with_row_count(sql: &str) -> bool {
     let versioned_code = sql.contains("/*!") || sql.contains("/*M!");
-    let mut words = words(sql).map(|(word, _)| word);
     !versioned_code
-        && matches!(words.next().as_deref(), Some("update" | "delete"))
-        && !words.any(|word| word == "returning" || word == "last_insert_id")
+        && matches!(
+            words(sql).next().as_ref().map(|(word, _)| word.as_str()),
+            Some("update" | "delete")
+        )
+        && !contains_ignoring_case(sql, "returning")
+        && !contains_ignoring_case(sql, "last_insert_id")
+}
+
+/// Whether `text` contains `needle` (ASCII, lower case), whatever the case of its letters.
+fn contains_ignoring_case(text: &str, needle: &str) -> bool {
+    text.as_bytes()
+        .windows(needle.len())
+        .any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// The text after each occurrence of the word `word` in `sql`.

@@ -24,7 +24,7 @@ use super::idempotent::Lookup;
 use super::start::TxShape;
 use super::tx::{retry_backoff, TxFailure};
 use super::SessionEngine;
-use crate::coordinator::Member;
+use crate::coordinator::{GroupRequest, Member};
 use crate::db::DbError;
 use crate::error::{BrokerError, CommitCarrier, Conflict, DbFailure};
 use crate::idempotency::Claim;
@@ -132,15 +132,15 @@ impl SessionEngine {
     /// Runs the leader's `tx` and its members, then commits them together.
     pub(super) async fn lead_group(
         &mut self,
-        tx: Arc<TxRequest>,
+        GroupRequest { tx, claim }: GroupRequest,
         shape: TxShape,
         retries: u32,
         inbox: mpsc::UnboundedReceiver<Member>,
     ) -> Result<Reply, BrokerError> {
         let mut group = Group {
             entries: vec![Entry {
-                record: RecordLook::of(&Claim::of_tx(&tx)),
-                claim: Claim::of_tx(&tx),
+                record: RecordLook::of(&claim),
+                claim,
                 tx: tx.clone(),
                 retries,
                 attempts: 0,
@@ -462,8 +462,10 @@ impl SessionEngine {
     }
 
     fn take_member(&mut self, group: &mut Group, member: Member) {
-        let Member { tx, outcome } = member;
-        let claim = Claim::of_tx(&tx);
+        let Member {
+            request: GroupRequest { tx, claim },
+            outcome,
+        } = member;
         group.entries.push(Entry {
             retries: tx.retries.unwrap_or(self.config.default_retries),
             record: RecordLook::of(&claim),

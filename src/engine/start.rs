@@ -1,7 +1,6 @@
 //! Taking a transaction's keys and starting it, for `tx` and `begin`: the one place where a
 //! transaction's deadline is set and its keys are asked for.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
@@ -10,7 +9,7 @@ use super::alone::AUTOCOMMIT_PING_AFTER;
 use super::ending::TxEnd;
 use super::{SessionEngine, TxClock, TxContext};
 use crate::config::Config;
-use crate::coordinator::{Admission, Member};
+use crate::coordinator::{Admission, GroupRequest, Member};
 use crate::db::{DbConnection, DbError};
 use crate::error::BrokerError;
 use crate::locks::Grouping;
@@ -94,7 +93,7 @@ impl SessionEngine {
         options: &TxOptions,
         shape: TxShape,
         grouping: Grouping,
-        member: Option<Arc<TxRequest>>,
+        member: Option<GroupRequest>,
     ) -> Result<Started, BrokerError> {
         self.open_context(kind, arrived, options, shape).await?;
         let begins = match (shape, grouping) {

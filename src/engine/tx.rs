@@ -12,6 +12,7 @@ use slog::debug;
 use super::ending::{hand_over, TxEnd};
 use super::start::{Started, TxShape};
 use super::{ConnectionProfile, SessionEngine};
+use crate::coordinator::GroupRequest;
 use crate::db::DbError;
 use crate::error::{BrokerError, CommitCarrier};
 use crate::idempotency::{Claim, OutcomeTable};
@@ -80,13 +81,22 @@ impl SessionEngine {
         let grouping = self.grouping(&tx, &classes, isolation);
         let retries = tx.retries.unwrap_or(self.config.default_retries);
         let shape = TxShape::of(&tx, &self.config);
-        let member = matches!(grouping, Grouping::Groupable(_)).then(|| tx.clone());
+        let member = matches!(grouping, Grouping::Groupable(_)).then(|| GroupRequest {
+            tx: tx.clone(),
+            claim: claim.cloned(),
+        });
         match self
             .start_retrying(&tx, arrived, shape, grouping, member, retries)
             .await?
         {
             Started::Alone => self.run_alone(&tx, &classes, shape, retries, claim).await,
-            Started::Leading(inbox) => self.lead_group(tx, shape, retries, inbox).await,
+            Started::Leading(inbox) => {
+                let leader = GroupRequest {
+                    tx,
+                    claim: claim.cloned(),
+                };
+                self.lead_group(leader, shape, retries, inbox).await
+            }
             Started::Joined(outcome) => self.run_as_member(outcome).await,
         }
     }
@@ -100,7 +110,7 @@ impl SessionEngine {
         arrived: Instant,
         shape: TxShape,
         grouping: Grouping,
-        member: Option<Arc<TxRequest>>,
+        member: Option<GroupRequest>,
         retries: u32,
     ) -> Result<Started, BrokerError> {
         let mut attempts: u32 = 0;
