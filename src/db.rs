@@ -402,16 +402,14 @@ impl DbConnection {
     }
 
     /// Drops the connection after an abandoned operation and kills what it was running.
+    /// The kill checks first that the server has not restarted since the connection was made:
+    /// ids start again after a restart, and a `KILL` by id would then end a stranger's.
     fn abandon(&mut self) {
-        if let Link::Open { conn, .. } = std::mem::replace(&mut self.link, Link::Closed) {
-            let id = conn.id();
+        if let Link::Open { conn, identity, .. } = std::mem::replace(&mut self.link, Link::Closed) {
             drop(conn);
-            let opts = self.database.opts.clone();
+            let database = self.database.clone();
             tokio::spawn(async move {
-                if let Ok(mut admin) = Conn::new(opts).await {
-                    let _ = admin.query_drop(format!("KILL {id}")).await;
-                    let _ = admin.disconnect().await;
-                }
+                let _ = database.is_gone(&identity).await;
             });
         }
     }
