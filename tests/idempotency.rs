@@ -533,3 +533,45 @@ async fn an_outcomes_table_made_before_row_counts_is_upgraded_at_start() {
     assert_eq!(first.results[0].affected, 1);
     assert_eq!(balance(&db, 1).await, 90);
 }
+
+#[actix_rt::test]
+async fn a_keyed_update_tx_whose_connection_dies_under_it_is_commit_unknown_and_its_retry_runs_once(
+) {
+    let db = bank("idem_one_trip_lost", 2, 100).await;
+    let broker = TestBroker::start(db.config());
+    let client = broker.client().await;
+    // Slow enough to be killed while it runs, quick enough to run again.
+    let slow = keyed(
+        TxBuilder::new()
+            .lock("accounts:1")
+            .exec(
+                "UPDATE accounts SET balance = balance - 10 + SLEEP(2) WHERE id = 1",
+                vec![],
+            )
+            .into_request(),
+        "lost-once",
+    );
+    let killer = async {
+        // The server lists the statement of the query it is running, with the line break
+        // that ends it; the probe's own text starts otherwise.
+        let id = db
+            .running_like(
+                "the keyed update is running",
+                "UPDATE accounts SET balance = balance - 10 + SLEEP(2) WHERE id = 1%",
+            )
+            .await;
+        db.run(&[&format!("KILL CONNECTION {id}")]).await;
+    };
+    let (outcome, ()) = tokio::join!(client.run_tx(slow.clone()), killer);
+    let lost = expect_code(outcome, ErrorCode::CommitUnknown);
+    assert!(lost.message.contains("one query"), "{}", lost.message);
+    assert_eq!(balance(&db, 1).await, 100, "killed before its COMMIT ran");
+    assert_eq!(db.count("txbroker_outcomes").await, 0);
+    // The retry with the same key finds no record and runs; the next is its replay.
+    let ran = client.run_tx(slow.clone()).await.expect("runs");
+    assert!(!ran.replayed);
+    let replay = client.run_tx(slow).await.expect("answered");
+    assert!(replay.replayed);
+    assert_eq!(replay.results, ran.results);
+    assert_eq!(balance(&db, 1).await, 90);
+}
