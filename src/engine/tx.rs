@@ -292,7 +292,7 @@ impl SessionEngine {
             Err(error) => return Err(failed(error)),
             Ok(()) => {}
         }
-        let Some(statements) = self.one_trip_statements(tx) else {
+        let Some((script, answered)) = self.one_trip_script(tx, claim, attempts) else {
             self.db
                 .begin(tx.options.isolation, false)
                 .await
@@ -301,25 +301,6 @@ impl SessionEngine {
                 .attempt_explicit(tx, classes, attempts, Some(claim))
                 .await;
         };
-        let template = Reply::Tx {
-            results: vec![QueryResult::default(); tx.statements.len()],
-            attempts,
-        };
-        let mut script = Vec::with_capacity(2 * statements.len() + 2);
-        script.push("START TRANSACTION".to_string());
-        let last = statements.len() - 1;
-        for (index, statement) in statements.into_iter().enumerate() {
-            script.push(statement);
-            if index < last {
-                script.push(OutcomeTable::keep_row_count(index));
-            }
-        }
-        let answered = script.len();
-        script.push(
-            self.outcomes
-                .insert_counting(claim, &template, tx.statements.len()),
-        );
-        script.push("COMMIT".to_string());
         let connection = self.db.identity();
         let (config, keys, metrics) = (&self.config, &mut self.keys, &self.metrics);
         let mut handed_over = None;
@@ -347,6 +328,39 @@ impl SessionEngine {
                 None,
             )),
         }
+    }
+
+    /// The query of a one-trip `tx`, and how many of its parts come before the record (the
+    /// keys pass on once they have answered); `None` when a statement's values cannot be
+    /// written in.
+    fn one_trip_script(
+        &mut self,
+        tx: &TxRequest,
+        claim: &Claim,
+        attempts: u32,
+    ) -> Option<(Vec<String>, usize)> {
+        let statements = self.one_trip_statements(tx)?;
+        let mut script = Vec::with_capacity(2 * statements.len() + 2);
+        script.push("START TRANSACTION".to_string());
+        let last = statements.len().checked_sub(1)?;
+        for (index, statement) in statements.into_iter().enumerate() {
+            script.push(statement);
+            if index < last {
+                script.push(OutcomeTable::keep_row_count(index));
+            }
+        }
+        let answered = script.len();
+        // The record's answer, whose row counts the server writes in.
+        let template = Reply::Tx {
+            results: vec![QueryResult::default(); tx.statements.len()],
+            attempts,
+        };
+        script.push(
+            self.outcomes
+                .insert_counting(claim, &template, tx.statements.len()),
+        );
+        script.push("COMMIT".to_string());
+        Some((script, answered))
     }
 
     /// The statements of `tx` with their values written in, or `None` when one cannot be.
