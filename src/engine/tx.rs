@@ -313,21 +313,7 @@ impl SessionEngine {
         if handed_over.is_some() {
             self.handed_over = handed_over;
         }
-        match error {
-            None => Ok(Reply::Tx {
-                results: one_trip_results(results, tx.statements.len()),
-                attempts,
-            }),
-            Some(error @ DbError::Server(_)) => Err(AttemptFailure::Failed(TxFailure {
-                statement: one_trip_statement(results.len(), tx.statements.len()),
-                error,
-            })),
-            Some(error) => Err(AttemptFailure::of_commit(
-                error,
-                CommitCarrier::Script,
-                None,
-            )),
-        }
+        one_trip_answer(results, error, tx.statements.len(), attempts)
     }
 
     /// The query of a one-trip `tx`, and how many of its parts come before the record (the
@@ -447,6 +433,31 @@ pub(super) fn retry_backoff(attempt: u32) -> Duration {
     let cap = Duration::from_millis(1u64 << attempt.min(5)).min(MAX_RETRY_BACKOFF);
     let micros = cap.as_micros() as u64;
     Duration::from_micros(rand::thread_rng().gen_range(micros / 2..=micros))
+}
+
+/// What a one-trip `tx` of `statements` statements came to, from the answers of its query
+/// (`results`, of the parts that ran) and the error that stopped it, if one did.
+fn one_trip_answer(
+    results: Vec<QueryResult>,
+    error: Option<DbError>,
+    statements: usize,
+    attempts: u32,
+) -> Result<Reply, AttemptFailure> {
+    match error {
+        None => Ok(Reply::Tx {
+            results: one_trip_results(results, statements),
+            attempts,
+        }),
+        Some(error @ DbError::Server(_)) => Err(AttemptFailure::Failed(TxFailure {
+            statement: one_trip_statement(results.len(), statements),
+            error,
+        })),
+        Some(error) => Err(AttemptFailure::of_commit(
+            error,
+            CommitCarrier::Script,
+            None,
+        )),
+    }
 }
 
 /// The results of a one-trip `tx`'s `statements` among those of its whole query: every
