@@ -477,3 +477,33 @@ fn one_trip_results(script_results: Vec<QueryResult>, statements: usize) -> Vec<
 fn one_trip_statement(failed: usize, statements: usize) -> Option<usize> {
     (failed % 2 == 1 && failed / 2 < statements).then_some(failed / 2)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-trip `tx` of two statements is sent as `START TRANSACTION`, statement 0, the
+    /// `SET` keeping its row count, statement 1, the record, `COMMIT`.
+    #[test]
+    fn the_parts_of_a_one_trip_query_map_back_to_their_statements() {
+        let named: Vec<Option<usize>> = (0..6).map(|part| one_trip_statement(part, 2)).collect();
+        assert_eq!(named, [None, Some(0), None, Some(1), None, None]);
+        let answers: Vec<QueryResult> = (0..6)
+            .map(|part| QueryResult {
+                affected: part,
+                ..QueryResult::default()
+            })
+            .collect();
+        let affected: Vec<u64> = one_trip_results(answers, 2)
+            .iter()
+            .map(|result| result.affected)
+            .collect();
+        assert_eq!(affected, [1, 3]);
+        assert_eq!(one_trip_statement(1, 1), Some(0));
+        assert_eq!(
+            one_trip_statement(2, 1),
+            None,
+            "the record of a one-statement tx"
+        );
+    }
+}
