@@ -115,8 +115,12 @@ impl Database {
             if restarted {
                 return Ok(true);
             }
-            let listed: Option<u64> = admin.exec_first(LISTED_SQL, (identity.id,)).await?;
-            if listed.unwrap_or(0) == 0 {
+            let listed: Option<String> = admin.exec_first(LISTED_SQL, (identity.id,)).await?;
+            let Some(host) = listed else {
+                return Ok(true);
+            };
+            if identity.client_port.is_some() && client_port(&host) != identity.client_port {
+                // Another connection with its id: the server restarted since.
                 return Ok(true);
             }
             // "Unknown thread id" if it went meanwhile: fine, the next look says so.
@@ -143,12 +147,17 @@ impl Database {
 }
 
 /// Which server connection a session had, so that it can be told gone after the session lost
-/// it: the server's id for it, and when it was made. Ids start again after a restart, so an
-/// id names this connection only if the server has been up since it was made.
+/// it: the server's id for it, when it was made, and the client port the server saw it come
+/// from. Ids start again after a restart, so an id names this connection only if the server
+/// has been up since it was made; and a connection given the same id after a restart came
+/// from another port (the server's uptime, in whole seconds, cannot tell a restart of a second
+/// ago).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionIdentity {
     id: u32,
     connected: Instant,
+    /// `None` over a Unix socket, or when the server did not say.
+    client_port: Option<u16>,
 }
 
 /// How often `until_gone` looks again, at most.
@@ -158,8 +167,18 @@ const GONE_POLL_MAX: Duration = Duration::from_secs(1);
 const UPTIME_SQL: &str =
     "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'";
 
-/// Whether the server lists a connection id.
-const LISTED_SQL: &str = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?";
+/// Where the server lists a connection id as coming from (`ip:port` over TCP), if it lists it.
+const LISTED_SQL: &str =
+    "SELECT COALESCE(HOST, '') FROM information_schema.PROCESSLIST WHERE ID = ?";
+
+/// Where the server lists this very connection as coming from.
+const OWN_HOST_SQL: &str =
+    "SELECT COALESCE(HOST, '') FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()";
+
+/// The port of a `HOST` the server lists for a TCP client (`127.0.0.1:51234`, `[::1]:51234`).
+fn client_port(host: &str) -> Option<u16> {
+    host.rsplit_once(':')?.1.parse().ok()
+}
 
 /// The connection and what the session knows of its settings.
 enum Link {
@@ -440,19 +459,22 @@ impl DbConnection {
             self.link = Link::Closed;
         }
         let metrics = &self.database.metrics;
-        let conn = match Conn::new(self.database.opts.clone()).await {
+        let mut conn = match Conn::new(self.database.opts.clone()).await {
             Ok(conn) => conn,
             Err(error) => {
                 metrics.database_connect_failed();
                 return Err(unavailable(&self.database, error));
             }
         };
+        // Only for telling this connection from a stranger later (`is_gone`): not fatal.
+        let own_host: Option<String> = conn.query_first(OWN_HOST_SQL).await.unwrap_or(None);
         metrics.database_connected(self.connections_opened > 0);
         self.connections_opened += 1;
         self.link = Link::Open {
             identity: ConnectionIdentity {
                 id: conn.id(),
                 connected: Instant::now(),
+                client_port: own_host.as_deref().and_then(client_port),
             },
             conn: Box::new(conn),
             isolation: self.database.default_isolation,
@@ -897,5 +919,18 @@ fn bytes_value(bytes: Vec<u8>, column: &Column) -> Value {
     match String::from_utf8(bytes) {
         Ok(text) => Value::Text(text),
         Err(error) => Value::Bytes(error.into_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_port;
+
+    #[test]
+    fn the_client_port_is_read_from_the_host_the_server_lists() {
+        assert_eq!(client_port("127.0.0.1:51234"), Some(51234));
+        assert_eq!(client_port("[::1]:40000"), Some(40000));
+        assert_eq!(client_port("localhost"), None, "a Unix socket has no port");
+        assert_eq!(client_port(""), None);
     }
 }
