@@ -259,21 +259,20 @@ async fn watch_stats(
 }
 
 /// Asks for `stats` every `interval` and shows each answer beside the one before, with the
-/// seconds between them, `count` times or until the broker goes away.
+/// seconds between them, `count` times or until the broker goes away. Each answer is asked
+/// for `interval` after the one before came, so that an interval is never shorter than asked
+/// (a fixed tick would make the first one short by however long the first answer took).
 async fn every_interval(
     client: &txbroker::client::Client,
     interval: Duration,
     count: Option<u64>,
     mut show: impl FnMut(&Stats, &Stats, f64),
 ) -> Result<(), txbroker::client::ClientError> {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
     let mut before = client.stats().await?;
     let mut before_at = Instant::now();
     let mut printed = 0;
     while count.is_none_or(|count| printed < count) {
-        ticks.tick().await;
+        tokio::time::sleep_until(tokio::time::Instant::from_std(before_at + interval)).await;
         let now = client.stats().await?;
         let now_at = Instant::now();
         let seconds = now_at.duration_since(before_at).as_secs_f64();
