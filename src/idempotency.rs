@@ -12,6 +12,7 @@
 //! its statements, before their answers are known: the server writes the counts in
 //! (`row_counts`, from `ROW_COUNT()`), and a replay puts them back into the response.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -264,7 +265,7 @@ impl OutcomeTable {
     /// one-trip `tx` until its record is written, for every statement but the last (whose
     /// count `ROW_COUNT()` still gives when the record is written).
     pub fn keep_row_count(index: usize) -> String {
-        format!("SET @txbroker_row_count_{index} = ROW_COUNT()")
+        format!("SET {} = ROW_COUNT()", row_count_variable(index))
     }
 
     /// The `INSERT` of `claim`'s record for a one-trip `tx` of `statements` statements that
@@ -273,7 +274,7 @@ impl OutcomeTable {
     pub fn insert_counting(&self, claim: &Claim, reply: &Reply, statements: usize) -> String {
         let mut row_counts = String::from("CONCAT_WS(','");
         for index in 0..statements.saturating_sub(1) {
-            let _ = write!(row_counts, ", @txbroker_row_count_{index}");
+            let _ = write!(row_counts, ", {}", row_count_variable(index));
         }
         row_counts.push_str(", ROW_COUNT())");
         self.insert_rows(&[(claim, reply)], &row_counts)
@@ -383,6 +384,11 @@ enum TableState {
     Exists,
 }
 
+/// The session variable that keeps the row count of statement `index` of a one-trip `tx`.
+fn row_count_variable(index: usize) -> String {
+    format!("@txbroker_row_count_{index}")
+}
+
 /// What one record (its columns after the key, as `lookup` reads them) holds for `claim`.
 fn read_record(record: &[Value], claim: &Claim) -> Recorded {
     let [Value::Bytes(hash), Value::Bytes(response), omitted, live, row_counts] = record else {
@@ -409,8 +415,8 @@ fn read_record(record: &[Value], claim: &Claim) -> Recorded {
 /// recorded.
 fn with_row_counts(reply: Reply, row_counts: &Value) -> Reply {
     let counts = match row_counts {
-        Value::Text(counts) => counts.clone(),
-        Value::Bytes(counts) => String::from_utf8_lossy(counts).into_owned(),
+        Value::Text(counts) => Cow::Borrowed(counts.as_str()),
+        Value::Bytes(counts) => String::from_utf8_lossy(counts),
         _ => return reply,
     };
     let Reply::Tx {

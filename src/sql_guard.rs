@@ -101,12 +101,21 @@ pub fn check(sql: &str, mode: TxMode) -> Result<(), Refusal> {
 /// with an executable comment (`/*!50000 ... */`) is left out, because whether the server runs
 /// the comment depends on its version.
 pub fn is_single_data_change(sql: &str) -> bool {
+    matches!(
+        vouched_first_word(sql).as_deref(),
+        Some("insert" | "update" | "delete" | "replace")
+    )
+}
+
+/// The first word of `sql`, lower-cased, when the statement has no executable comment: what
+/// runs of a statement with one depends on the server's version, so this cheap look cannot
+/// vouch for it.
+fn vouched_first_word(sql: &str) -> Option<String> {
     let versioned_code = sql.contains("/*!") || sql.contains("/*M!");
-    !versioned_code
-        && matches!(
-            words(sql).next().as_ref().map(|(word, _)| word.as_str()),
-            Some("insert" | "update" | "delete" | "replace")
-        )
+    if versioned_code {
+        return None;
+    }
+    words(sql).next().map(|(word, _)| word)
 }
 
 /// Whether the whole answer to `sql` is its count of affected rows: one `UPDATE` or `DELETE`
@@ -117,13 +126,10 @@ pub fn is_single_data_change(sql: &str) -> bool {
 /// a longer name too: a false alarm only costs the longer way. Checked for every statement of
 /// every keyed `tx`, so it reads only the first word as a word.
 pub fn answers_with_row_count(sql: &str) -> bool {
-    let versioned_code = sql.contains("/*!") || sql.contains("/*M!");
-    !versioned_code
-        && matches!(
-            words(sql).next().as_ref().map(|(word, _)| word.as_str()),
-            Some("update" | "delete")
-        )
-        && !contains_ignoring_case(sql, "returning")
+    matches!(
+        vouched_first_word(sql).as_deref(),
+        Some("update" | "delete")
+    ) && !contains_ignoring_case(sql, "returning")
         && !contains_ignoring_case(sql, "last_insert_id")
 }
 

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::answers::{expect_code, int};
+use common::answers::{expect_code, int, server_error};
 use common::requests::{keyed, money_move, transfer_tx, with_keys};
 use common::{
     answered, bank, begin_and_update_account, eventually, stats_until, TestBroker, TestDb, PATIENCE,
@@ -574,4 +574,39 @@ async fn a_keyed_update_tx_whose_connection_dies_under_it_is_commit_unknown_and_
     assert!(replay.replayed);
     assert_eq!(replay.results, ran.results);
     assert_eq!(balance(&db, 1).await, 90);
+}
+
+#[actix_rt::test]
+async fn a_request_queued_behind_a_failed_one_with_its_key_runs_since_nothing_was_recorded() {
+    let db = bank("idem_after_failed_copy", 2, 100).await;
+    let broker = TestBroker::start(db.config());
+    let observer = broker.client().await;
+    let holder = broker.client().await;
+    begin_and_update_account(&holder, 1, "balance = balance").await;
+    // The first one fails on its primary key; the second asks something else with its key.
+    let failing = keyed(
+        money_move("", 1, 2, 10)
+            .exec("UPDATE accounts SET id = 1 WHERE id = 2", vec![])
+            .into_request(),
+        "shared",
+    );
+    let first = broker.send_tx(failing).await;
+    stats_until(&observer, "the failing one waits", |s| s.lock_waiters == 1).await;
+    let second = broker.send_tx(keyed_move("shared", 1, 2, 5)).await;
+    stats_until(&observer, "both wait", |s| s.lock_waiters == 2).await;
+    holder.commit().await.expect("the holder lets go");
+    // Its own failure, or, when the second has committed by the time it reads its key's
+    // record again after failing, the mismatch with that record.
+    let refused = server_error(answered(first).await);
+    assert!(
+        matches!(
+            refused.code,
+            ErrorCode::Sql | ErrorCode::IdempotencyMismatch
+        ),
+        "{refused:?}"
+    );
+    let ran = answered(second).await.expect("runs: the key has no record");
+    assert!(!ran.replayed, "{ran:?}");
+    assert_eq!((balance(&db, 1).await, balance(&db, 2).await), (95, 105));
+    assert_eq!(db.count("txbroker_outcomes").await, 1);
 }

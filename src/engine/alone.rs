@@ -80,12 +80,20 @@ impl SessionEngine {
         statement: &Statement,
         isolation: Option<Isolation>,
     ) -> Result<QueryResult, DbError> {
-        match self.db.set_isolation(isolation).await {
-            // The statement itself was not sent.
-            Err(DbError::ConnectionLost(message)) => return Err(DbError::Unavailable(message)),
-            Err(error) => return Err(error),
-            Ok(()) => {}
-        }
+        self.db
+            .set_isolation(isolation)
+            .await
+            .map_err(nothing_sent)?;
         self.db.execute(statement, TxMode::Autocommit).await
+    }
+}
+
+/// `error` of a step before a statement that carries its own commit (setting the isolation
+/// level): a connection lost there sent nothing of the transaction, so the database was
+/// unavailable, not the commit unknown.
+pub(super) fn nothing_sent(error: DbError) -> DbError {
+    match error {
+        DbError::ConnectionLost(message) => DbError::Unavailable(message),
+        other => other,
     }
 }

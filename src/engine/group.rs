@@ -229,6 +229,10 @@ impl SessionEngine {
                 }
                 return Some(position);
             }
+            if let Some(revived) = revive_same_key(group) {
+                from = revived;
+                continue;
+            }
             from = group.entries.len();
             // The coordinator drops the inbox's sender when it closes the group, so the
             // receive below ends once no one else can join.
@@ -239,27 +243,19 @@ impl SessionEngine {
     }
 
     /// Looks at the records of every keyed request from `from` on that has not run yet, in
-    /// one query. One that shares its key with a request before it in the group is answered
-    /// from that request's outcome; its record is written only at the group's `COMMIT`.
-    /// Same-key requests are otherwise serialized by their broker key, so no other can record
-    /// between this look and the group's `COMMIT`.
+    /// one query. One whose key has no record but is the key of a request before it in the
+    /// group waits for that request (`SameKeyAs`), whose record is written only at the
+    /// group's `COMMIT`. Same-key requests are otherwise serialized by their broker key, so no
+    /// other can record between this look and the group's `COMMIT`.
     async fn look_up_records(&mut self, group: &mut Group, from: usize) {
-        let mut pending = Vec::new();
-        for position in from..group.entries.len() {
-            let entry = &group.entries[position];
-            let (Some(claim), RecordLook::Pending, EntryState::ToRun) =
-                (&entry.claim, entry.record, &entry.state)
-            else {
-                continue;
-            };
-            let same_key = same_key_before(group, position, claim);
-            let entry = &mut group.entries[position];
-            entry.record = RecordLook::Done;
-            match same_key {
-                Some(first) => entry.state = EntryState::SameKeyAs(first),
-                None => pending.push(position),
-            }
-        }
+        let pending: Vec<usize> = (from..group.entries.len())
+            .filter(|&position| {
+                let entry = &group.entries[position];
+                entry.claim.is_some()
+                    && entry.record == RecordLook::Pending
+                    && matches!(entry.state, EntryState::ToRun)
+            })
+            .collect();
         let claims: Vec<&Claim> = pending
             .iter()
             .filter_map(|&position| group.entries[position].claim.as_ref())
@@ -272,8 +268,14 @@ impl SessionEngine {
             Err(error) => pending.iter().map(|_| Err(error.clone())).collect(),
         };
         for (position, lookup) in pending.into_iter().zip(lookups) {
+            group.entries[position].record = RecordLook::Done;
             group.entries[position].state = match lookup {
-                Ok(Lookup::Run | Lookup::RunAfterExpiry) => continue,
+                Ok(Lookup::Run | Lookup::RunAfterExpiry) => {
+                    match same_key_before(group, position) {
+                        Some(first) => EntryState::SameKeyAs(first),
+                        None => continue,
+                    }
+                }
                 Ok(Lookup::Replay(reply)) => EntryState::Replayed(reply),
                 Err(error) => EntryState::Failed(error),
             };
@@ -625,45 +627,59 @@ impl SessionEngine {
     }
 }
 
-/// The position of the request before `position` in `group` that carries `claim`'s
-/// idempotency key and will be recorded or answered from a record: two requests with one key
-/// share a group when the second joins the group its broker key's holder leads.
-fn same_key_before(group: &Group, position: usize, claim: &Claim) -> Option<usize> {
+/// The position of the request before `position` in `group` that carries the same
+/// idempotency key and runs (or ran) in this transaction: two requests with one key share a
+/// group when the second joins the group its broker key's holder leads.
+fn same_key_before(group: &Group, position: usize) -> Option<usize> {
+    let key = &group.entries[position].claim.as_ref()?.key;
     group.entries[..position].iter().position(|entry| {
-        matches!(
-            entry.state,
-            EntryState::ToRun
-                | EntryState::Ran(_)
-                | EntryState::Replayed(_)
-                | EntryState::SameKeyAs(_)
-        ) && entry
-            .claim
-            .as_ref()
-            .is_some_and(|earlier| earlier.key == claim.key)
+        matches!(entry.state, EntryState::ToRun | EntryState::Ran(_))
+            && entry
+                .claim
+                .as_ref()
+                .is_some_and(|earlier| &earlier.key == key)
     })
 }
 
-/// The answer of a request that shares its idempotency key with one that was answered
-/// `first`: that answer again, replayed, when they ask the same; a mismatch when they do not.
+/// Requests that waited for a same-key request which then did not run to the end (it failed
+/// on its own, or its client left): nothing of that key is recorded, so they run now. The
+/// first of them, if any.
+fn revive_same_key(group: &mut Group) -> Option<usize> {
+    let mut first_revived = None;
+    for position in 0..group.entries.len() {
+        let EntryState::SameKeyAs(first) = group.entries[position].state else {
+            continue;
+        };
+        if matches!(
+            group.entries[first].state,
+            EntryState::Failed(_) | EntryState::Abandoned
+        ) {
+            group.entries[position].state = EntryState::ToRun;
+            first_revived.get_or_insert(position);
+        }
+    }
+    first_revived
+}
+
+/// The answer of a request with `claim` that shares its key with an earlier request of the
+/// group, with `first_claim`, answered `first`: when that committed, its answer again,
+/// replayed, if they ask the same, and a mismatch if not (its record is now the key's);
+/// when the group did not commit, the same failure, since nothing of either was committed.
 fn answer_of_same_key(
     first: &Result<Reply, BrokerError>,
-    first_claim: Option<&Claim>,
-    claim: Option<&Claim>,
+    first_claim: &Claim,
+    claim: &Claim,
 ) -> Result<Reply, BrokerError> {
-    match (first_claim, claim) {
-        (Some(first_claim), Some(claim)) if first_claim.hash != claim.hash => {
-            Err(BrokerError::IdempotencyMismatch {
-                key: claim.key.clone(),
-            })
-        }
-        _ => match first {
-            Ok(reply @ Reply::Replayed { .. }) => Ok(reply.clone()),
-            Ok(reply) => Ok(Reply::Replayed {
-                reply: Box::new(reply.clone()),
-                results_omitted: false,
-            }),
-            Err(error) => Err(error.clone()),
-        },
+    match first {
+        Ok(_) if first_claim.hash != claim.hash => Err(BrokerError::IdempotencyMismatch {
+            key: claim.key.clone(),
+        }),
+        Ok(reply @ Reply::Replayed { .. }) => Ok(reply.clone()),
+        Ok(reply) => Ok(Reply::Replayed {
+            reply: Box::new(reply.clone()),
+            results_omitted: false,
+        }),
+        Err(error) => Err(error.clone()),
     }
 }
 
@@ -672,40 +688,40 @@ fn answer_all(group: &mut Group, outcome: &GroupOutcome) -> Result<Reply, Broker
     let mut leader_answer = Err(BrokerError::Internal(
         "the leader's request has no answer".into(),
     ));
-    let mut answers: Vec<Option<Result<Reply, BrokerError>>> =
-        Vec::with_capacity(group.entries.len());
+    // Only the answers a same-key request is answered from are kept.
+    let mut kept: Vec<Option<Result<Reply, BrokerError>>> = vec![None; group.entries.len()];
+    let mut keeps = vec![false; group.entries.len()];
+    for entry in &group.entries {
+        if let EntryState::SameKeyAs(first) = entry.state {
+            keeps[first] = true;
+        }
+    }
     for position in 0..group.entries.len() {
-        let entry = &mut group.entries[position];
-        let answer = match (
-            std::mem::replace(&mut entry.state, EntryState::Abandoned),
-            outcome,
-        ) {
-            (EntryState::SameKeyAs(first), _) => match &answers[first] {
-                Some(first_answer) => answer_of_same_key(
-                    first_answer,
-                    group.entries[first].claim.as_ref(),
-                    group.entries[position].claim.as_ref(),
-                ),
-                None => {
-                    answers.push(None);
-                    continue;
-                }
-            },
+        let state = std::mem::replace(&mut group.entries[position].state, EntryState::Abandoned);
+        let answer = match (state, outcome) {
             (EntryState::Ran(results), GroupOutcome::Committed) => Ok(Reply::Tx {
                 results,
-                attempts: entry.attempts,
+                attempts: group.entries[position].attempts,
             }),
             (EntryState::Ran(_), GroupOutcome::Unknown(error) | GroupOutcome::Failed(error)) => {
                 Err(error.clone())
             }
             (EntryState::Failed(error), _) => Err(error),
             (EntryState::Replayed(reply), _) => Ok(reply),
-            (EntryState::ToRun | EntryState::Abandoned, _) => {
-                answers.push(None);
-                continue;
+            (EntryState::SameKeyAs(first), _) => {
+                let claims = (&group.entries[first].claim, &group.entries[position].claim);
+                match (&kept[first], claims) {
+                    (Some(first_answer), (Some(first_claim), Some(claim))) => {
+                        answer_of_same_key(first_answer, first_claim, claim)
+                    }
+                    _ => continue,
+                }
             }
+            (EntryState::ToRun | EntryState::Abandoned, _) => continue,
         };
-        answers.push(Some(answer.clone()));
+        if keeps[position] {
+            kept[position] = Some(answer.clone());
+        }
         match group.entries[position].answer.take() {
             Some(member) => {
                 let _ = member.send(answer);

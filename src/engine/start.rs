@@ -39,7 +39,7 @@ pub(super) enum TxShape {
 }
 
 /// The most statements a one-trip `tx` has; a longer one runs the explicit way.
-pub(super) const ONE_TRIP_MAX_STATEMENTS: usize = 64;
+const ONE_TRIP_MAX_STATEMENTS: usize = 64;
 
 impl TxShape {
     pub(super) fn of(tx: &TxRequest, config: &Config) -> TxShape {

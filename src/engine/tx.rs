@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use slog::debug;
 
+use super::alone::nothing_sent;
 use super::ending::{hand_over, TxEnd};
 use super::start::{Started, TxShape};
 use super::{ConnectionProfile, SessionEngine};
@@ -284,14 +285,10 @@ impl SessionEngine {
                 error,
             })
         };
-        match self.db.set_isolation(tx.options.isolation).await {
-            // Nothing of the transaction was sent.
-            Err(DbError::ConnectionLost(message)) => {
-                return Err(failed(DbError::Unavailable(message)))
-            }
-            Err(error) => return Err(failed(error)),
-            Ok(()) => {}
-        }
+        self.db
+            .set_isolation(tx.options.isolation)
+            .await
+            .map_err(|error| failed(nothing_sent(error)))?;
         let Some((script, answered)) = self.one_trip_script(tx, claim, attempts) else {
             self.db
                 .begin(tx.options.isolation, false)
@@ -302,17 +299,22 @@ impl SessionEngine {
                 .await;
         };
         let connection = self.db.identity();
-        let (config, keys, metrics) = (&self.config, &mut self.keys, &self.metrics);
-        let mut handed_over = None;
+        // Straight into the session's state, so that a hand-over is settled even if this
+        // future is dropped while the query is still answered.
+        let (config, keys, metrics, handed_over) = (
+            &self.config,
+            &mut self.keys,
+            &self.metrics,
+            &mut self.handed_over,
+        );
         let (results, error) = self
             .db
             .execute_transaction_script(&script, answered, || {
-                handed_over = hand_over(config, keys, metrics, connection);
+                if let Some(made) = hand_over(config, keys, metrics, connection) {
+                    *handed_over = Some(made);
+                }
             })
             .await;
-        if handed_over.is_some() {
-            self.handed_over = handed_over;
-        }
         one_trip_answer(results, error, tx.statements.len(), attempts)
     }
 

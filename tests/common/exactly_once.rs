@@ -233,41 +233,29 @@ async fn keyed_client(
     }
 }
 
-/// The row a counted transfer adds its runs to, made (once, whatever the retries) before the
-/// transfer is first sent, retried through the faults like a transfer.
+/// The row a counted transfer adds its runs to, made (once, whatever the retries: `INSERT
+/// IGNORE`) before the transfer is first sent, retried through the faults like a transfer.
 async fn make_run_count(
     connection: &tokio::sync::Mutex<Option<Client>>,
     address: &Shared<SocketAddr>,
     transfer_id: &str,
 ) -> Result<(), ClientError> {
-    let mut last = None;
-    for attempt in 1..=ATTEMPTS {
-        let mut slot = connection.lock().await;
-        if slot.is_none() {
-            let now_at = *lock(address);
-            match Client::connect(now_at).await {
-                Ok(client) => *slot = Some(client),
-                Err(error) => last = Some(error),
-            }
+    let make = TxBuilder::new()
+        .exec(
+            "INSERT IGNORE INTO transfer_runs (transfer_id) VALUES (?)",
+            vec![transfer_id.into()],
+        )
+        .into_request();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let now_at = *lock(address);
+        match attempt(connection, now_at, make.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(error) if tries >= ATTEMPTS => return Err(error),
+            Err(_) => tokio::time::sleep(Duration::from_millis(u64::from(tries.min(8)) * 16)).await,
         }
-        if let Some(client) = slot.as_ref() {
-            let made = client.exec(
-                "INSERT IGNORE INTO transfer_runs (transfer_id) VALUES (?)",
-                vec![transfer_id.into()],
-            );
-            match tokio::time::timeout(Duration::from_secs(30), made).await {
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(error)) => last = Some(error),
-                Err(_) => last = Some(ClientError::Disconnected),
-            }
-            if matches!(last, Some(ClientError::Disconnected | ClientError::Io(_))) {
-                *slot = None;
-            }
-        }
-        drop(slot);
-        tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(8)) * 16)).await;
     }
-    Err(last.unwrap_or(ClientError::Disconnected))
 }
 
 /// One attempt on the client's connection, made anew when there is none; a connection that
